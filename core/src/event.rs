@@ -1,0 +1,442 @@
+//! The wire contract: Herald's events as CloudEvents 1.0 structured JSON.
+//!
+//! Watchers build events with the constructors here and publish
+//! `Event::to_json()` on `Event::nats_subject()` with `Event::id` as the
+//! `Nats-Msg-Id`. Projectors and ops tools decode with `Event::decode_on`,
+//! which checks everything a consumer must not trust blindly: the envelope,
+//! the record version, and that subject, source and body name the same
+//! cluster and registry.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::{ClusterId, RegistryName, excerpt};
+use crate::names::EventSubject;
+use crate::object::{Kind, ObjectRef};
+use crate::record::{DeploymentRecord, RECORD_VERSION};
+
+/// Prefix of every CloudEvents `type` Herald writes.
+pub const TYPE_PREFIX: &str = "dev.herald.";
+const SPEC_VERSION: &str = "1.0";
+const CONTENT_TYPE: &str = "application/json";
+
+/// The kinds of event on the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    DeploymentApplied,
+    DeploymentWithdrawn,
+    ResyncStarted,
+    ResyncCompleted,
+    ClusterHeartbeat,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 5] = [
+        EventType::DeploymentApplied,
+        EventType::DeploymentWithdrawn,
+        EventType::ResyncStarted,
+        EventType::ResyncCompleted,
+        EventType::ClusterHeartbeat,
+    ];
+
+    /// The part after `dev.herald.`; also a metric label.
+    pub fn short(self) -> &'static str {
+        match self {
+            EventType::DeploymentApplied => "deployment.applied",
+            EventType::DeploymentWithdrawn => "deployment.withdrawn",
+            EventType::ResyncStarted => "resync.started",
+            EventType::ResyncCompleted => "resync.completed",
+            EventType::ClusterHeartbeat => "cluster.heartbeat",
+        }
+    }
+
+    /// The full CloudEvents `type`.
+    pub fn ce_type(self) -> String {
+        format!("{TYPE_PREFIX}{}", self.short())
+    }
+
+    pub fn parse(ce_type: &str) -> Option<EventType> {
+        let short = ce_type.strip_prefix(TYPE_PREFIX)?;
+        EventType::ALL.into_iter().find(|t| t.short() == short)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.short())
+    }
+}
+
+/// Why a deployment stopped being advertised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WithdrawReason {
+    /// The object was deleted.
+    Deleted,
+    /// The opt-in annotation was removed or is no longer `"true"`.
+    OptedOut,
+    /// The object left the advertised phases.
+    NotReady,
+    /// The object can no longer be advertised; the watcher logged why.
+    Rejected,
+    /// The object now targets another registry.
+    Moved,
+    /// A re-list of the cluster did not confirm it (deleted while unobserved).
+    Unconfirmed,
+}
+
+impl WithdrawReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WithdrawReason::Deleted => "deleted",
+            WithdrawReason::OptedOut => "opted_out",
+            WithdrawReason::NotReady => "not_ready",
+            WithdrawReason::Rejected => "rejected",
+            WithdrawReason::Moved => "moved",
+            WithdrawReason::Unconfirmed => "unconfirmed",
+        }
+    }
+}
+
+/// The body of a `deployment.withdrawn` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Withdrawal {
+    pub v: u32,
+    pub cluster: ClusterId,
+    pub registry: RegistryName,
+    #[serde(flatten)]
+    pub object: ObjectRef,
+    pub uid: String,
+    pub resource_version: String,
+    pub epoch: u64,
+    pub reason: WithdrawReason,
+    /// A readable explanation, e.g. the rejection reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The body of `resync.started` and `resync.completed`.
+///
+/// A watcher lists every object of one kind under a new, larger epoch. Each
+/// advertised object is re-applied with that epoch; `completed` then tells the
+/// projector that records of this cluster and kind with an older epoch were
+/// not confirmed and are gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resync {
+    pub v: u32,
+    pub cluster: ClusterId,
+    pub kind: Kind,
+    pub epoch: u64,
+    /// On `completed`: how many objects the list advertised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertised: Option<u64>,
+}
+
+/// The body of `cluster.heartbeat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    pub v: u32,
+    pub cluster: ClusterId,
+    pub started_at: DateTime<Utc>,
+    pub interval_seconds: u64,
+    /// The watcher's build version.
+    pub watcher_version: String,
+}
+
+/// The typed body of an event; the variant decides the CloudEvents `type`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventData {
+    Applied(Box<DeploymentRecord>),
+    Withdrawn(Withdrawal),
+    ResyncStarted(Resync),
+    ResyncCompleted(Resync),
+    Heartbeat(Heartbeat),
+}
+
+impl EventData {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            EventData::Applied(_) => EventType::DeploymentApplied,
+            EventData::Withdrawn(_) => EventType::DeploymentWithdrawn,
+            EventData::ResyncStarted(_) => EventType::ResyncStarted,
+            EventData::ResyncCompleted(_) => EventType::ResyncCompleted,
+            EventData::Heartbeat(_) => EventType::ClusterHeartbeat,
+        }
+    }
+
+    pub fn cluster(&self) -> &ClusterId {
+        match self {
+            EventData::Applied(r) => &r.cluster,
+            EventData::Withdrawn(w) => &w.cluster,
+            EventData::ResyncStarted(r) | EventData::ResyncCompleted(r) => &r.cluster,
+            EventData::Heartbeat(h) => &h.cluster,
+        }
+    }
+
+    /// The object a deployment event is about.
+    pub fn object(&self) -> Option<&ObjectRef> {
+        match self {
+            EventData::Applied(r) => Some(&r.object),
+            EventData::Withdrawn(w) => Some(&w.object),
+            _ => None,
+        }
+    }
+
+    pub fn registry(&self) -> Option<&RegistryName> {
+        match self {
+            EventData::Applied(r) => Some(&r.registry),
+            EventData::Withdrawn(w) => Some(&w.registry),
+            _ => None,
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        let v = match self {
+            EventData::Applied(r) => serde_json::to_value(r),
+            EventData::Withdrawn(w) => serde_json::to_value(w),
+            EventData::ResyncStarted(r) | EventData::ResyncCompleted(r) => serde_json::to_value(r),
+            EventData::Heartbeat(h) => serde_json::to_value(h),
+        };
+        v.expect("event bodies are plain data and always serialize")
+    }
+}
+
+/// One event: envelope fields plus the typed body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// CloudEvents `id`, also the `Nats-Msg-Id` used for deduplication.
+    pub id: String,
+    pub time: DateTime<Utc>,
+    pub data: EventData,
+}
+
+/// Why bytes on the stream are not a usable event. Each variant has a short
+/// code for dead-letter subjects and metric labels.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("not a CloudEvents 1.0 structured event: {0}")]
+    NotCloudEvent(String),
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    #[error("{ty} data format v{v} is newer than this reader (v{RECORD_VERSION})")]
+    NewerFormat { ty: EventType, v: u64 },
+    #[error("invalid {ty} data: {reason}")]
+    InvalidData { ty: EventType, reason: String },
+    #[error("event disagrees with itself: {0}")]
+    Inconsistent(String),
+    #[error("published on {subject} but its body says {body}")]
+    WrongSubject { subject: String, body: String },
+}
+
+impl DecodeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::NotJson(_) | DecodeError::NotCloudEvent(_) => "malformed",
+            DecodeError::UnknownType(_) => "unknown_type",
+            DecodeError::NewerFormat { .. } => "newer_format",
+            DecodeError::InvalidData { .. } => "invalid",
+            DecodeError::Inconsistent(_) => "inconsistent",
+            DecodeError::WrongSubject { .. } => "wrong_subject",
+        }
+    }
+
+    pub const CODES: [&'static str; 6] = [
+        "malformed",
+        "unknown_type",
+        "newer_format",
+        "invalid",
+        "inconsistent",
+        "wrong_subject",
+    ];
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    specversion: String,
+    id: String,
+    source: String,
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    time: DateTime<Utc>,
+    #[serde(default)]
+    datacontenttype: Option<String>,
+    data: Value,
+}
+
+fn source_of(cluster: &ClusterId) -> String {
+    format!("/clusters/{cluster}")
+}
+
+impl Event {
+    /// Builds an event; its id is derived from what it says, so publishing
+    /// the same event twice is deduplicated by the server.
+    pub fn new(data: EventData, time: DateTime<Utc>) -> Event {
+        let id = derive_id(&data, time);
+        Event { id, time, data }
+    }
+
+    pub fn event_type(&self) -> EventType {
+        self.data.event_type()
+    }
+
+    pub fn cluster(&self) -> &ClusterId {
+        self.data.cluster()
+    }
+
+    /// Where the event is published.
+    pub fn nats_subject(&self) -> EventSubject {
+        let cluster = self.cluster().clone();
+        match self.data.registry() {
+            Some(registry) => EventSubject::Deployment {
+                cluster,
+                registry: registry.clone(),
+            },
+            None => EventSubject::Cluster { cluster },
+        }
+    }
+
+    /// The CloudEvents `subject`: the object, or the kind a resync covers.
+    pub fn ce_subject(&self) -> Option<String> {
+        match &self.data {
+            EventData::Applied(r) => Some(r.object.to_string()),
+            EventData::Withdrawn(w) => Some(w.object.to_string()),
+            EventData::ResyncStarted(r) | EventData::ResyncCompleted(r) => {
+                Some(r.kind.token().to_owned())
+            }
+            EventData::Heartbeat(_) => None,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let envelope = Envelope {
+            specversion: SPEC_VERSION.to_owned(),
+            id: self.id.clone(),
+            source: source_of(self.cluster()),
+            ty: self.event_type().ce_type(),
+            subject: self.ce_subject(),
+            time: self.time,
+            datacontenttype: Some(CONTENT_TYPE.to_owned()),
+            data: self.data.to_value(),
+        };
+        serde_json::to_vec(&envelope).expect("envelopes always serialize")
+    }
+
+    /// Decodes and checks an event found on `nats_subject`.
+    pub fn decode_on(nats_subject: &str, bytes: &[u8]) -> Result<Event, DecodeError> {
+        let event = Event::decode(bytes)?;
+        let expected = event.nats_subject();
+        let matches = EventSubject::parse(nats_subject).is_ok_and(|s| s == expected);
+        if !matches {
+            return Err(DecodeError::WrongSubject {
+                subject: excerpt(nats_subject, 120),
+                body: expected.to_string(),
+            });
+        }
+        Ok(event)
+    }
+
+    /// Decodes and checks an event without regard to where it was found.
+    pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        let envelope: Envelope = serde_json::from_value(value)
+            .map_err(|e| DecodeError::NotCloudEvent(e.to_string()))?;
+        if envelope.specversion != SPEC_VERSION {
+            return Err(DecodeError::NotCloudEvent(format!(
+                "specversion is {:?}, expected \"1.0\"",
+                excerpt(&envelope.specversion, 20)
+            )));
+        }
+        if envelope.id.is_empty() {
+            return Err(DecodeError::NotCloudEvent("id is empty".to_owned()));
+        }
+        if let Some(ct) = &envelope.datacontenttype
+            && !ct.starts_with(CONTENT_TYPE)
+        {
+            return Err(DecodeError::NotCloudEvent(format!(
+                "datacontenttype is {:?}, expected application/json",
+                excerpt(ct, 40)
+            )));
+        }
+        let ty = EventType::parse(&envelope.ty)
+            .ok_or_else(|| DecodeError::UnknownType(excerpt(&envelope.ty, 80)))?;
+        let data = decode_data(ty, envelope.data)?;
+        let event = Event {
+            id: envelope.id,
+            time: envelope.time,
+            data,
+        };
+        if envelope.source != source_of(event.cluster()) {
+            return Err(DecodeError::Inconsistent(format!(
+                "source {:?} but data.cluster {:?}",
+                excerpt(&envelope.source, 80),
+                event.cluster().as_str()
+            )));
+        }
+        if let (Some(object), Some(subject)) = (event.data.object(), &envelope.subject)
+            && *subject != object.to_string()
+        {
+            return Err(DecodeError::Inconsistent(format!(
+                "subject {:?} but data names {object}",
+                excerpt(subject, 120)
+            )));
+        }
+        Ok(event)
+    }
+}
+
+fn decode_data(ty: EventType, data: Value) -> Result<EventData, DecodeError> {
+    let invalid = |reason: String| DecodeError::InvalidData { ty, reason };
+    let v = data
+        .get("v")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| invalid("missing format version \"v\"".to_owned()))?;
+    if v > u64::from(RECORD_VERSION) {
+        return Err(DecodeError::NewerFormat { ty, v });
+    }
+    fn parse<T: serde::de::DeserializeOwned>(data: Value) -> Result<T, String> {
+        serde_json::from_value(data).map_err(|e| e.to_string())
+    }
+    let decoded = match ty {
+        EventType::DeploymentApplied => parse(data).map(|r| EventData::Applied(Box::new(r))),
+        EventType::DeploymentWithdrawn => parse(data).map(EventData::Withdrawn),
+        EventType::ResyncStarted => parse(data).map(EventData::ResyncStarted),
+        EventType::ResyncCompleted => parse(data).map(EventData::ResyncCompleted),
+        EventType::ClusterHeartbeat => parse(data).map(EventData::Heartbeat),
+    };
+    decoded.map_err(invalid)
+}
+
+/// `<cluster>/<what it is about>/<type>/<epoch or time>`: readable in
+/// `herald-projector events`, and equal for a retried publish of the same
+/// event. The epoch is part of it because a re-list re-applies unchanged
+/// objects on purpose, and those must not be dropped as duplicates.
+fn derive_id(data: &EventData, time: DateTime<Utc>) -> String {
+    let ty = data.event_type().short();
+    match data {
+        EventData::Applied(r) => format!(
+            "{}/{}/{}/{ty}/{}/{}",
+            r.cluster, r.uid, r.resource_version, r.registry, r.epoch
+        ),
+        EventData::Withdrawn(w) => format!(
+            "{}/{}/{}/{ty}/{}/{}",
+            w.cluster, w.uid, w.resource_version, w.registry, w.epoch
+        ),
+        EventData::ResyncStarted(r) | EventData::ResyncCompleted(r) => {
+            format!("{}/{}/{ty}/{}", r.cluster, r.kind.token(), r.epoch)
+        }
+        EventData::Heartbeat(h) => {
+            format!("{}/{ty}/{}", h.cluster, time.timestamp_millis())
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! The mapping: a ToolHive object, as JSON, plus the watcher's policy →
+//! advertise a record, skip it, or reject it with a reason.
+//!
+//! Fields are read leniently so that both CRD eras work: `MCPServer`
+//! `v1alpha1` (2025) and `v1beta1`, `MCPRemoteProxy` and `VirtualMCPServer`.
+//! Rules, in the order they are checked:
+//!
+//! 1. identity: `metadata.name`, `namespace`, `uid`, `resourceVersion`;
+//! 2. opt-in: annotation `registry-export` must be exactly `"true"`;
+//! 3. registry: label `registry-name` (legacy alias `toolhive.stacklok.io/…`),
+//!    else the default; it must be a DNS label and the namespace allowed;
+//! 4. metadata: description (required, 1-100 characters), title (1-100),
+//!    icon (an https URL), category, tools (a JSON array of names);
+//! 5. server name: the override annotation, else `com.toolhive.k8s.<ns>/<name>`;
+//! 6. version: the annotation, else a semver image tag, else `1.0.0`;
+//! 7. remote type: `spec.transport` (stdio speaks `spec.proxyMode`);
+//! 8. URL: the annotation, else `status.url`, else the proxy Service; only
+//!    `http`/`https` without user-info;
+//! 9. auth: any OIDC or external auth reference → a required, secret
+//!    `Authorization` header (a declaration, never a value);
+//! 10. phase: only the policy's phases (Running/Ready) are advertised.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::annotations as ann;
+use crate::event::WithdrawReason;
+use crate::ids::{RegistryName, ServerName, excerpt};
+use crate::object::{Kind, ObjectRef};
+use crate::policy::WatcherPolicy;
+use crate::record::{DeploymentRecord, Header, Phase, RECORD_VERSION, Remote, RemoteTransport};
+use crate::rejection::{Rejection, UrlSource};
+
+/// When and in which list epoch the watcher saw the object.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation {
+    pub observed_at: DateTime<Utc>,
+    pub epoch: u64,
+}
+
+/// What to do with one object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Advertise this record.
+    Advertise(Box<DeploymentRecord>),
+    /// Do not advertise, and that is fine: opted out or not ready.
+    Skip(WithdrawReason),
+    /// Opted in but cannot be advertised; an operator must hear why.
+    Reject(Rejection),
+}
+
+/// The identity and bookkeeping of an object, readable even when the rest
+/// of it is rejected (a watcher needs it to log and to withdraw).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub object: ObjectRef,
+    pub uid: String,
+    pub resource_version: String,
+    pub generation: Option<i64>,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+impl Identity {
+    pub fn read(kind: Kind, object: &Value) -> Result<Identity, Rejection> {
+        let field = |name: &str| {
+            str_at(object, &["metadata", name])
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| Rejection::Malformed(format!("metadata.{name} is missing")))
+        };
+        let object_ref = ObjectRef::new(kind, field("namespace")?, field("name")?)
+            .map_err(Rejection::Malformed)?;
+        Ok(Identity {
+            object: object_ref,
+            uid: field("uid")?.to_owned(),
+            resource_version: field("resourceVersion")?.to_owned(),
+            generation: at(object, &["metadata", "generation"]).and_then(Value::as_i64),
+            created_at: str_at(object, &["metadata", "creationTimestamp"])
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.with_timezone(&Utc)),
+        })
+    }
+}
+
+/// Applies every rule of the module docs to one object.
+pub fn decide(kind: Kind, object: &Value, policy: &WatcherPolicy, seen: Observation) -> Decision {
+    match build_record(kind, object, policy, seen) {
+        Ok(Some(record)) => Decision::Advertise(Box::new(record)),
+        Ok(None) => Decision::Skip(WithdrawReason::NotReady),
+        Err(Outcome::NotOptedIn) => Decision::Skip(WithdrawReason::OptedOut),
+        Err(Outcome::Rejected(r)) => Decision::Reject(r),
+    }
+}
+
+/// The registry an object targets, when it opted in and names a valid one.
+/// A watcher uses it to tell a move between registries from other changes.
+pub fn target_registry(object: &Value, policy: &WatcherPolicy) -> Option<RegistryName> {
+    registry_of(object, policy).ok()
+}
+
+enum Outcome {
+    NotOptedIn,
+    Rejected(Rejection),
+}
+
+impl From<Rejection> for Outcome {
+    fn from(r: Rejection) -> Self {
+        Outcome::Rejected(r)
+    }
+}
+
+/// `Ok(None)`: valid, but not in an advertised phase.
+fn build_record(
+    kind: Kind,
+    object: &Value,
+    policy: &WatcherPolicy,
+    seen: Observation,
+) -> Result<Option<DeploymentRecord>, Outcome> {
+    let id = Identity::read(kind, object)?;
+    if annotation(object, ann::REGISTRY_EXPORT) != Some("true") {
+        return Err(Outcome::NotOptedIn);
+    }
+    let registry = registry_of(object, policy)?;
+    if !policy.namespaces.allows(&registry, id.object.namespace()) {
+        return Err(Rejection::RegistryNotAllowed {
+            registry: registry.to_string(),
+            namespace: id.object.namespace().to_owned(),
+        }
+        .into());
+    }
+    let description = description(object)?;
+    let title = optional_text(object, ann::REGISTRY_TITLE, "title")?;
+    if let Some(t) = &title {
+        let len = t.chars().count();
+        if len > 100 {
+            return Err(Rejection::TitleLength { len }.into());
+        }
+    }
+    let icon = annotation(object, ann::REGISTRY_ICON)
+        .map(|s| validate_icon(s.trim()))
+        .transpose()?;
+    let category = optional_text(object, ann::REGISTRY_CATEGORY, "category")?;
+    let tools = tools(object)?;
+    let server_name = server_name(object, &id.object)?;
+    let image = str_at(object, &["spec", "image"]).map(str::to_owned);
+    let version = version(object, image.as_deref())?;
+    let (transport, remote_type) = transport(kind, object)?;
+    let url = url(kind, object, &id.object, remote_type, policy)?;
+    let headers = if requires_token(object) {
+        vec![Header::bearer_token()]
+    } else {
+        Vec::new()
+    };
+    let phase = Phase::from(str_at(object, &["status", "phase"]).unwrap_or("Pending"));
+    if !policy.advertised_phases.contains(&phase) {
+        return Ok(None);
+    }
+    Ok(Some(DeploymentRecord {
+        v: RECORD_VERSION,
+        cluster: policy.cluster.clone(),
+        registry,
+        object: id.object,
+        uid: id.uid,
+        resource_version: id.resource_version,
+        generation: id.generation,
+        created_at: id.created_at,
+        observed_at: seen.observed_at,
+        epoch: seen.epoch,
+        server_name,
+        version,
+        description,
+        title,
+        icon,
+        category,
+        tools,
+        remote: Remote {
+            transport: remote_type,
+            url,
+            headers,
+        },
+        phase,
+        image,
+        transport,
+    }))
+}
+
+fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter()
+        .try_fold(value, |v, key| v.get(key))
+        .filter(|v| !v.is_null())
+}
+
+fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
+    at(value, path).and_then(Value::as_str)
+}
+
+fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    str_at(object, &["metadata", "annotations", key])
+}
+
+fn label<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    str_at(object, &["metadata", "labels", key])
+}
+
+fn registry_of(object: &Value, policy: &WatcherPolicy) -> Result<RegistryName, Rejection> {
+    let (value, key) = match (
+        label(object, ann::REGISTRY_NAME),
+        label(object, ann::LEGACY_REGISTRY_NAME),
+    ) {
+        (Some(v), _) => (v, ann::REGISTRY_NAME),
+        (None, Some(v)) => (v, ann::LEGACY_REGISTRY_NAME),
+        (None, None) => return Ok(policy.default_registry.clone()),
+    };
+    value.parse().map_err(|e: crate::ids::IdError| Rejection::InvalidRegistry {
+        value: excerpt(value, 80),
+        label: key,
+        reason: e.reason,
+    })
+}
+
+/// Multi-line text is fine in a description, other control characters not.
+fn has_bad_controls(s: &str, allow_newlines: bool) -> bool {
+    s.chars()
+        .any(|c| c.is_control() && !(allow_newlines && matches!(c, '\n' | '\t')))
+}
+
+fn description(object: &Value) -> Result<String, Rejection> {
+    let text = annotation(object, ann::REGISTRY_DESCRIPTION)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or(Rejection::MissingDescription)?;
+    if has_bad_controls(text, true) {
+        return Err(Rejection::ControlCharacters {
+            field: "description",
+        });
+    }
+    let len = text.chars().count();
+    if len > 100 {
+        return Err(Rejection::DescriptionTooLong { len });
+    }
+    Ok(text.to_owned())
+}
+
+/// An optional one-line annotation; blank counts as absent.
+fn optional_text(
+    object: &Value,
+    key: &str,
+    field: &'static str,
+) -> Result<Option<String>, Rejection> {
+    let Some(text) = annotation(object, key).map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if has_bad_controls(text, false) {
+        return Err(Rejection::ControlCharacters { field });
+    }
+    if text.chars().count() > 100 {
+        return Err(Rejection::unsupported(field, text, "at most 100 characters"));
+    }
+    Ok(Some(text.to_owned()))
+}
+
+fn validate_icon(src: &str) -> Result<String, Rejection> {
+    if src.len() > 255 {
+        return Err(Rejection::InvalidIcon {
+            reason: "longer than 255 characters",
+        });
+    }
+    match url::Url::parse(src) {
+        Ok(u) if u.scheme() == "https" && u.host().is_some() && u.username().is_empty() && u.password().is_none() && !src.chars().any(char::is_whitespace) => {
+            Ok(src.to_owned())
+        }
+        Ok(_) => Err(Rejection::InvalidIcon {
+            reason: "must be an https URL with a host and no credentials",
+        }),
+        Err(_) => Err(Rejection::InvalidIcon {
+            reason: "not a URL",
+        }),
+    }
+}
+
+fn tools(object: &Value) -> Result<Vec<String>, Rejection> {
+    let Some(raw) = annotation(object, ann::TOOLS) else {
+        return Ok(Vec::new());
+    };
+    let invalid = |reason: String| Rejection::InvalidTools { reason };
+    let parsed: Value = serde_json::from_str(raw).map_err(|e| invalid(e.to_string()))?;
+    let items = parsed
+        .as_array()
+        .ok_or_else(|| invalid("not an array".to_owned()))?;
+    if items.len() > 1000 {
+        return Err(invalid(format!("{} tools; at most 1000", items.len())));
+    }
+    items
+        .iter()
+        .map(|item| match item.as_str().map(str::trim) {
+            Some(name) if !name.is_empty() && name.chars().count() <= 128 && !has_bad_controls(name, false) => {
+                Ok(name.to_owned())
+            }
+            _ => Err(invalid(format!(
+                "{} is not a tool name (a non-empty string of at most 128 characters)",
+                excerpt(&item.to_string(), 40)
+            ))),
+        })
+        .collect()
+}
+
+fn server_name(object: &Value, id: &ObjectRef) -> Result<ServerName, Rejection> {
+    let (value, overridden) = match annotation(object, ann::REGISTRY_SERVER_NAME).map(str::trim) {
+        Some(v) if !v.is_empty() => (v.to_owned(), true),
+        _ => (
+            format!(
+                "{}{}/{}",
+                ann::DEFAULT_SERVER_NAMESPACE_PREFIX,
+                id.namespace(),
+                id.name()
+            ),
+            false,
+        ),
+    };
+    value
+        .parse()
+        .map_err(|e: crate::ids::IdError| Rejection::InvalidServerName {
+            value: excerpt(&value, 80),
+            reason: if overridden {
+                e.reason
+            } else {
+                "the default name derived from namespace and name is not valid; set annotation toolhive.stacklok.dev/registry-server-name"
+            },
+        })
+}
+
+fn version(object: &Value, image: Option<&str>) -> Result<String, Rejection> {
+    if let Some(v) = annotation(object, ann::REGISTRY_VERSION).map(str::trim) {
+        let invalid = |reason| Rejection::InvalidVersion {
+            value: excerpt(v, 60),
+            reason,
+        };
+        if v.is_empty() || v.len() > 255 {
+            return Err(invalid("must be 1-255 characters"));
+        }
+        if v.eq_ignore_ascii_case("latest") {
+            return Err(invalid("\"latest\" is not a version"));
+        }
+        if v.chars().any(|c| c.is_whitespace() || c.is_control()) || is_version_range(v) {
+            return Err(invalid("must be one exact version, not a range"));
+        }
+        return Ok(v.to_owned());
+    }
+    Ok(image
+        .and_then(semver_image_tag)
+        .unwrap_or_else(|| ann::DEFAULT_VERSION.to_owned()))
+}
+
+fn is_version_range(v: &str) -> bool {
+    v.starts_with(['^', '~', '>', '<', '=', '*'])
+        || v.contains("||")
+        || v.split('.').any(|part| matches!(part, "x" | "X" | "*"))
+}
+
+/// The tag of `registry/repo:tag[@digest]` when it is semver (`v` allowed).
+pub fn semver_image_tag(image: &str) -> Option<String> {
+    let without_digest = image.split('@').next()?;
+    let last_segment = without_digest.rsplit('/').next()?;
+    let (_, tag) = last_segment.rsplit_once(':')?;
+    let bare = tag.strip_prefix('v').unwrap_or(tag);
+    semver::Version::parse(bare).ok().map(|v| v.to_string())
+}
+
+/// The object's own transport string and the remote type clients use.
+fn transport(kind: Kind, object: &Value) -> Result<(String, RemoteTransport), Rejection> {
+    let default = match kind {
+        Kind::MCPServer => "stdio",
+        Kind::MCPRemoteProxy | Kind::VirtualMCPServer => "streamable-http",
+    };
+    let transport = str_at(object, &["spec", "transport"]).unwrap_or(default);
+    let remote = match (kind, transport) {
+        (Kind::MCPServer, "stdio") => {
+            let mode = str_at(object, &["spec", "proxyMode"]).unwrap_or("streamable-http");
+            RemoteTransport::parse(mode).ok_or_else(|| {
+                Rejection::unsupported("spec.proxyMode", mode, "sse or streamable-http")
+            })?
+        }
+        (Kind::MCPServer, t) => RemoteTransport::parse(t).ok_or_else(|| {
+            Rejection::unsupported("spec.transport", t, "stdio, sse or streamable-http")
+        })?,
+        (_, t) => RemoteTransport::parse(t).ok_or_else(|| {
+            Rejection::unsupported("spec.transport", t, "sse or streamable-http")
+        })?,
+    };
+    Ok((transport.to_owned(), remote))
+}
+
+fn proxy_port(object: &Value) -> Result<u16, Rejection> {
+    let raw = at(object, &["spec", "proxyPort"]).or_else(|| at(object, &["spec", "port"]));
+    let Some(raw) = raw else {
+        return Ok(ann::DEFAULT_PROXY_PORT);
+    };
+    let port = match raw {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    port.and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Rejection::unsupported("spec.proxyPort", &raw.to_string(), "a port number 1-65535"))
+}
+
+fn url(
+    kind: Kind,
+    object: &Value,
+    id: &ObjectRef,
+    remote: RemoteTransport,
+    policy: &WatcherPolicy,
+) -> Result<String, Rejection> {
+    if let Some(u) = annotation(object, ann::REGISTRY_URL) {
+        return validate_url(u.trim(), UrlSource::Annotation);
+    }
+    if policy.require_url_annotation {
+        return Err(Rejection::UrlAnnotationRequired);
+    }
+    if let Some(u) = str_at(object, &["status", "url"]).filter(|u| !u.trim().is_empty()) {
+        return validate_url(u.trim(), UrlSource::Status);
+    }
+    let path = match remote {
+        RemoteTransport::StreamableHttp => "/mcp".to_owned(),
+        RemoteTransport::Sse => format!("/sse#{}", id.name()),
+    };
+    let derived = format!(
+        "http://{}.{}.svc.cluster.local:{}{path}",
+        kind.service_name(id.name()),
+        id.namespace(),
+        proxy_port(object)?
+    );
+    validate_url(&derived, UrlSource::Derived)
+}
+
+/// Checks a URL without ever echoing it: it may carry credentials.
+pub fn validate_url(raw: &str, source: UrlSource) -> Result<String, Rejection> {
+    let invalid = |reason: &str| Rejection::InvalidUrl {
+        origin: source,
+        reason: reason.to_owned(),
+    };
+    if raw.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if raw.len() > 2048 {
+        return Err(invalid("it is longer than 2048 characters"));
+    }
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("it contains white space or control characters"));
+    }
+    let parsed = url::Url::parse(raw).map_err(|e| invalid(&format!("it does not parse ({e})")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid(&format!(
+            "scheme {:?} is not http or https",
+            excerpt(parsed.scheme(), 20)
+        )));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid("it contains user credentials, which are never advertised"));
+    }
+    if parsed.host().is_none() {
+        return Err(invalid("it has no host"));
+    }
+    Ok(raw.to_owned())
+}
+
+/// Any client authentication configured on the object means a bearer token.
+fn requires_token(object: &Value) -> bool {
+    let direct = ["oidcConfig", "oidcConfigRef", "externalAuthConfigRef", "authServerRef"]
+        .iter()
+        .any(|field| at(object, &["spec", field]).is_some());
+    let incoming = at(object, &["spec", "incomingAuth"]).is_some_and(|auth| {
+        str_at(auth, &["type"]) != Some("anonymous")
+            && (at(auth, &["oidcConfig"]).is_some() || str_at(auth, &["type"]) == Some("oidc"))
+    });
+    direct || incoming
+}

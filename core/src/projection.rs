@@ -1,0 +1,157 @@
+//! Folding events into stored state, idempotently and order-safely.
+//!
+//! The projector stores one `StoredDeployment` per key. Every stored value
+//! remembers the stream sequence of the event that produced it, and an event
+//! is applied only when its sequence is newer. So a duplicate, a redelivery
+//! or an event overtaken by a newer one never regresses a key, whatever the
+//! order in which one or several projectors see them. Withdrawals are kept
+//! as tombstones for the same reason: a deleted key would let a late, older
+//! `applied` resurrect it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Resync, WithdrawReason, Withdrawal};
+use crate::names::DeploymentKey;
+use crate::record::{DeploymentRecord, RECORD_VERSION};
+
+/// The value under a deployment key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredDeployment {
+    pub v: u32,
+    /// Stream sequence of the event this state comes from.
+    pub seq: u64,
+    /// When what clients see of this deployment last changed.
+    pub changed_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub state: DeploymentState,
+}
+
+/// Advertised, or withdrawn (a tombstone).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeploymentState {
+    Live(Box<DeploymentRecord>),
+    Withdrawn(Withdrawal),
+}
+
+impl StoredDeployment {
+    pub fn live(&self) -> Option<&DeploymentRecord> {
+        match &self.state {
+            DeploymentState::Live(r) => Some(r),
+            DeploymentState::Withdrawn(_) => None,
+        }
+    }
+
+    pub fn key(&self) -> DeploymentKey {
+        match &self.state {
+            DeploymentState::Live(r) => DeploymentKey::new(r.cluster.clone(), r.object.clone()),
+            DeploymentState::Withdrawn(w) => DeploymentKey::new(w.cluster.clone(), w.object.clone()),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("stored state always serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// What to do with a key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fold {
+    /// Store this value.
+    Write(StoredDeployment),
+    /// The stored value is as new or newer; the event changes nothing.
+    Stale { stored_seq: u64 },
+}
+
+fn stale(current: Option<&StoredDeployment>, seq: u64) -> Option<Fold> {
+    current
+        .filter(|c| c.seq >= seq)
+        .map(|c| Fold::Stale { stored_seq: c.seq })
+}
+
+/// An `applied` event with stream sequence `seq`.
+pub fn fold_applied(
+    current: Option<&StoredDeployment>,
+    record: &DeploymentRecord,
+    seq: u64,
+) -> Fold {
+    if let Some(s) = stale(current, seq) {
+        return s;
+    }
+    let unchanged = current
+        .and_then(StoredDeployment::live)
+        .filter(|prev| prev.same_advertisement(record));
+    let changed_at = match (unchanged, current) {
+        (Some(_), Some(c)) => c.changed_at,
+        _ => record.observed_at,
+    };
+    Fold::Write(StoredDeployment {
+        v: RECORD_VERSION,
+        seq,
+        changed_at,
+        state: DeploymentState::Live(Box::new(record.clone())),
+    })
+}
+
+/// A `withdrawn` event with stream sequence `seq`, published at `time`.
+pub fn fold_withdrawn(
+    current: Option<&StoredDeployment>,
+    withdrawal: &Withdrawal,
+    seq: u64,
+    time: DateTime<Utc>,
+) -> Fold {
+    if let Some(s) = stale(current, seq) {
+        return s;
+    }
+    let changed_at = match current {
+        Some(c) if c.live().is_none() => c.changed_at,
+        _ => time,
+    };
+    Fold::Write(StoredDeployment {
+        v: RECORD_VERSION,
+        seq,
+        changed_at,
+        state: DeploymentState::Withdrawn(withdrawal.clone()),
+    })
+}
+
+/// After `resync.completed` (sequence `seq`): the tombstone for a live
+/// record of that cluster and kind that the re-list did not confirm, or
+/// `None` when the record stays.
+pub fn sweep(
+    current: &StoredDeployment,
+    completed: &Resync,
+    seq: u64,
+    time: DateTime<Utc>,
+) -> Option<StoredDeployment> {
+    let record = current.live()?;
+    let unconfirmed = record.cluster == completed.cluster
+        && record.object.kind() == completed.kind
+        && record.epoch < completed.epoch
+        && current.seq < seq;
+    unconfirmed.then(|| StoredDeployment {
+        v: RECORD_VERSION,
+        seq,
+        changed_at: time,
+        state: DeploymentState::Withdrawn(Withdrawal {
+            v: RECORD_VERSION,
+            cluster: record.cluster.clone(),
+            registry: record.registry.clone(),
+            object: record.object.clone(),
+            uid: record.uid.clone(),
+            resource_version: record.resource_version.clone(),
+            epoch: completed.epoch,
+            reason: WithdrawReason::Unconfirmed,
+            message: Some(format!(
+                "not confirmed by the re-list of epoch {}",
+                completed.epoch
+            )),
+        }),
+    })
+}

@@ -1,0 +1,201 @@
+//! The deployment record: what one advertised object in one cluster says.
+//!
+//! A record is the body of an `applied` event and the value the projector
+//! stores. It carries `"v": 1` so that a reader can tell an old record from a
+//! newer format; unknown fields are ignored so that an older reader survives a
+//! newer writer that only added fields.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ClusterId, RegistryName, ServerName};
+use crate::object::ObjectRef;
+
+/// The record format this build writes and the newest it can read.
+pub const RECORD_VERSION: u32 = 1;
+
+/// One advertised deployment: an opted-in, ready ToolHive object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentRecord {
+    pub v: u32,
+    pub cluster: ClusterId,
+    pub registry: RegistryName,
+    #[serde(flatten)]
+    pub object: ObjectRef,
+    pub uid: String,
+    pub resource_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    pub observed_at: DateTime<Utc>,
+    /// The watcher's list epoch this record was confirmed in (see `resync`).
+    pub epoch: u64,
+    pub server_name: ServerName,
+    pub version: String,
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icon: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+    pub remote: Remote,
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The object's own `spec.transport` (stdio, sse, streamable-http).
+    pub transport: String,
+}
+
+impl DeploymentRecord {
+    /// Whether two records advertise the same thing, ignoring bookkeeping
+    /// (resource version, generation, observation time and epoch). A resync
+    /// that re-reads an unchanged object is then no change to clients.
+    pub fn same_advertisement(&self, other: &DeploymentRecord) -> bool {
+        let strip = |r: &DeploymentRecord| DeploymentRecord {
+            resource_version: String::new(),
+            generation: None,
+            observed_at: DateTime::<Utc>::UNIX_EPOCH,
+            epoch: 0,
+            ..r.clone()
+        };
+        strip(self) == strip(other)
+    }
+}
+
+/// A remote endpoint, exactly as `server.json` spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remote {
+    #[serde(rename = "type")]
+    pub transport: RemoteTransport,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<Header>,
+}
+
+/// The two transports a remote can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RemoteTransport {
+    #[serde(rename = "streamable-http")]
+    StreamableHttp,
+    #[serde(rename = "sse")]
+    Sse,
+}
+
+impl RemoteTransport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoteTransport::StreamableHttp => "streamable-http",
+            RemoteTransport::Sse => "sse",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "streamable-http" => Some(RemoteTransport::StreamableHttp),
+            "sse" => Some(RemoteTransport::Sse),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RemoteTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A header a client must or may send. Declares it; never carries a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Header {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub is_required: bool,
+    #[serde(default)]
+    pub is_secret: bool,
+}
+
+impl Header {
+    /// The bearer token header of a server that authenticates its clients.
+    pub fn bearer_token() -> Header {
+        Header {
+            name: "Authorization".to_owned(),
+            description: Some(
+                "Bearer token issued by the identity provider this server trusts (\"Bearer <token>\")"
+                    .to_owned(),
+            ),
+            is_required: true,
+            is_secret: true,
+        }
+    }
+}
+
+/// `status.phase` of a ToolHive object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Phase {
+    Pending,
+    /// The name older operators use for `Ready`.
+    Running,
+    Ready,
+    Failed,
+    Terminating,
+    Stopped,
+    /// A phase this build does not know; kept verbatim.
+    Other(String),
+}
+
+impl Phase {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Ready => "Ready",
+            Phase::Failed => "Failed",
+            Phase::Terminating => "Terminating",
+            Phase::Stopped => "Stopped",
+            Phase::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for Phase {
+    fn from(s: &str) -> Phase {
+        match s {
+            "Pending" => Phase::Pending,
+            "Running" => Phase::Running,
+            "Ready" => Phase::Ready,
+            "Failed" => Phase::Failed,
+            "Terminating" => Phase::Terminating,
+            "Stopped" => Phase::Stopped,
+            other => Phase::Other(other.to_owned()),
+        }
+    }
+}
+
+impl From<String> for Phase {
+    fn from(s: String) -> Phase {
+        Phase::from(s.as_str())
+    }
+}
+
+impl From<Phase> for String {
+    fn from(p: Phase) -> String {
+        p.as_str().to_owned()
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

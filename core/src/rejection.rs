@@ -1,0 +1,97 @@
+//! Why an object that opted in cannot be advertised.
+//!
+//! Each reason reads as a sentence an operator can act on, names the
+//! annotation or field at fault, and never repeats a value that may hold a
+//! credential. `code()` is the stable label for metrics and Kubernetes Events.
+
+use crate::annotations;
+use crate::ids::excerpt;
+
+/// What is wrong with an opted-in object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the object is malformed: {0}")]
+    Malformed(String),
+    #[error("annotation {} is missing; the registry requires a description", annotations::REGISTRY_DESCRIPTION)]
+    MissingDescription,
+    #[error("description is {len} characters; the registry format allows 100")]
+    DescriptionTooLong { len: usize },
+    #[error("{field} contains control characters")]
+    ControlCharacters { field: &'static str },
+    #[error("title is {len} characters; the registry format allows 1-100")]
+    TitleLength { len: usize },
+    #[error("registry name {value:?} from label {label} {reason}")]
+    InvalidRegistry {
+        value: String,
+        label: &'static str,
+        reason: &'static str,
+    },
+    #[error("namespace {namespace} is not allowed to publish into registry {registry}")]
+    RegistryNotAllowed { registry: String, namespace: String },
+    #[error("annotation {} is required by this watcher (cluster-local URLs are not advertised)", annotations::REGISTRY_URL)]
+    UrlAnnotationRequired,
+    #[error("URL from {origin} is not usable: {reason}")]
+    InvalidUrl { origin: UrlSource, reason: String },
+    #[error("server name {value:?} is invalid: {reason}")]
+    InvalidServerName { value: String, reason: &'static str },
+    #[error("version {value:?} from annotation {} is not usable: {reason}", annotations::REGISTRY_VERSION)]
+    InvalidVersion { value: String, reason: &'static str },
+    #[error("icon from annotation {} is not usable: {reason}", annotations::REGISTRY_ICON)]
+    InvalidIcon { reason: &'static str },
+    #[error("annotation {} is not a JSON array of tool names: {reason}", annotations::TOOLS)]
+    InvalidTools { reason: String },
+    #[error("{field} is {value:?}; expected {expected}")]
+    UnsupportedField {
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// Where a rejected URL came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlSource {
+    Annotation,
+    Status,
+    Derived,
+}
+
+impl std::fmt::Display for UrlSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UrlSource::Annotation => write!(f, "annotation {}", annotations::REGISTRY_URL),
+            UrlSource::Status => f.write_str("status.url"),
+            UrlSource::Derived => f.write_str("the proxy Service"),
+        }
+    }
+}
+
+impl Rejection {
+    /// Stable, low-cardinality label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::Malformed(_) => "malformed",
+            Rejection::MissingDescription => "missing_description",
+            Rejection::DescriptionTooLong { .. } => "description_too_long",
+            Rejection::ControlCharacters { .. } => "control_characters",
+            Rejection::TitleLength { .. } => "invalid_title",
+            Rejection::InvalidRegistry { .. } => "invalid_registry",
+            Rejection::RegistryNotAllowed { .. } => "registry_not_allowed",
+            Rejection::UrlAnnotationRequired => "url_required",
+            Rejection::InvalidUrl { .. } => "invalid_url",
+            Rejection::InvalidServerName { .. } => "invalid_server_name",
+            Rejection::InvalidVersion { .. } => "invalid_version",
+            Rejection::InvalidIcon { .. } => "invalid_icon",
+            Rejection::InvalidTools { .. } => "invalid_tools",
+            Rejection::UnsupportedField { .. } => "unsupported_field",
+        }
+    }
+
+    pub(crate) fn unsupported(field: &'static str, value: &str, expected: &'static str) -> Self {
+        Rejection::UnsupportedField {
+            field,
+            value: excerpt(value, 60),
+            expected,
+        }
+    }
+}
