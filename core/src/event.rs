@@ -349,8 +349,8 @@ impl Event {
     pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-        let envelope: Envelope = serde_json::from_value(value)
-            .map_err(|e| DecodeError::NotCloudEvent(e.to_string()))?;
+        let envelope: Envelope =
+            serde_json::from_value(value).map_err(|e| DecodeError::NotCloudEvent(e.to_string()))?;
         if envelope.specversion != SPEC_VERSION {
             return Err(DecodeError::NotCloudEvent(format!(
                 "specversion is {:?}, expected \"1.0\"",

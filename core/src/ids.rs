@@ -224,7 +224,17 @@ mod tests {
             assert!(ok.parse::<RegistryName>().is_ok(), "{ok}");
             assert!(ok.parse::<ClusterId>().is_ok(), "{ok}");
         }
-        for bad in ["", "A", "-a", "a-", "a.b", "a_b", "a b", &"x".repeat(64), "é"] {
+        for bad in [
+            "",
+            "A",
+            "-a",
+            "a-",
+            "a.b",
+            "a_b",
+            "a b",
+            &"x".repeat(64),
+            "é",
+        ] {
             let err = bad.parse::<ClusterId>().unwrap_err();
             assert_eq!(err.what, "cluster id");
             assert!(bad.parse::<RegistryName>().is_err(), "{bad}");
@@ -242,15 +252,7 @@ mod tests {
             assert_eq!(format!("{}/{}", n.namespace(), n.short_name()), ok);
         }
         for bad in [
-            "noslash",
-            "a/b/c",
-            "a/bc",
-            "ab/c",
-            ".ab/cd",
-            "ab/cd-",
-            "a_b/cd",
-            "ab/c d",
-            "/abc",
+            "noslash", "a/b/c", "a/bc", "ab/c", ".ab/cd", "ab/cd-", "a_b/cd", "ab/c d", "/abc",
         ] {
             assert!(bad.parse::<ServerName>().is_err(), "{bad}");
         }

@@ -139,6 +139,11 @@ fn build_record(
         .map(|s| validate_icon(s.trim()))
         .transpose()?;
     let category = optional_text(object, ann::REGISTRY_CATEGORY, "category")?;
+    if let Some(c) = &category
+        && c.chars().count() > 100
+    {
+        return Err(Rejection::unsupported("category", c, "at most 100 characters").into());
+    }
     let tools = tools(object)?;
     let server_name = server_name(object, &id.object)?;
     let image = str_at(object, &["spec", "image"]).map(str::to_owned);
@@ -210,11 +215,13 @@ fn registry_of(object: &Value, policy: &WatcherPolicy) -> Result<RegistryName, R
         (None, Some(v)) => (v, ann::LEGACY_REGISTRY_NAME),
         (None, None) => return Ok(policy.default_registry.clone()),
     };
-    value.parse().map_err(|e: crate::ids::IdError| Rejection::InvalidRegistry {
-        value: excerpt(value, 80),
-        label: key,
-        reason: e.reason,
-    })
+    value
+        .parse()
+        .map_err(|e: crate::ids::IdError| Rejection::InvalidRegistry {
+            value: excerpt(value, 80),
+            label: key,
+            reason: e.reason,
+        })
 }
 
 /// Multi-line text is fine in a description, other control characters not.
@@ -246,14 +253,14 @@ fn optional_text(
     key: &str,
     field: &'static str,
 ) -> Result<Option<String>, Rejection> {
-    let Some(text) = annotation(object, key).map(str::trim).filter(|s| !s.is_empty()) else {
+    let Some(text) = annotation(object, key)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    else {
         return Ok(None);
     };
     if has_bad_controls(text, false) {
         return Err(Rejection::ControlCharacters { field });
-    }
-    if text.chars().count() > 100 {
-        return Err(Rejection::unsupported(field, text, "at most 100 characters"));
     }
     Ok(Some(text.to_owned()))
 }
@@ -265,7 +272,13 @@ fn validate_icon(src: &str) -> Result<String, Rejection> {
         });
     }
     match url::Url::parse(src) {
-        Ok(u) if u.scheme() == "https" && u.host().is_some() && u.username().is_empty() && u.password().is_none() && !src.chars().any(char::is_whitespace) => {
+        Ok(u)
+            if u.scheme() == "https"
+                && u.host().is_some()
+                && u.username().is_empty()
+                && u.password().is_none()
+                && !src.chars().any(char::is_whitespace) =>
+        {
             Ok(src.to_owned())
         }
         Ok(_) => Err(Rejection::InvalidIcon {
@@ -292,7 +305,11 @@ fn tools(object: &Value) -> Result<Vec<String>, Rejection> {
     items
         .iter()
         .map(|item| match item.as_str().map(str::trim) {
-            Some(name) if !name.is_empty() && name.chars().count() <= 128 && !has_bad_controls(name, false) => {
+            Some(name)
+                if !name.is_empty()
+                    && name.chars().count() <= 128
+                    && !has_bad_controls(name, false) =>
+            {
                 Ok(name.to_owned())
             }
             _ => Err(invalid(format!(
@@ -382,9 +399,8 @@ fn transport(kind: Kind, object: &Value) -> Result<(String, RemoteTransport), Re
         (Kind::MCPServer, t) => RemoteTransport::parse(t).ok_or_else(|| {
             Rejection::unsupported("spec.transport", t, "stdio, sse or streamable-http")
         })?,
-        (_, t) => RemoteTransport::parse(t).ok_or_else(|| {
-            Rejection::unsupported("spec.transport", t, "sse or streamable-http")
-        })?,
+        (_, t) => RemoteTransport::parse(t)
+            .ok_or_else(|| Rejection::unsupported("spec.transport", t, "sse or streamable-http"))?,
     };
     Ok((transport.to_owned(), remote))
 }
@@ -401,7 +417,9 @@ fn proxy_port(object: &Value) -> Result<u16, Rejection> {
     };
     port.and_then(|p| u16::try_from(p).ok())
         .filter(|p| *p > 0)
-        .ok_or_else(|| Rejection::unsupported("spec.proxyPort", &raw.to_string(), "a port number 1-65535"))
+        .ok_or_else(|| {
+            Rejection::unsupported("spec.proxyPort", &raw.to_string(), "a port number 1-65535")
+        })
 }
 
 fn url(
@@ -456,7 +474,9 @@ pub fn validate_url(raw: &str, source: UrlSource) -> Result<String, Rejection> {
         )));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(invalid("it contains user credentials, which are never advertised"));
+        return Err(invalid(
+            "it contains user credentials, which are never advertised",
+        ));
     }
     if parsed.host().is_none() {
         return Err(invalid("it has no host"));
@@ -466,9 +486,14 @@ pub fn validate_url(raw: &str, source: UrlSource) -> Result<String, Rejection> {
 
 /// Any client authentication configured on the object means a bearer token.
 fn requires_token(object: &Value) -> bool {
-    let direct = ["oidcConfig", "oidcConfigRef", "externalAuthConfigRef", "authServerRef"]
-        .iter()
-        .any(|field| at(object, &["spec", field]).is_some());
+    let direct = [
+        "oidcConfig",
+        "oidcConfigRef",
+        "externalAuthConfigRef",
+        "authServerRef",
+    ]
+    .iter()
+    .any(|field| at(object, &["spec", field]).is_some());
     let incoming = at(object, &["spec", "incomingAuth"]).is_some_and(|auth| {
         str_at(auth, &["type"]) != Some("anonymous")
             && (at(auth, &["oidcConfig"]).is_some() || str_at(auth, &["type"]) == Some("oidc"))

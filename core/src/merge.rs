@@ -74,7 +74,11 @@ pub struct Icon {
 pub struct ResponseMeta {
     #[serde(rename = "io.modelcontextprotocol.registry/official")]
     pub official: OfficialMeta,
-    #[serde(rename = "dev.herald", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "dev.herald",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub herald: Option<HeraldMeta>,
 }
 
@@ -109,12 +113,14 @@ pub struct DeploymentMeta {
     pub tools: Vec<String>,
 }
 
+/// The deployments of one (server name, version), with their change times.
+type Group<'a> = Vec<(&'a DeploymentRecord, DateTime<Utc>)>;
+
 /// Merges the live deployments among `stored` (tombstones are ignored) into
 /// entries sorted by server name, then version. Pass every deployment of a
 /// server name, or `isLatest` cannot be decided.
 pub fn merge<'a>(stored: impl IntoIterator<Item = &'a StoredDeployment>) -> Vec<ServerResponse> {
-    let mut groups: BTreeMap<(ServerName, String), Vec<(&DeploymentRecord, DateTime<Utc>)>> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<(ServerName, String), Group<'a>> = BTreeMap::new();
     for s in stored {
         if let Some(record) = s.live() {
             groups
@@ -135,12 +141,18 @@ pub fn merge<'a>(stored: impl IntoIterator<Item = &'a StoredDeployment>) -> Vec<
 }
 
 fn deployment_order(a: &DeploymentRecord, b: &DeploymentRecord) -> Ordering {
-    (&a.cluster, a.object.namespace(), a.object.kind(), a.object.name()).cmp(&(
-        &b.cluster,
-        b.object.namespace(),
-        b.object.kind(),
-        b.object.name(),
-    ))
+    (
+        &a.cluster,
+        a.object.namespace(),
+        a.object.kind(),
+        a.object.name(),
+    )
+        .cmp(&(
+            &b.cluster,
+            b.object.namespace(),
+            b.object.kind(),
+            b.object.name(),
+        ))
 }
 
 fn merge_group(group: &[(&DeploymentRecord, DateTime<Utc>)]) -> ServerResponse {
@@ -206,7 +218,10 @@ fn merge_group(group: &[(&DeploymentRecord, DateTime<Utc>)]) -> ServerResponse {
 
 fn merge_headers(into: &mut Vec<Header>, from: &[Header]) {
     for h in from {
-        if !into.iter().any(|existing| existing.name.eq_ignore_ascii_case(&h.name)) {
+        if !into
+            .iter()
+            .any(|existing| existing.name.eq_ignore_ascii_case(&h.name))
+        {
             into.push(h.clone());
         }
     }

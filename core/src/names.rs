@@ -73,7 +73,9 @@ impl EventSubject {
         let rest = subject
             .strip_prefix(EVENTS_PREFIX)
             .and_then(|r| r.strip_prefix('.'))
-            .ok_or_else(|| NameError::new(WHAT, subject, format!("is not under {EVENTS_PREFIX}.")))?;
+            .ok_or_else(|| {
+                NameError::new(WHAT, subject, format!("is not under {EVENTS_PREFIX}."))
+            })?;
         let (cluster, last) = rest.split_once('.').ok_or_else(|| {
             NameError::new(WHAT, subject, "must be herald.events.<cluster>.<registry>")
         })?;
@@ -83,9 +85,13 @@ impl EventSubject {
         if last == CLUSTER_TOKEN {
             return Ok(EventSubject::Cluster { cluster });
         }
-        let registry = last
-            .parse()
-            .map_err(|e: crate::ids::IdError| NameError::new(WHAT, subject, format!("has an invalid registry: {}", e.reason)))?;
+        let registry = last.parse().map_err(|e: crate::ids::IdError| {
+            NameError::new(
+                WHAT,
+                subject,
+                format!("has an invalid registry: {}", e.reason),
+            )
+        })?;
         Ok(EventSubject::Deployment { cluster, registry })
     }
 }
@@ -96,7 +102,9 @@ impl fmt::Display for EventSubject {
             EventSubject::Deployment { cluster, registry } => {
                 write!(f, "{EVENTS_PREFIX}.{cluster}.{registry}")
             }
-            EventSubject::Cluster { cluster } => write!(f, "{EVENTS_PREFIX}.{cluster}.{CLUSTER_TOKEN}"),
+            EventSubject::Cluster { cluster } => {
+                write!(f, "{EVENTS_PREFIX}.{cluster}.{CLUSTER_TOKEN}")
+            }
         }
     }
 }
@@ -203,7 +211,9 @@ mod tests {
         };
         assert_eq!(s.to_string(), "herald.events.eu-1.team-a");
         assert_eq!(EventSubject::parse(&s.to_string()).unwrap(), s);
-        let c = EventSubject::Cluster { cluster: cluster("eu-1") };
+        let c = EventSubject::Cluster {
+            cluster: cluster("eu-1"),
+        };
         assert_eq!(c.to_string(), "herald.events.eu-1._cluster");
         assert_eq!(EventSubject::parse(&c.to_string()).unwrap(), c);
         for bad in [

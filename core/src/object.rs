@@ -19,7 +19,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::MCPServer, Kind::MCPRemoteProxy, Kind::VirtualMCPServer];
+    pub const ALL: [Kind; 3] = [
+        Kind::MCPServer,
+        Kind::MCPRemoteProxy,
+        Kind::VirtualMCPServer,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -47,7 +47,9 @@ impl StoredDeployment {
     pub fn key(&self) -> DeploymentKey {
         match &self.state {
             DeploymentState::Live(r) => DeploymentKey::new(r.cluster.clone(), r.object.clone()),
-            DeploymentState::Withdrawn(w) => DeploymentKey::new(w.cluster.clone(), w.object.clone()),
+            DeploymentState::Withdrawn(w) => {
+                DeploymentKey::new(w.cluster.clone(), w.object.clone())
+            }
         }
     }
 
@@ -61,6 +63,8 @@ impl StoredDeployment {
 }
 
 /// What to do with a key.
+// Returned and consumed at once: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fold {
     /// Store this value.

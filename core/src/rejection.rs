@@ -12,7 +12,10 @@ use crate::ids::excerpt;
 pub enum Rejection {
     #[error("the object is malformed: {0}")]
     Malformed(String),
-    #[error("annotation {} is missing; the registry requires a description", annotations::REGISTRY_DESCRIPTION)]
+    #[error(
+        "annotation {} is missing; the registry requires a description",
+        annotations::REGISTRY_DESCRIPTION
+    )]
     MissingDescription,
     #[error("description is {len} characters; the registry format allows 100")]
     DescriptionTooLong { len: usize },
@@ -28,17 +31,29 @@ pub enum Rejection {
     },
     #[error("namespace {namespace} is not allowed to publish into registry {registry}")]
     RegistryNotAllowed { registry: String, namespace: String },
-    #[error("annotation {} is required by this watcher (cluster-local URLs are not advertised)", annotations::REGISTRY_URL)]
+    #[error(
+        "annotation {} is required by this watcher (cluster-local URLs are not advertised)",
+        annotations::REGISTRY_URL
+    )]
     UrlAnnotationRequired,
     #[error("URL from {origin} is not usable: {reason}")]
     InvalidUrl { origin: UrlSource, reason: String },
     #[error("server name {value:?} is invalid: {reason}")]
     InvalidServerName { value: String, reason: &'static str },
-    #[error("version {value:?} from annotation {} is not usable: {reason}", annotations::REGISTRY_VERSION)]
+    #[error(
+        "version {value:?} from annotation {} is not usable: {reason}",
+        annotations::REGISTRY_VERSION
+    )]
     InvalidVersion { value: String, reason: &'static str },
-    #[error("icon from annotation {} is not usable: {reason}", annotations::REGISTRY_ICON)]
+    #[error(
+        "icon from annotation {} is not usable: {reason}",
+        annotations::REGISTRY_ICON
+    )]
     InvalidIcon { reason: &'static str },
-    #[error("annotation {} is not a JSON array of tool names: {reason}", annotations::TOOLS)]
+    #[error(
+        "annotation {} is not a JSON array of tool names: {reason}",
+        annotations::TOOLS
+    )]
     InvalidTools { reason: String },
     #[error("{field} is {value:?}; expected {expected}")]
     UnsupportedField {

@@ -75,7 +75,10 @@ pub fn router(readiness: Readiness, registry: Arc<Registry>) -> Router {
 async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
     match state.readiness.report() {
         None => (StatusCode::OK, "ready\n".to_owned()),
-        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready\n{why}\n")),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{why}\n"),
+        ),
     }
 }
 

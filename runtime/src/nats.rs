@@ -11,7 +11,12 @@ use clap::Args;
 #[derive(Clone, Args)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "HERALD_NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
+    #[arg(
+        long,
+        env = "HERALD_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
     pub nats_url: String,
     /// NATS credentials file (JWT + nkey seed), as issued by nsc.
     #[arg(long, env = "HERALD_NATS_CREDS", global = true)]
@@ -23,7 +28,12 @@ pub struct NatsArgs {
     #[arg(long, env = "HERALD_NATS_USER", global = true)]
     pub nats_user: Option<String>,
     /// NATS password (with --nats-user).
-    #[arg(long, env = "HERALD_NATS_PASSWORD", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "HERALD_NATS_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
     pub nats_password: Option<String>,
     /// NATS authentication token.
     #[arg(long, env = "HERALD_NATS_TOKEN", hide_env_values = true, global = true)]

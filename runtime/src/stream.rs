@@ -39,12 +39,18 @@ impl StreamArgs {
     /// Creates the stream, or verifies that the existing one is compatible.
     pub async fn ensure(&self, js: &jetstream::Context) -> anyhow::Result<stream::Info> {
         if self.stream_duplicate_window < Duration::from_secs(120) {
-            bail!("--stream-duplicate-window must be at least 2m so retried publishes are deduplicated");
+            bail!(
+                "--stream-duplicate-window must be at least 2m so retried publishes are deduplicated"
+            );
         }
         let wanted = self.config();
         match js.get_stream(STREAM).await {
             Ok(mut existing) => {
-                let info = existing.info().await.context("reading stream info")?.clone();
+                let info = existing
+                    .info()
+                    .await
+                    .context("reading stream info")?
+                    .clone();
                 let have = &info.config;
                 if !have.subjects.iter().any(|s| s == EVENTS_WILDCARD) {
                     bail!(
@@ -53,7 +59,9 @@ impl StreamArgs {
                     );
                 }
                 if have.storage != stream::StorageType::File {
-                    tracing::warn!("stream {STREAM} uses memory storage: events are lost on restart");
+                    tracing::warn!(
+                        "stream {STREAM} uses memory storage: events are lost on restart"
+                    );
                 }
                 if have.max_age != wanted.max_age || have.num_replicas != wanted.num_replicas {
                     tracing::warn!(

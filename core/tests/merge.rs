@@ -1,0 +1,245 @@
+//! The merge into `server.json`: grouping, remote union, deterministic
+//! metadata, `isLatest`, and output that validates against both official
+//! schemas.
+
+mod common;
+
+use chrono::Duration;
+use common::*;
+use herald_core::DeploymentRecord;
+use herald_core::merge::{ServerResponse, compare_versions, merge};
+use herald_core::projection::{Fold, StoredDeployment, fold_applied};
+use herald_core::record::Header;
+use serde_json::Value;
+
+fn stored(records: &[DeploymentRecord]) -> Vec<StoredDeployment> {
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match fold_applied(None, r, i as u64 + 1) {
+            Fold::Write(s) => s,
+            Fold::Stale { .. } => unreachable!(),
+        })
+        .collect()
+}
+
+fn schema_validators() -> Vec<(String, jsonschema::Validator)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/registry-spec");
+    [
+        "server.schema.2025-09-16.json",
+        "server.schema.2025-12-11.json",
+    ]
+    .into_iter()
+    .map(|file| {
+        let text =
+            std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let schema: Value = serde_json::from_str(&text).unwrap();
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        (file.to_owned(), validator)
+    })
+    .collect()
+}
+
+pub fn assert_valid_server_json(entries: &[ServerResponse]) {
+    let validators = schema_validators();
+    for entry in entries {
+        let server = serde_json::to_value(&entry.server).unwrap();
+        for (file, validator) in &validators {
+            let errors: Vec<String> = validator
+                .iter_errors(&server)
+                .map(|e| format!("{} at {}", e, e.instance_path()))
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{} against {file}: {errors:?}\n{server:#}",
+                entry.server.name
+            );
+        }
+    }
+}
+
+#[test]
+fn one_server_in_three_clusters_is_one_entry_with_three_remotes() {
+    let records: Vec<_> = ["c3", "c1", "c2"]
+        .iter()
+        .map(|c| record(c, "tools", "search", "io.example/search", "2.0.0"))
+        .collect();
+    let entries = merge(&stored(&records));
+    assert_eq!(entries.len(), 1);
+    let urls: Vec<&str> = entries[0]
+        .server
+        .remotes
+        .iter()
+        .map(|r| r.url.as_str())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            "https://search.tools.c1.example.com/mcp",
+            "https://search.tools.c2.example.com/mcp",
+            "https://search.tools.c3.example.com/mcp"
+        ],
+        "stable order: by cluster"
+    );
+    let deployments = &entries[0].meta.herald.as_ref().unwrap().deployments;
+    assert_eq!(
+        deployments
+            .iter()
+            .map(|d| d.cluster.as_str())
+            .collect::<Vec<_>>(),
+        ["c1", "c2", "c3"]
+    );
+    assert!(entries[0].meta.official.is_latest);
+    assert_valid_server_json(&entries);
+
+    let two = merge(&stored(&records[1..]));
+    assert_eq!(two[0].server.remotes.len(), 2, "withdrawing one leaves two");
+}
+
+#[test]
+fn remotes_are_deduplicated_by_url_and_headers_united() {
+    let a = record("c1", "ns-a", "search", "io.example/search", "2.0.0");
+    let mut b = record("c1", "ns-b", "search", "io.example/search", "2.0.0");
+    b.remote.url = a.remote.url.clone();
+    b.remote.headers = vec![Header::bearer_token()];
+    let entries = merge(&stored(&[b, a]));
+    assert_eq!(entries[0].server.remotes.len(), 1);
+    assert_eq!(entries[0].server.remotes[0].headers.len(), 1);
+    assert_eq!(
+        entries[0].meta.herald.as_ref().unwrap().deployments.len(),
+        2
+    );
+}
+
+#[test]
+fn conflicting_metadata_resolves_by_deployment_order_whatever_the_input_order() {
+    let mut first = record("a-cluster", "tools", "search", "io.example/search", "2.0.0");
+    first.description = "from a-cluster".into();
+    let mut second = record("b-cluster", "tools", "search", "io.example/search", "2.0.0");
+    second.description = "from b-cluster".into();
+    second.title = Some("Title from b".into());
+    second.icon = Some("https://example.com/b.png".into());
+    for input in [
+        vec![first.clone(), second.clone()],
+        vec![second.clone(), first.clone()],
+    ] {
+        let e = &merge(&stored(&input))[0];
+        assert_eq!(e.server.description, "from a-cluster");
+        assert_eq!(
+            e.server.title.as_deref(),
+            Some("Title from b"),
+            "optional fields from the first that sets them"
+        );
+        assert_eq!(e.server.icons[0].src, "https://example.com/b.png");
+    }
+}
+
+#[test]
+fn versions_are_separate_entries_and_is_latest_follows_semver() {
+    let records = [
+        record("c1", "tools", "v1", "io.example/search", "1.10.0"),
+        record("c1", "tools", "v2", "io.example/search", "1.9.0"),
+        record("c1", "tools", "v3", "io.example/search", "2.0.0-rc.1"),
+        record("c1", "tools", "other", "io.example/other", "0.1.0"),
+    ];
+    let entries = merge(&stored(&records));
+    let latest: Vec<(String, String, bool)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.server.name.to_string(),
+                e.server.version.clone(),
+                e.meta.official.is_latest,
+            )
+        })
+        .collect();
+    assert_eq!(
+        latest,
+        [
+            ("io.example/other".into(), "0.1.0".into(), true),
+            ("io.example/search".into(), "1.10.0".into(), false),
+            ("io.example/search".into(), "1.9.0".into(), false),
+            ("io.example/search".into(), "2.0.0-rc.1".into(), true),
+        ]
+    );
+    assert_valid_server_json(&entries);
+}
+
+#[test]
+fn non_semver_versions_rank_below_semver_then_by_update() {
+    let t = seen_at();
+    use std::cmp::Ordering::*;
+    assert_eq!(
+        compare_versions("1.0.0", t, "2024-06", t + Duration::days(1)),
+        Greater
+    );
+    assert_eq!(
+        compare_versions("build-1", t, "build-2", t + Duration::days(1)),
+        Less
+    );
+    assert_eq!(
+        compare_versions("build-9", t + Duration::days(1), "build-2", t),
+        Greater
+    );
+}
+
+#[test]
+fn official_meta_and_herald_meta_are_filled() {
+    let r = record("c1", "tools", "search", "io.example/search", "2.0.0");
+    let entries = merge(&stored(std::slice::from_ref(&r)));
+    let json = serde_json::to_value(&entries[0]).unwrap();
+    let official = &json["_meta"]["io.modelcontextprotocol.registry/official"];
+    assert_eq!(official["status"], "active");
+    assert_eq!(official["isLatest"], true);
+    assert_eq!(
+        official["updatedAt"],
+        serde_json::to_value(r.observed_at).unwrap()
+    );
+    let official_keys: Vec<&String> = official.as_object().unwrap().keys().collect();
+    assert_eq!(
+        official_keys,
+        ["isLatest", "publishedAt", "status", "updatedAt"],
+        "the official block allows no other keys"
+    );
+    let d = &json["_meta"]["dev.herald"]["deployments"][0];
+    assert_eq!(d["cluster"], "c1");
+    assert_eq!(d["namespace"], "tools");
+    assert_eq!(d["kind"], "MCPServer");
+    assert_eq!(d["name"], "search");
+    assert_eq!(d["phase"], "Ready");
+    assert!(d["lastSeen"].is_string());
+}
+
+#[test]
+fn every_advertised_fixture_merges_into_valid_server_json() {
+    let records: Vec<DeploymentRecord> = load("advertised.yaml")
+        .iter()
+        .map(|o| match map(o) {
+            herald_core::Decision::Advertise(r) => *r,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let entries = merge(&stored(&records));
+    assert_eq!(entries.len(), records.len());
+    assert_valid_server_json(&entries);
+}
+
+#[test]
+fn the_schema_check_itself_catches_invalid_documents() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/registry-spec/server-json-examples/invalid");
+    let validators = schema_validators();
+    let (_, newest) = &validators[1];
+    for file in std::fs::read_dir(dir).unwrap() {
+        let path = file.unwrap().path();
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(
+            !newest.is_valid(&doc),
+            "{} should be invalid",
+            path.display()
+        );
+    }
+}

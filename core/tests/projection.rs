@@ -1,0 +1,186 @@
+//! Folding events into stored state: idempotent, order-safe, and sweeping
+//! exactly the records a re-list did not confirm.
+
+mod common;
+
+use chrono::Duration;
+use common::*;
+use herald_core::cluster_state::ClusterState;
+use herald_core::event::{Heartbeat, Resync, Withdrawal};
+use herald_core::projection::{Fold, StoredDeployment, fold_applied, fold_withdrawn, sweep};
+use herald_core::{DeploymentRecord, Event, EventData, Kind, WithdrawReason};
+
+fn write(fold: Fold) -> StoredDeployment {
+    match fold {
+        Fold::Write(s) => s,
+        Fold::Stale { stored_seq } => panic!("unexpectedly stale (stored {stored_seq})"),
+    }
+}
+
+fn withdrawal(r: &DeploymentRecord) -> Withdrawal {
+    Withdrawal {
+        v: 1,
+        cluster: r.cluster.clone(),
+        registry: r.registry.clone(),
+        object: r.object.clone(),
+        uid: r.uid.clone(),
+        resource_version: "2".into(),
+        epoch: r.epoch,
+        reason: WithdrawReason::OptedOut,
+        message: None,
+    }
+}
+
+#[test]
+fn newer_events_apply_and_older_or_duplicate_ones_are_stale() {
+    let r = record("c1", "ns", "a", "io.example/alpha", "1.0.0");
+    let s5 = write(fold_applied(None, &r, 5));
+    assert_eq!(s5.seq, 5);
+    assert_eq!(
+        fold_applied(Some(&s5), &r, 5),
+        Fold::Stale { stored_seq: 5 },
+        "duplicate"
+    );
+    assert_eq!(
+        fold_applied(Some(&s5), &r, 3),
+        Fold::Stale { stored_seq: 5 },
+        "redelivered older"
+    );
+    let w = write(fold_withdrawn(Some(&s5), &withdrawal(&r), 8, seen_at()));
+    assert!(w.live().is_none());
+    assert_eq!(
+        fold_applied(Some(&w), &r, 6),
+        Fold::Stale { stored_seq: 8 },
+        "a late applied does not resurrect"
+    );
+    assert!(write(fold_applied(Some(&w), &r, 9)).live().is_some());
+}
+
+#[test]
+fn changed_at_moves_only_when_the_advertisement_changes() {
+    let r = record("c1", "ns", "a", "io.example/alpha", "1.0.0");
+    let first = write(fold_applied(None, &r, 1));
+    let mut resynced = r.clone();
+    resynced.epoch += 1;
+    resynced.resource_version = "77".into();
+    resynced.observed_at = r.observed_at + Duration::hours(1);
+    let again = write(fold_applied(Some(&first), &resynced, 2));
+    assert_eq!(again.changed_at, first.changed_at);
+    let mut edited = resynced.clone();
+    edited.description = "new words".into();
+    assert_eq!(
+        write(fold_applied(Some(&again), &edited, 3)).changed_at,
+        edited.observed_at
+    );
+}
+
+#[test]
+fn stored_values_round_trip() {
+    let r = record("c1", "ns", "a.b", "io.example/alpha", "1.0.0");
+    for s in [
+        write(fold_applied(None, &r, 1)),
+        write(fold_withdrawn(None, &withdrawal(&r), 2, seen_at())),
+    ] {
+        assert_eq!(StoredDeployment::from_json(&s.to_json()).unwrap(), s);
+        assert_eq!(s.key().to_string(), "deployment.c1.mcpserver.ns.a.b");
+    }
+}
+
+#[test]
+fn a_sweep_removes_only_unconfirmed_records_of_that_cluster_and_kind() {
+    let completed = Resync {
+        v: 1,
+        cluster: "c1".parse().unwrap(),
+        kind: Kind::MCPServer,
+        epoch: 10,
+        advertised: Some(1),
+    };
+    let mut old = record("c1", "ns", "old", "io.example/alpha", "1.0.0");
+    old.epoch = 9;
+    let mut confirmed = old.clone();
+    confirmed.epoch = 10;
+    let mut other_cluster = record("c2", "ns", "old", "io.example/alpha", "1.0.0");
+    other_cluster.epoch = 1;
+    let mut other_kind = old.clone();
+    other_kind.object = herald_core::ObjectRef::new(Kind::MCPRemoteProxy, "ns", "old").unwrap();
+
+    let swept = sweep(
+        &write(fold_applied(None, &old, 5)),
+        &completed,
+        20,
+        seen_at(),
+    )
+    .expect("unconfirmed");
+    assert_eq!(swept.seq, 20);
+    let herald_core::projection::DeploymentState::Withdrawn(w) = &swept.state else {
+        panic!()
+    };
+    assert_eq!(w.reason, WithdrawReason::Unconfirmed);
+    for keep in [confirmed, other_cluster, other_kind] {
+        assert_eq!(
+            sweep(
+                &write(fold_applied(None, &keep, 5)),
+                &completed,
+                20,
+                seen_at()
+            ),
+            None,
+            "{:?}",
+            keep.object
+        );
+    }
+    assert_eq!(
+        sweep(
+            &write(fold_applied(None, &old, 25)),
+            &completed,
+            20,
+            seen_at()
+        ),
+        None,
+        "newer than the sweep"
+    );
+}
+
+#[test]
+fn cluster_state_tracks_heartbeats_and_epochs() {
+    let cluster: herald_core::ClusterId = "c1".parse().unwrap();
+    let hb = Event::new(
+        EventData::Heartbeat(Heartbeat {
+            v: 1,
+            cluster: cluster.clone(),
+            started_at: seen_at(),
+            interval_seconds: 10,
+            watcher_version: "0.1.0".into(),
+        }),
+        seen_at(),
+    );
+    let s1 = ClusterState::fold(None, &hb, 1).unwrap();
+    assert_eq!(s1.heartbeat_interval_seconds, Some(10));
+    assert!(ClusterState::fold(Some(&s1), &hb, 1).is_none(), "not newer");
+    let started = Event::new(
+        EventData::ResyncStarted(Resync {
+            v: 1,
+            cluster: cluster.clone(),
+            kind: Kind::MCPServer,
+            epoch: 4,
+            advertised: None,
+        }),
+        seen_at(),
+    );
+    let s2 = ClusterState::fold(Some(&s1), &started, 2).unwrap();
+    assert!(!s2.epochs[&Kind::MCPServer].completed);
+    let done = Event::new(
+        EventData::ResyncCompleted(Resync {
+            v: 1,
+            cluster,
+            kind: Kind::MCPServer,
+            epoch: 4,
+            advertised: Some(0),
+        }),
+        seen_at(),
+    );
+    let s3 = ClusterState::fold(Some(&s2), &done, 3).unwrap();
+    assert!(s3.epochs[&Kind::MCPServer].completed);
+    assert!(!s3.is_stale(seen_at() + Duration::seconds(30)));
+    assert!(s3.is_stale(seen_at() + Duration::seconds(31)));
+}

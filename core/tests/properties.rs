@@ -1,0 +1,125 @@
+//! Property tests: the mapping and the event decoder never panic on
+//! arbitrary input, and names round-trip.
+
+mod common;
+
+use common::*;
+use herald_core::mapping::decide;
+use herald_core::names::{DeploymentKey, EventSubject, is_valid_kv_key};
+use herald_core::{Event, Kind, ObjectRef};
+use proptest::prelude::*;
+use serde_json::{Map, Value};
+
+fn arbitrary_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map("[a-zA-Z./-]{0,12}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+        ]
+    })
+}
+
+/// A real object with arbitrary values grafted at the paths the mapping reads.
+fn mutated_object() -> impl Strategy<Value = Value> {
+    let paths = prop::sample::select(vec![
+        "/metadata/annotations/toolhive.stacklok.dev~1registry-description",
+        "/metadata/annotations/toolhive.stacklok.dev~1registry-url",
+        "/metadata/annotations/toolhive.stacklok.dev~1tools",
+        "/metadata/annotations/toolhive.stacklok.dev~1registry-version",
+        "/metadata/annotations/toolhive.stacklok.dev~1registry-server-name",
+        "/metadata/annotations/toolhive.stacklok.dev~1registry-icon",
+        "/metadata/labels/toolhive.stacklok.dev~1registry-name",
+        "/metadata/name",
+        "/metadata/namespace",
+        "/metadata/generation",
+        "/spec/transport",
+        "/spec/proxyMode",
+        "/spec/proxyPort",
+        "/spec/image",
+        "/spec/oidcConfig",
+        "/spec/incomingAuth",
+        "/status/phase",
+        "/status/url",
+        "/status",
+        "/spec",
+        "/metadata/annotations",
+    ]);
+    let base = load("advertised.yaml");
+    (
+        prop::sample::select(base),
+        prop::collection::vec((paths, arbitrary_json()), 1..5),
+    )
+        .prop_map(|(mut object, grafts)| {
+            for (path, value) in grafts {
+                if let Some(slot) = object.pointer_mut(path) {
+                    *slot = value;
+                }
+            }
+            object
+        })
+}
+
+proptest! {
+    #[test]
+    fn the_mapping_never_panics_on_arbitrary_json(object in arbitrary_json()) {
+        for kind in Kind::ALL {
+            let _ = decide(kind, &object, &policy(), observation());
+        }
+    }
+
+    #[test]
+    fn the_mapping_never_panics_on_mutated_real_objects(object in mutated_object()) {
+        let decision = decide(kind_of(&object), &object, &policy(), observation());
+        if let herald_core::Decision::Advertise(record) = decision {
+            // Whatever got in must still be a valid, serializable record.
+            let event = Event::new(herald_core::EventData::Applied(record), seen_at());
+            prop_assert_eq!(Event::decode_on(&event.nats_subject().to_string(), &event.to_json()).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn decoding_never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Event::decode(&bytes);
+    }
+
+    #[test]
+    fn decoding_never_panics_on_arbitrary_envelopes(data in arbitrary_json(), ty in prop::sample::select(vec!["dev.herald.deployment.applied", "dev.herald.deployment.withdrawn", "dev.herald.resync.completed", "dev.herald.cluster.heartbeat", "x"])) {
+        let envelope = serde_json::json!({"specversion": "1.0", "id": "x", "source": "/clusters/c1", "type": ty, "time": "2026-01-01T00:00:00Z", "data": data});
+        let _ = Event::decode_on("herald.events.c1.default", &serde_json::to_vec(&envelope).unwrap());
+    }
+
+    #[test]
+    fn deployment_keys_round_trip(
+        cluster in "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?",
+        namespace in "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?",
+        name in "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?){0,3}",
+        kind in prop::sample::select(Kind::ALL.to_vec()),
+    ) {
+        let key = DeploymentKey::new(cluster.parse().unwrap(), ObjectRef::new(kind, &namespace, &name).unwrap());
+        let text = key.to_string();
+        prop_assert!(is_valid_kv_key(&text));
+        prop_assert_eq!(DeploymentKey::parse(&text).unwrap(), key);
+    }
+
+    #[test]
+    fn subjects_round_trip(cluster in "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", registry in "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?") {
+        let s = EventSubject::Deployment { cluster: cluster.parse().unwrap(), registry: registry.parse().unwrap() };
+        prop_assert_eq!(EventSubject::parse(&s.to_string()).unwrap(), s);
+    }
+
+    #[test]
+    fn key_parsing_never_panics(key in ".{0,80}") {
+        let _ = DeploymentKey::parse(&key);
+        let _ = EventSubject::parse(&key);
+    }
+}
