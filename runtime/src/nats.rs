@@ -140,7 +140,16 @@ impl NatsArgs {
     pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
         let opts = self.options(name)?;
         tracing::info!(url = %self.nats_url, auth = self.auth_method(), "connecting to NATS");
-        opts.connect(self.nats_url.as_str())
+        // async-nats takes a list of servers, not one comma-separated string.
+        let servers = self
+            .nats_url
+            .split(',')
+            .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| {
+                format!("--nats-url {:?} is not a list of NATS URLs", self.nats_url)
+            })?;
+        opts.connect(servers)
             .await
             .with_context(|| format!("connecting to NATS at {}", self.nats_url))
     }

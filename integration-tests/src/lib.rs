@@ -1,0 +1,34 @@
+//! Test harness for Herald: starts real servers on loopback and cleans up after them.
+//!
+//! Layout:
+//! - [`tools`]: where `scripts/test-deps` installed the servers, and Herald's own binaries;
+//! - [`process`]: [`process::ChildProcess`], every spawned process, with its log file;
+//! - [`dir`]: test folders, kept when a test fails;
+//! - [`ports`]: free loopback ports and retries when one was taken;
+//! - [`timeout`]: [`timeout::within`] and [`timeout::eventually`], bounded waiting;
+//! - [`nats`]: [`nats::NatsServer`] and [`nats::NatsCluster`] (JetStream);
+//! - [`kube`]: [`kube::KubeApi`], etcd and an API server with the ToolHive CRDs;
+//! - [`oracle`]: what `herald-api` must serve given the clusters' objects, and the check
+//!   that it does (nothing lost, nothing phantom).
+//!
+//! Conventions:
+//! - every server gets free loopback ports and its own folder under the system temp
+//!   folder, with its log; a server is killed when its handle is dropped, and when the test
+//!   process dies, even by SIGKILL;
+//! - when a test panics, the end of each server's log is printed and the folders are kept
+//!   (their paths printed). A test that returns `Err` drops its servers without panicking:
+//!   set `HERALD_KEEP_TEST_DIRS=1` to keep the folders then;
+//! - nothing waits by sleeping: `within` bounds a future, `eventually` polls a condition;
+//! - Herald's binaries are found with [`tools::herald_binary`] after
+//!   `cargo build --workspace --bins`, and run as [`process::ChildProcess`].
+//!
+//! Tests live in `tests/`: `harness.rs` checks this crate itself.
+
+pub mod dir;
+pub mod kube;
+pub mod nats;
+pub mod oracle;
+pub mod ports;
+pub mod process;
+pub mod timeout;
+pub mod tools;
