@@ -1,0 +1,55 @@
+//! The shared state of the HTTP handlers and the settings they follow.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use herald_core::RegistryName;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+use crate::registries::{Registries, SharedView};
+
+/// How the SSE feed behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct SseSettings {
+    pub keepalive: Duration,
+    pub max_subscribers: usize,
+}
+
+#[derive(Debug)]
+pub struct App {
+    pub registries: Registries,
+    pub metrics: Arc<Metrics>,
+    pub sse: SseSettings,
+    pub subscribers: AtomicUsize,
+    /// Cancelled at shutdown: SSE streams end so the server can drain.
+    pub shutdown: CancellationToken,
+}
+
+pub type AppState = Arc<App>;
+
+impl App {
+    /// The view a request addresses: `registry` from the path, or the default.
+    pub fn view(&self, registry: Option<&str>) -> Result<SharedView, Problem> {
+        let name: RegistryName = match registry {
+            None => self.registries.default_registry().clone(),
+            Some(raw) => raw.parse().map_err(|_| unknown_registry(raw))?,
+        };
+        self.registries
+            .get(&name)
+            .ok_or_else(|| unknown_registry(name.as_ref()))
+    }
+}
+
+fn unknown_registry(raw: &str) -> Problem {
+    Problem::not_found(
+        "registry",
+        format!("no registry {:?} is served here", excerpt(raw)),
+    )
+}
+
+fn excerpt(s: &str) -> String {
+    s.chars().take(100).collect()
+}

@@ -1,0 +1,223 @@
+//! Finding the registry buckets and watching each from the start.
+//!
+//! Buckets are listed at start and again periodically, and at once when
+//! JetStream announces a new stream, so registries created later are
+//! picked up. Each bucket gets one watcher that first delivers the current
+//! value of every key (with its revision), then every change; the bucket is
+//! *loaded* once the initial values are in.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use herald_core::RegistryName;
+use herald_core::names::{DeploymentKey, bucket_name, registry_of_bucket};
+use herald_core::projection::StoredDeployment;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::registries::{Registries, SharedView};
+
+/// JetStream's advisory subject for created streams.
+const STREAM_CREATED: &str = "$JS.EVENT.ADVISORY.STREAM.CREATED.>";
+/// JetStream names a KV bucket's stream `KV_<bucket>`.
+const KV_STREAM_PREFIX: &str = "KV_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("opening bucket {bucket}: {source}")]
+    Open {
+        bucket: String,
+        source: async_nats::jetstream::context::KeyValueError,
+    },
+    #[error("watching bucket {bucket}: {source}")]
+    Watch {
+        bucket: String,
+        source: kv::WatchError,
+    },
+    #[error("reading bucket {bucket}: {source}")]
+    Read {
+        bucket: String,
+        source: kv::WatcherError,
+    },
+    #[error("the watch of bucket {bucket} ended")]
+    Ended { bucket: String },
+}
+
+/// Lists buckets every `interval` (and on stream-created advisories) and
+/// starts a watcher per new registry bucket, until `shutdown`.
+pub async fn run(
+    client: async_nats::Client,
+    registries: Registries,
+    metrics: Metrics,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let js = jetstream::new(client.clone());
+    let wake = std::sync::Arc::new(Notify::new());
+    // Best effort: without permission for advisories, the periodic list still works.
+    match client.subscribe(STREAM_CREATED).await {
+        Ok(mut advisories) => {
+            let wake = wake.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        msg = advisories.next() => match msg {
+                            Some(_) => wake.notify_one(),
+                            None => return,
+                        },
+                    }
+                }
+            });
+        }
+        Err(err) => {
+            tracing::warn!(%err, "cannot subscribe to stream advisories; listing periodically only")
+        }
+    }
+    loop {
+        match list_registries(&js).await {
+            Ok(found) => {
+                for registry in &found {
+                    if let Some((view, stop)) = registries.found_bucket(registry, &shutdown) {
+                        tracing::info!(%registry, "watching registry bucket");
+                        tokio::spawn(watch_forever(
+                            js.clone(),
+                            registry.clone(),
+                            view,
+                            registries.clone(),
+                            metrics.clone(),
+                            stop,
+                        ));
+                    }
+                }
+                for registry in registries.retain_buckets(&found) {
+                    tracing::info!(%registry, "registry bucket is gone; no longer served");
+                    metrics.forget(&registry);
+                }
+                registries.listed();
+            }
+            Err(err) => tracing::warn!(%err, "listing buckets failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+            _ = wake.notified() => {}
+        }
+    }
+}
+
+async fn list_registries(js: &jetstream::Context) -> anyhow::Result<BTreeSet<RegistryName>> {
+    let mut names = js.stream_names();
+    let mut found = BTreeSet::new();
+    while let Some(name) = names.next().await {
+        let name = name?;
+        if let Some(registry) = name
+            .strip_prefix(KV_STREAM_PREFIX)
+            .and_then(registry_of_bucket)
+        {
+            found.insert(registry);
+        }
+    }
+    Ok(found)
+}
+
+async fn watch_forever(
+    js: jetstream::Context,
+    registry: RegistryName,
+    view: SharedView,
+    registries: Registries,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = watch_once(&js, &registry, &view, &registries, &metrics) => r,
+        };
+        if let Err(err) = result {
+            tracing::warn!(%registry, %err, "bucket watch failed; restarting it");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Watches one bucket until the watch fails. Applying the same value twice
+/// changes nothing, so a restarted watch converges on the same view.
+async fn watch_once(
+    js: &jetstream::Context,
+    registry: &RegistryName,
+    view: &SharedView,
+    registries: &Registries,
+    metrics: &Metrics,
+) -> Result<(), WatchError> {
+    let bucket = bucket_name(registry);
+    let store = js
+        .get_key_value(bucket.clone())
+        .await
+        .map_err(|source| WatchError::Open {
+            bucket: bucket.clone(),
+            source,
+        })?;
+    let state = store.status().await.map(|s| s.info.state).ok();
+    let last_sequence = state.as_ref().map_or(0, |s| s.last_sequence);
+    let mut loaded = state.as_ref().is_some_and(|s| s.messages == 0);
+    if loaded {
+        finish_load(registry, view, registries, metrics);
+    }
+    let mut watch = store
+        .watch_with_history(">")
+        .await
+        .map_err(|source| WatchError::Watch {
+            bucket: bucket.clone(),
+            source,
+        })?;
+    while let Some(entry) = watch.next().await {
+        let entry = entry.map_err(|source| WatchError::Read {
+            bucket: bucket.clone(),
+            source,
+        })?;
+        if DeploymentKey::parse(&entry.key).is_ok() {
+            let value = match entry.operation {
+                kv::Operation::Put => match StoredDeployment::from_json(&entry.value) {
+                    Ok(v) => Some(v),
+                    Err(err) => {
+                        tracing::warn!(%registry, key = %entry.key, %err, "undecodable value; treating the deployment as absent");
+                        None
+                    }
+                },
+                kv::Operation::Delete | kv::Operation::Purge => None,
+            };
+            let changes = view.write().apply(&entry.key, value, entry.revision);
+            metrics.changes(registry, changes);
+        }
+        metrics.view_size(registry, &view.read());
+        if !loaded && (entry.delta == 0 || entry.revision >= last_sequence) {
+            loaded = true;
+            finish_load(registry, view, registries, metrics);
+        }
+    }
+    Err(WatchError::Ended { bucket })
+}
+
+fn finish_load(
+    registry: &RegistryName,
+    view: &SharedView,
+    registries: &Registries,
+    metrics: &Metrics,
+) {
+    let mut v = view.write();
+    v.finish_load();
+    metrics.view_size(registry, &v);
+    drop(v);
+    registries.loaded(registry);
+    tracing::info!(%registry, "registry loaded");
+}

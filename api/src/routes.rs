@@ -1,0 +1,172 @@
+//! The HTTP surface: the read-only registry API (at the root for the
+//! default registry and under `/registry/{registry}` for every registry,
+//! each under `/v0.1` and `/v0`), the SSE feed, the catalog page, the
+//! OpenAPI document, and health and metrics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use herald_runtime::health::{self, Readiness};
+use prometheus_client::registry::Registry;
+
+use crate::app::AppState;
+use crate::problem::Problem;
+use crate::query::{ListParams, list, server_list_json};
+use crate::{catalog, etag, metrics, sse};
+
+/// The OpenAPI document of what this binary serves.
+pub const OPENAPI: &str = include_str!("assets/openapi.json");
+
+/// The registry API's path prefixes.
+const VERSIONS: [&str; 2] = ["/v0.1", "/v0"];
+/// The SSE feed, below a version prefix (the official extension convention).
+pub const EVENTS_PATH: &str = "/x/dev.herald/events";
+
+type Params = Path<HashMap<String, String>>;
+type QueryList = Query<Vec<(String, String)>>;
+
+pub fn router(state: AppState, readiness: Readiness, registry: Arc<Registry>) -> Router {
+    let mut api = Router::new();
+    for base in ["", "/registry/{registry}"] {
+        for v in VERSIONS {
+            api = api
+                .route(&format!("{base}{v}/servers"), get(list_servers))
+                .route(&format!("{base}{v}/servers/{{*rest}}"), get(server_path))
+                .route(&format!("{base}{v}{EVENTS_PATH}"), get(sse::events));
+        }
+    }
+    api = api
+        .route("/", get(catalog::page))
+        .route("/registry/{registry}/", get(catalog::page))
+        .route("/registry/{registry}", get(catalog::page))
+        .route("/openapi.json", get(openapi))
+        .fallback(|| async { Problem::no_route() });
+    let tracked = state.metrics.clone();
+    api.with_state(state)
+        .merge(health::router(readiness, registry))
+        .layer(axum::middleware::from_fn_with_state(
+            tracked,
+            metrics::track,
+        ))
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+async fn list_servers(
+    State(app): State<AppState>,
+    Path(params): Params,
+    Query(query): QueryList,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    list_response(&app, &params, &query, &headers, false)
+}
+
+fn list_response(
+    app: &AppState,
+    params: &HashMap<String, String>,
+    query: &[(String, String)],
+    headers: &HeaderMap,
+    deployed_only: bool,
+) -> Result<Response, Problem> {
+    let view = app.view(params.get("registry").map(String::as_str))?;
+    let list_params = ListParams::parse(query)?;
+    let body = {
+        let view = view.read();
+        let page = list(&view, &list_params, deployed_only);
+        server_list_json(&page.entries, page.next_cursor.as_deref())
+    };
+    Ok(etag::json_response(headers, body))
+}
+
+/// `servers/deployed`, `servers/{name}/versions` and
+/// `servers/{name}/versions/{version}`; the name may arrive URL-encoded
+/// (`com.example%2Fmy-server`) or with its slash as is.
+async fn server_path(
+    State(app): State<AppState>,
+    Path(params): Params,
+    Query(query): QueryList,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let rest = params.get("rest").map(String::as_str).unwrap_or_default();
+    if rest == "deployed" {
+        return list_response(&app, &params, &query, &headers, true);
+    }
+    let view = app.view(params.get("registry").map(String::as_str))?;
+    let (name, version) = if let Some(name) = rest.strip_suffix("/versions") {
+        (name, None)
+    } else if let Some((name, version)) = rest.rsplit_once("/versions/") {
+        (name, Some(version))
+    } else {
+        return Err(Problem::no_route());
+    };
+    let view = view.read();
+    let mut versions = view.versions(name);
+    if versions.is_empty() {
+        return Err(Problem::not_found(
+            "serverName",
+            format!("no server {:?} in this registry", excerpt(name)),
+        ));
+    }
+    let body = match version {
+        None => {
+            // Newest publication first, as the official API orders them.
+            versions.sort_by(|a, b| {
+                let (a, b) = (&a.response, &b.response);
+                b.meta
+                    .official
+                    .published_at
+                    .cmp(&a.meta.official.published_at)
+                    .then_with(|| {
+                        herald_core::merge::compare_versions(
+                            &b.server.version,
+                            b.meta.official.updated_at,
+                            &a.server.version,
+                            a.meta.official.updated_at,
+                        )
+                    })
+            });
+            server_list_json(&versions, None)
+        }
+        Some(wanted) => {
+            let found = versions.iter().find(|e| {
+                if wanted == "latest" {
+                    e.response.meta.official.is_latest
+                } else {
+                    e.response.server.version == wanted
+                }
+            });
+            match found {
+                Some(e) => e.json.clone(),
+                None => {
+                    return Err(Problem::not_found(
+                        "version",
+                        format!(
+                            "server {:?} has no version {:?}",
+                            excerpt(name),
+                            excerpt(wanted)
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    Ok(etag::json_response(&headers, body))
+}
+
+fn excerpt(s: &str) -> String {
+    s.chars().take(200).collect()
+}

@@ -1,0 +1,161 @@
+//! The SSE feed of one registry: `event: upsert|delete|snapshot`, `id:` the
+//! position (bucket revision) of the change, `data:` the entry JSON as the
+//! API serves it (`{"name","version"}` for a delete, a `ServerList` for a
+//! snapshot).
+//!
+//! A subscriber without `Last-Event-ID` starts with a snapshot; with one it
+//! gets exactly the changes after it when the ring still holds them, else
+//! a snapshot. Live changes reach subscribers through a bounded broadcast
+//! channel: one that falls behind by more than its capacity loses its
+//! backlog and gets a fresh snapshot, so it never grows memory.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::problem::Problem;
+use crate::query::server_list_json;
+use crate::registries::SharedView;
+use crate::view::{Batch, ChangeKind, Snapshot, Start};
+
+/// `GET …/v0.1/x/dev.herald/events`.
+pub async fn events(
+    State(app): State<AppState>,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    Query(query): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let view = app.view(params.get("registry").map(String::as_str))?;
+    let raw = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("?").to_owned())
+        .or_else(|| {
+            query
+                .iter()
+                .find(|(k, _)| k == "lastEventId")
+                .map(|(_, v)| v.clone())
+        })
+        .filter(|s| !s.trim().is_empty());
+    let last_seen = match raw {
+        None => None,
+        Some(raw) => Some(raw.trim().parse::<u64>().map_err(|_| {
+            Problem::bad_parameter(
+                "Last-Event-ID",
+                "Last-Event-ID must be an event id this feed sent (a non-negative integer)",
+            )
+        })?),
+    };
+    let max = app.sse.max_subscribers;
+    if app.subscribers.fetch_add(1, Ordering::SeqCst) >= max {
+        app.subscribers.fetch_sub(1, Ordering::SeqCst);
+        return Err(Problem::too_many_subscribers(max));
+    }
+    app.metrics.sse_subscribers.inc();
+    let guard = Guard(app.clone());
+    let (rx, start, closed) = {
+        let v = view.read();
+        let (rx, start) = v.subscribe(last_seen);
+        (rx, start, v.closed())
+    };
+    let mut feed = Feed {
+        app: app.clone(),
+        view,
+        closed,
+        rx,
+        pending: VecDeque::new(),
+        last: last_seen.unwrap_or(0),
+        _guard: guard,
+    };
+    match start {
+        Start::Resume(batches) => batches.iter().for_each(|b| feed.push_batch(b)),
+        Start::Snapshot(s) => feed.push_snapshot(s),
+    }
+    let keepalive = KeepAlive::new().interval(app.sse.keepalive);
+    Ok(Sse::new(stream(feed)).keep_alive(keepalive).into_response())
+}
+
+/// Counts a subscriber for as long as its stream lives.
+#[derive(Debug)]
+struct Guard(AppState);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.subscribers.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.sse_subscribers.dec();
+    }
+}
+
+struct Feed {
+    app: AppState,
+    view: SharedView,
+    closed: CancellationToken,
+    rx: broadcast::Receiver<Arc<Batch>>,
+    pending: VecDeque<Event>,
+    /// The position the subscriber has everything up to.
+    last: u64,
+    _guard: Guard,
+}
+
+impl Feed {
+    fn push_batch(&mut self, batch: &Batch) {
+        if batch.position <= self.last {
+            return;
+        }
+        for change in &batch.changes {
+            let id = change.position.to_string();
+            let event = match &change.kind {
+                ChangeKind::Upsert(entry) => Event::default().event("upsert").data(&entry.json),
+                ChangeKind::Delete { name, version } => Event::default()
+                    .event("delete")
+                    .data(serde_json::json!({ "name": name, "version": version }).to_string()),
+            };
+            self.pending.push_back(event.id(id));
+        }
+        self.last = batch.position;
+    }
+
+    fn push_snapshot(&mut self, snapshot: Snapshot) {
+        self.pending.clear();
+        let event = Event::default()
+            .event("snapshot")
+            .id(snapshot.position.to_string())
+            .data(server_list_json(&snapshot.entries, None));
+        self.pending.push_back(event);
+        self.last = snapshot.position;
+    }
+}
+
+fn stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(feed, |mut feed| async move {
+        loop {
+            if let Some(event) = feed.pending.pop_front() {
+                return Some((Ok(event), feed));
+            }
+            let shutdown = feed.app.shutdown.clone();
+            let closed = feed.closed.clone();
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = closed.cancelled() => return None,
+                received = feed.rx.recv() => match received {
+                    Ok(batch) => feed.push_batch(&batch),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "slow SSE subscriber reset with a snapshot");
+                        let snapshot = feed.view.read().snapshot();
+                        feed.push_snapshot(snapshot);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            }
+        }
+    })
+}

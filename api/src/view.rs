@@ -1,0 +1,374 @@
+//! One registry's in-memory view: the deployments of its bucket, the merged
+//! server entries they make, and the changes to those entries in order.
+//!
+//! Every bucket change recomputes the entries of the server names it
+//! touches (all deployments of a name are merged together, so `isLatest`
+//! stays right), and each entry whose JSON changed becomes one [`Change`].
+//! Changes are kept in a bounded ring (for `Last-Event-ID` resumes) and
+//! broadcast to live subscribers through a bounded channel.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use herald_core::merge::{self, ServerResponse};
+use herald_core::projection::StoredDeployment;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// An entry's identity: (server name, version).
+pub type EntryKey = (String, String);
+
+/// One server entry as served: the parsed response and its exact JSON.
+#[derive(Debug)]
+pub struct Entry {
+    pub response: ServerResponse,
+    pub json: String,
+}
+
+impl Entry {
+    pub fn new(response: ServerResponse) -> Self {
+        let json = serde_json::to_string(&response).expect("a server response always serializes");
+        Self { response, json }
+    }
+
+    pub fn key(&self) -> EntryKey {
+        (
+            self.response.server.name.to_string(),
+            self.response.server.version.clone(),
+        )
+    }
+
+    pub fn has_live_deployment(&self) -> bool {
+        self.response
+            .meta
+            .herald
+            .as_ref()
+            .is_some_and(|h| !h.deployments.is_empty())
+    }
+}
+
+/// What happened to one entry.
+#[derive(Debug, Clone)]
+pub enum ChangeKind {
+    Upsert(Arc<Entry>),
+    Delete { name: String, version: String },
+}
+
+/// One entry change, at the bucket revision that caused it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub position: u64,
+    pub kind: ChangeKind,
+}
+
+/// The entry changes of one bucket revision (published together).
+#[derive(Debug)]
+pub struct Batch {
+    pub position: u64,
+    pub changes: Vec<Change>,
+}
+
+/// Every current entry, at a position.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub position: u64,
+    pub entries: Vec<Arc<Entry>>,
+}
+
+/// Where a new subscriber starts.
+#[derive(Debug)]
+pub enum Start {
+    /// Exactly the batches after its resume point.
+    Resume(Vec<Arc<Batch>>),
+    /// The resume point is not held (or none was given): everything.
+    Snapshot(Snapshot),
+}
+
+/// Sizes of the bounded buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Batches kept for resumes.
+    pub history: usize,
+    /// Batches a live subscriber may fall behind before it is reset.
+    pub subscriber_buffer: usize,
+}
+
+#[derive(Debug)]
+pub struct RegistryView {
+    /// Live deployments by bucket key (tombstones count as absent).
+    deployments: HashMap<String, StoredDeployment>,
+    /// Keys of the live deployments of each server name.
+    by_server: HashMap<String, BTreeSet<String>>,
+    entries: BTreeMap<EntryKey, Arc<Entry>>,
+    position: u64,
+    ring: VecDeque<Arc<Batch>>,
+    history: usize,
+    /// Resumes from positions at or after this are served from the ring.
+    ring_floor: u64,
+    live: broadcast::Sender<Arc<Batch>>,
+    /// Cancelled when the view is dropped from service (its bucket is gone).
+    closed: CancellationToken,
+}
+
+impl RegistryView {
+    pub fn new(bounds: Bounds) -> Self {
+        let (live, _) = broadcast::channel(bounds.subscriber_buffer.max(1));
+        Self {
+            deployments: HashMap::new(),
+            by_server: HashMap::new(),
+            entries: BTreeMap::new(),
+            position: 0,
+            ring: VecDeque::new(),
+            history: bounds.history.max(1),
+            ring_floor: 0,
+            live,
+            closed: CancellationToken::new(),
+        }
+    }
+
+    /// Ends the view's subscriptions (they reconnect to its successor).
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    pub fn closed(&self) -> CancellationToken {
+        self.closed.clone()
+    }
+
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    pub fn entries(&self) -> &BTreeMap<EntryKey, Arc<Entry>> {
+        &self.entries
+    }
+
+    pub fn deployment_count(&self) -> usize {
+        self.deployments.len()
+    }
+
+    /// Entries of one server name, in version order.
+    pub fn versions(&self, name: &str) -> Vec<Arc<Entry>> {
+        self.entries
+            .range((
+                Bound::Included((name.to_owned(), String::new())),
+                Bound::Unbounded,
+            ))
+            .take_while(|((n, _), _)| n == name)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Applies the value of one key at `revision` (`None`: absent).
+    /// Returns the number of entry changes it caused.
+    pub fn apply(&mut self, key: &str, value: Option<StoredDeployment>, revision: u64) -> usize {
+        let value = value.filter(|v| v.live().is_some());
+        let old_name = self
+            .deployments
+            .get(key)
+            .and_then(StoredDeployment::live)
+            .map(|r| r.server_name.to_string());
+        let new_name = value
+            .as_ref()
+            .and_then(StoredDeployment::live)
+            .map(|r| r.server_name.to_string());
+        if let Some(old) = &old_name
+            && let Some(keys) = self.by_server.get_mut(old)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_server.remove(old);
+            }
+        }
+        match value {
+            Some(v) => {
+                self.deployments.insert(key.to_owned(), v);
+            }
+            None => {
+                self.deployments.remove(key);
+            }
+        }
+        if let Some(new) = &new_name {
+            self.by_server
+                .entry(new.clone())
+                .or_default()
+                .insert(key.to_owned());
+        }
+        self.position = self.position.max(revision);
+        let mut changes = Vec::new();
+        let names: BTreeSet<String> = old_name.into_iter().chain(new_name).collect();
+        // A restarted watch redelivers old revisions: positions never go back.
+        let position = self.position;
+        for name in names {
+            self.recompute(&name, position, &mut changes);
+        }
+        let count = changes.len();
+        if !changes.is_empty() {
+            self.publish(Arc::new(Batch { position, changes }));
+        }
+        count
+    }
+
+    /// The initial load is complete: what came before cannot be resumed
+    /// from (it was not observed change by change).
+    pub fn finish_load(&mut self) {
+        self.ring.clear();
+        self.ring_floor = self.position;
+    }
+
+    fn recompute(&mut self, name: &str, position: u64, changes: &mut Vec<Change>) {
+        let merged: BTreeMap<String, Entry> = match self.by_server.get(name) {
+            Some(keys) => merge::merge(keys.iter().filter_map(|k| self.deployments.get(k)))
+                .into_iter()
+                .map(|r| (r.server.version.clone(), Entry::new(r)))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        let old: Vec<EntryKey> = self.versions(name).iter().map(|e| e.key()).collect();
+        for key in old {
+            if !merged.contains_key(&key.1) {
+                self.entries.remove(&key);
+                changes.push(Change {
+                    position,
+                    kind: ChangeKind::Delete {
+                        name: key.0,
+                        version: key.1,
+                    },
+                });
+            }
+        }
+        for (version, entry) in merged {
+            let key = (name.to_owned(), version);
+            if self.entries.get(&key).is_some_and(|e| e.json == entry.json) {
+                continue;
+            }
+            let entry = Arc::new(entry);
+            self.entries.insert(key, entry.clone());
+            changes.push(Change {
+                position,
+                kind: ChangeKind::Upsert(entry),
+            });
+        }
+    }
+
+    fn publish(&mut self, batch: Arc<Batch>) {
+        while self.ring.len() >= self.history {
+            if let Some(dropped) = self.ring.pop_front() {
+                self.ring_floor = dropped.position;
+            }
+        }
+        self.ring.push_back(batch.clone());
+        // No receivers is fine: nobody is listening.
+        let _ = self.live.send(batch);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            position: self.position,
+            entries: self.entries.values().cloned().collect(),
+        }
+    }
+
+    /// Subscribes to live changes and says where to start, atomically (the
+    /// caller holds the view's lock, so no change falls between the two).
+    pub fn subscribe(&self, last_seen: Option<u64>) -> (broadcast::Receiver<Arc<Batch>>, Start) {
+        let rx = self.live.subscribe();
+        let start = match last_seen {
+            Some(last) if last >= self.ring_floor && last <= self.position => Start::Resume(
+                self.ring
+                    .iter()
+                    .filter(|b| b.position > last)
+                    .cloned()
+                    .collect(),
+            ),
+            _ => Start::Snapshot(self.snapshot()),
+        };
+        (rx, start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone as _, Utc};
+    use herald_core::projection::{Fold, fold_applied};
+    use herald_core::record::{DeploymentRecord, Phase, Remote, RemoteTransport};
+    use herald_core::{Kind, ObjectRef};
+
+    use super::*;
+
+    fn stored(cluster: &str, server: &str, version: &str, seq: u64) -> (String, StoredDeployment) {
+        let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let record = DeploymentRecord {
+            v: 1,
+            cluster: cluster.parse().unwrap(),
+            registry: "default".parse().unwrap(),
+            object: ObjectRef::new(Kind::MCPServer, "ns", "obj").unwrap(),
+            uid: "u".into(),
+            resource_version: "1".into(),
+            generation: None,
+            created_at: Some(at),
+            observed_at: at,
+            epoch: 1,
+            server_name: server.parse().unwrap(),
+            version: version.into(),
+            description: "d".into(),
+            title: None,
+            icon: None,
+            category: None,
+            tools: vec![],
+            remote: Remote {
+                transport: RemoteTransport::StreamableHttp,
+                url: format!("https://{cluster}.example.com/mcp"),
+                headers: vec![],
+            },
+            phase: Phase::Ready,
+            image: None,
+            transport: "streamable-http".into(),
+        };
+        let key = format!("deployment.{cluster}.mcpserver.ns.obj");
+        let Fold::Write(v) = fold_applied(None, &record, seq) else {
+            unreachable!()
+        };
+        (key, v)
+    }
+
+    fn bounds() -> Bounds {
+        Bounds {
+            history: 2,
+            subscriber_buffer: 4,
+        }
+    }
+
+    #[test]
+    fn changes_are_per_entry_and_resumable_within_the_ring() {
+        let mut view = RegistryView::new(bounds());
+        let (k1, v1) = stored("eu-1", "io.x/srv", "1.0.0", 1);
+        view.apply(&k1, Some(v1), 1);
+        view.finish_load();
+        assert!(matches!(view.subscribe(Some(0)).1, Start::Snapshot(_)));
+        assert!(matches!(view.subscribe(Some(1)).1, Start::Resume(ref b) if b.is_empty()));
+
+        // A newer version flips isLatest on the older one: two upserts.
+        let (k2, v2) = stored("us-1", "io.x/srv", "2.0.0", 2);
+        assert_eq!(view.apply(&k2, Some(v2.clone()), 2), 2);
+        // The same value again changes nothing.
+        assert_eq!(view.apply(&k2, Some(v2), 3), 0);
+        // Removing the newer version: one delete, one upsert (isLatest back).
+        assert_eq!(view.apply(&k2, None, 4), 2);
+        let Start::Resume(batches) = view.subscribe(Some(1)).1 else {
+            panic!("position 1 is still in the ring");
+        };
+        assert_eq!(
+            batches.iter().map(|b| b.position).collect::<Vec<_>>(),
+            [2, 4]
+        );
+        // The ring holds two batches: a third pushes position 2 out.
+        let (k3, v3) = stored("ap-1", "io.x/other", "1.0.0", 5);
+        view.apply(&k3, Some(v3), 5);
+        assert!(matches!(view.subscribe(Some(1)).1, Start::Snapshot(_)));
+        assert!(matches!(view.subscribe(Some(2)).1, Start::Resume(ref b) if b.len() == 2));
+        assert!(matches!(view.subscribe(Some(99)).1, Start::Snapshot(ref s) if s.position == 5));
+        assert_eq!(view.entries().len(), 2);
+    }
+}
