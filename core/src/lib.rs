@@ -15,6 +15,7 @@
 //! - [`merge`]: stored deployments → `server.json` entries for the API.
 
 pub mod annotations;
+pub mod catalog;
 pub mod cluster_state;
 pub mod event;
 pub mod ids;
