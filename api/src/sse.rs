@@ -111,15 +111,26 @@ impl Feed {
         if batch.position <= self.last {
             return;
         }
-        for change in &batch.changes {
-            let id = change.position.to_string();
+        for (i, change) in batch.changes.iter().enumerate() {
             let event = match &change.kind {
                 ChangeKind::Upsert(entry) => Event::default().event("upsert").data(&entry.json),
                 ChangeKind::Delete { name, version } => Event::default()
                     .event("delete")
                     .data(serde_json::json!({ "name": name, "version": version }).to_string()),
             };
-            self.pending.push_back(event.id(id));
+            // One bucket change can change several entries. Only the last of
+            // them carries the position: a client cut off in the middle keeps
+            // the previous id and, resuming, gets the whole group again.
+            let last_of_its_position = batch
+                .changes
+                .get(i + 1)
+                .is_none_or(|next| next.position != change.position);
+            let event = if last_of_its_position {
+                event.id(change.position.to_string())
+            } else {
+                event
+            };
+            self.pending.push_back(event);
         }
         self.last = batch.position;
     }

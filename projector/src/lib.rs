@@ -1,1 +1,30 @@
-//! herald-projector (being written).
+//! herald-projector: folds the event stream `HERALD_EVENTS` into one KV
+//! bucket per registry, and the ops tools that inspect and rebuild them.
+//!
+//! Layout:
+//!
+//! - [`run`]: the durable pull consumer (`herald-projector run`), with
+//!   [`dead_letter`] for messages that cannot be applied and [`metrics`].
+//! - [`apply`]: the one function that applies an event to a set of buckets
+//!   (live or scratch), used by `run` and `replay` alike; the fold rules
+//!   themselves are `herald_core::projection` and `herald_core::cluster_state`.
+//! - [`buckets`]: opening, listing, scanning buckets and the compare-and-set write.
+//! - Ops subcommands: [`events`] (with [`filter`] and [`start`]), [`replay`]
+//!   (with [`diff`]) and [`status`]; [`table`] aligns their output.
+
+pub mod apply;
+pub mod buckets;
+pub mod dead_letter;
+pub mod diff;
+pub mod events;
+pub mod filter;
+pub mod metrics;
+pub mod replay;
+pub mod run;
+pub mod start;
+pub mod status;
+pub mod table;
+
+/// The shutdown token `run` and `events` take, re-exported so that callers
+/// such as tests need no direct dependency on tokio-util.
+pub use tokio_util::sync::CancellationToken;

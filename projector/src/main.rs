@@ -1,1 +1,288 @@
-fn main() {}
+//! herald-projector: parses flags and wires the parts of the library.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use herald_core::{ClusterId, EventType, RegistryName};
+use herald_projector::buckets::BucketSettings;
+use herald_projector::events::EventsOptions;
+use herald_projector::filter::{EventFilter, ObjectFilter, parse_type};
+use herald_projector::metrics::Metrics;
+use herald_projector::replay::{DEFAULT_SCRATCH_PREFIX, ReplayOptions, check_scratch_prefix};
+use herald_projector::run::RunConfig;
+use herald_projector::start::{Start, parse_since};
+use herald_runtime::health::{self, Readiness};
+use herald_runtime::logging::LogArgs;
+use herald_runtime::nats::NatsArgs;
+use herald_runtime::stream::StreamArgs;
+
+/// Folds Herald's event stream into one KV bucket per registry
+/// (`herald-<registry>`), and inspects or rebuilds them from the history.
+///
+/// Without a subcommand it runs the projector (`run`).
+#[derive(Debug, Parser)]
+#[command(name = "herald-projector", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Durable consumer of `run`; projectors that share it share the work.
+    /// `status` reports on it.
+    #[arg(
+        long,
+        env = "HERALD_CONSUMER",
+        default_value = "herald-projector",
+        global = true
+    )]
+    consumer: String,
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
+    stream: StreamArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume HERALD_EVENTS and keep the registry buckets up to date (the default).
+    Run(RunArgs),
+    /// Print events from the stream, filtered; a table, or JSON lines with --json.
+    Events(EventsArgs),
+    /// Rebuild registries from the history into scratch buckets and print how
+    /// the live buckets differ.
+    Replay(ReplayArgs),
+    /// Show the stream, the consumer, the buckets and the clusters.
+    Status,
+}
+
+#[derive(Debug, Clone, Args)]
+struct RunArgs {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "HERALD_HEALTH_LISTEN", default_value = "0.0.0.0:8082")]
+    health_listen: SocketAddr,
+    /// Messages fetched per pull request; on SIGTERM the batch in hand is
+    /// finished and acknowledged.
+    #[arg(long, env = "HERALD_BATCH", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    batch: u16,
+    /// Messages delivered but not yet acknowledged, at most (across every
+    /// projector on the consumer).
+    #[arg(long, env = "HERALD_MAX_ACK_PENDING", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    max_ack_pending: i64,
+    /// Deliveries of one event before it is dead-lettered as `apply_failed`
+    /// (a bucket write that keeps failing).
+    #[arg(long, env = "HERALD_MAX_DELIVER", default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=100))]
+    max_deliver: i64,
+    /// How long the server waits for an ack before delivering again.
+    #[arg(long, env = "HERALD_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    ack_wait: Duration,
+    /// Values kept per key in the registry buckets the projector creates.
+    #[arg(long, env = "HERALD_BUCKET_HISTORY", default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..=64))]
+    bucket_history: i64,
+    /// Replicas of the buckets the projector creates (1 locally, 3 in a
+    /// production NATS cluster).
+    #[arg(long, env = "HERALD_BUCKET_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    bucket_replicas: u8,
+}
+
+/// Where to start reading the history; at most one.
+#[derive(Debug, Clone, Args)]
+#[group(multiple = false)]
+struct StartArgs {
+    /// Start at this stream sequence.
+    #[arg(long, env = "HERALD_FROM_SEQ")]
+    from_seq: Option<u64>,
+    /// Start at a time: RFC 3339 (`2026-11-24T10:00:00Z`) or a duration back
+    /// from now (`10m`, `2h`, `1d`).
+    #[arg(long, env = "HERALD_SINCE", value_parser = since)]
+    since: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Args)]
+struct EventsArgs {
+    /// Only events of this cluster.
+    #[arg(long, env = "HERALD_CLUSTER")]
+    cluster: Option<ClusterId>,
+    /// Only deployment events of this registry.
+    #[arg(long, env = "HERALD_REGISTRY")]
+    registry: Option<RegistryName>,
+    /// Only events of this object: `namespace/name`, `kind/namespace/name`,
+    /// or `namespace/*`.
+    #[arg(long, env = "HERALD_OBJECT")]
+    object: Option<ObjectFilter>,
+    /// Only these types (comma-separated): applied, withdrawn,
+    /// resync.started, resync.completed, heartbeat.
+    #[arg(long = "type", env = "HERALD_TYPE", value_delimiter = ',', value_parser = parse_type)]
+    types: Vec<EventType>,
+    #[command(flatten)]
+    start: StartArgs,
+    /// Only the last N matching events (conflicts with --from-seq and --since).
+    #[arg(long, env = "HERALD_LAST", conflicts_with_all = ["from_seq", "since"])]
+    last: Option<usize>,
+    /// JSON lines (one object per event, with the CloudEvent) instead of a table.
+    #[arg(long, env = "HERALD_JSON")]
+    json: bool,
+    /// Keep printing new events until Ctrl-C.
+    #[arg(long, short = 'f', env = "HERALD_FOLLOW")]
+    follow: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ReplayArgs {
+    /// Rebuild only this registry (default: all).
+    #[arg(long, env = "HERALD_REGISTRY")]
+    registry: Option<RegistryName>,
+    #[command(flatten)]
+    start: StartArgs,
+    /// Prefix of the scratch buckets (`<prefix><registry>`); must not look
+    /// like a registry bucket (`herald-…`).
+    #[arg(long, env = "HERALD_SCRATCH_PREFIX", default_value = DEFAULT_SCRATCH_PREFIX, value_parser = scratch_prefix)]
+    scratch_prefix: String,
+    /// Keep the scratch buckets afterwards (to inspect them).
+    #[arg(long, env = "HERALD_KEEP")]
+    keep: bool,
+    /// Write the rebuilt state into the live buckets (only keys that differ,
+    /// each with compare-and-set against the value compared).
+    #[arg(long, env = "HERALD_APPLY")]
+    apply: bool,
+    /// Exit with status 1 when the live buckets differ (and were not applied).
+    #[arg(long, env = "HERALD_CHECK")]
+    check: bool,
+}
+
+/// Parses the command line; `run`'s own flags given before another
+/// subcommand are refused instead of silently ignored.
+fn parse() -> Cli {
+    let mut command = Cli::command();
+    let matches = command.get_matches_mut();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some((name, _)) = matches.subcommand() {
+        let misplaced = RunArgs::augment_args(clap::Command::new("run"))
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .find(|id| matches.value_source(id) == Some(ValueSource::CommandLine));
+        if let Some(id) = misplaced {
+            command
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "--{} is a flag of `run`: write it after `run`, or leave out the subcommand (not with `{name}`)",
+                        id.replace('_', "-")
+                    ),
+                )
+                .exit();
+        }
+    }
+    cli
+}
+
+fn since(s: &str) -> Result<DateTime<Utc>, String> {
+    parse_since(s, Utc::now())
+}
+
+fn scratch_prefix(s: &str) -> Result<String, String> {
+    check_scratch_prefix(s).map(|()| s.to_owned())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = parse();
+    cli.log.init();
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("herald-projector: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = cli.nats.connect("herald-projector").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let shutdown = herald_runtime::shutdown::on_signal().context("installing signal handlers")?;
+    let mut stdout = std::io::stdout().lock();
+    match cli.command {
+        None => run(client, cli.run, cli.consumer, cli.stream, shutdown).await,
+        Some(Command::Run(args)) => run(client, args, cli.consumer, cli.stream, shutdown).await,
+        Some(Command::Events(args)) => {
+            let options = EventsOptions {
+                filter: EventFilter {
+                    cluster: args.cluster,
+                    registry: args.registry,
+                    object: args.object,
+                    types: args.types,
+                },
+                start: Start::from_flags(args.start.from_seq, args.start.since, args.last),
+                json: args.json,
+                follow: args.follow,
+            };
+            herald_projector::events::events(&js, &options, &mut stdout, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Replay(args)) => {
+            let options = ReplayOptions {
+                registry: args.registry,
+                start: Start::from_flags(args.start.from_seq, args.start.since, None),
+                scratch_prefix: args.scratch_prefix,
+                keep: args.keep,
+                apply: args.apply,
+            };
+            let report = herald_projector::replay::replay(&js, &options, &mut stdout).await?;
+            let differs = !report.diffs.is_empty() && !args.apply;
+            Ok(if args.check && differs {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Some(Command::Status) => {
+            herald_projector::status::status(&js, &cli.consumer, &mut stdout).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run(
+    client: async_nats::Client,
+    args: RunArgs,
+    consumer: String,
+    stream: StreamArgs,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let readiness = Readiness::default();
+    let serving = shutdown.child_token();
+    let (_, server) = health::serve(
+        args.health_listen,
+        readiness.clone(),
+        Arc::new(registry),
+        serving.clone(),
+    )
+    .await?;
+    let config = RunConfig {
+        consumer,
+        batch: usize::from(args.batch),
+        max_ack_pending: args.max_ack_pending,
+        max_deliver: args.max_deliver,
+        ack_wait: args.ack_wait,
+        buckets: BucketSettings {
+            history: args.bucket_history,
+            replicas: usize::from(args.bucket_replicas),
+            ..BucketSettings::default()
+        },
+        stream,
+    };
+    let result = herald_projector::run::run(client, config, metrics, readiness, shutdown).await;
+    serving.cancel();
+    let _ = server.await;
+    result.map(|()| ExitCode::SUCCESS)
+}

@@ -1,0 +1,112 @@
+//! The projector's Prometheus metrics, served on `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use herald_core::EventType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+/// Re-exported so callers can hold the registry without depending on
+/// prometheus-client themselves.
+pub use prometheus_client::registry::Registry;
+
+type Label = [(&'static str, &'static str); 1];
+
+/// Counters and gauges of one running projector.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    applied: Family<Label, Counter>,
+    stale: Family<Label, Counter>,
+    dead_lettered: Family<Label, Counter>,
+    swept: Counter,
+    redelivered: Counter,
+    pending: Gauge<i64>,
+    last_sequence: Gauge<u64, AtomicU64>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`, every label
+    /// value present from the start so dashboards see zeros, not gaps.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        for ty in EventType::ALL {
+            let _ = m.applied.get_or_create(&[("type", ty.short())]);
+            let _ = m.stale.get_or_create(&[("type", ty.short())]);
+        }
+        for code in crate::dead_letter::reason_codes() {
+            let _ = m.dead_lettered.get_or_create(&[("reason", code)]);
+        }
+        registry.register(
+            "herald_projector_events_applied",
+            "Events applied to the buckets, by type",
+            m.applied.clone(),
+        );
+        registry.register(
+            "herald_projector_events_stale",
+            "Events skipped because the stored state was as new or newer (duplicates, redeliveries, out-of-order), by type",
+            m.stale.clone(),
+        );
+        registry.register(
+            "herald_projector_dead_lettered",
+            "Messages sent to herald.dlq.<reason>, by reason",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "herald_projector_records_swept",
+            "Records withdrawn because a completed re-list did not confirm them",
+            m.swept.clone(),
+        );
+        registry.register(
+            "herald_projector_redelivered",
+            "Messages received again after an earlier delivery was not acknowledged",
+            m.redelivered.clone(),
+        );
+        registry.register(
+            "herald_projector_consumer_pending",
+            "Messages in the stream not yet delivered to this consumer (lag)",
+            m.pending.clone(),
+        );
+        registry.register(
+            "herald_projector_last_applied_sequence",
+            "Stream sequence of the newest event applied",
+            m.last_sequence.clone(),
+        );
+        m
+    }
+
+    pub fn applied(&self, ty: EventType, seq: u64) {
+        self.applied.get_or_create(&[("type", ty.short())]).inc();
+        // Two projectors (or a redelivery) can finish out of order.
+        let last = self.last_sequence.get().max(seq);
+        self.last_sequence.set(last);
+    }
+
+    pub fn stale(&self, ty: EventType) {
+        self.stale.get_or_create(&[("type", ty.short())]).inc();
+    }
+
+    pub fn swept(&self, n: usize) {
+        self.swept.inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    pub fn dead_lettered(&self, code: &'static str) {
+        self.dead_lettered.get_or_create(&[("reason", code)]).inc();
+    }
+
+    pub fn redelivered(&self) {
+        self.redelivered.inc();
+    }
+
+    pub fn pending(&self, pending: u64) {
+        self.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+}
+
+/// The registry in the Prometheus text format, as `/metrics` serves it.
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
+    text
+}

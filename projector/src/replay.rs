@@ -1,0 +1,281 @@
+//! `replay`: rebuilds registries from the event history into scratch
+//! buckets, with the same apply path as `run`, then prints how the live
+//! buckets differ. Writes the rebuilt state into the live buckets only with
+//! `--apply`; deletes the scratch buckets unless `--keep`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::{self, consumer, kv, stream};
+use futures::StreamExt;
+use herald_core::names::{EVENTS_WILDCARD, STREAM, bucket_name, registry_of_bucket};
+use herald_core::{Event, RegistryName};
+
+use crate::apply::Target;
+use crate::buckets::{self, BucketSettings, Item};
+use crate::diff::{KeyDiff, diff};
+use crate::start::Start;
+
+/// Longest wait for the next message of the history before giving up.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default prefix of scratch buckets: `herald_replay_<registry>`, which the
+/// API never takes for a registry bucket (those are `herald-<registry>`).
+pub const DEFAULT_SCRATCH_PREFIX: &str = "herald_replay_";
+
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// One registry, or all.
+    pub registry: Option<RegistryName>,
+    pub start: Start,
+    pub scratch_prefix: String,
+    /// Keep the scratch buckets afterwards.
+    pub keep: bool,
+    /// Write the rebuilt state into the live buckets.
+    pub apply: bool,
+}
+
+/// What a replay found.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// Stream sequences replayed (inclusive); `None` when there was nothing.
+    pub range: Option<(u64, u64)>,
+    pub applied: usize,
+    pub stale: usize,
+    /// Messages that are not usable events (the projector dead-letters them).
+    pub undecodable: usize,
+    /// (live bucket, difference), in bucket and key order.
+    pub diffs: Vec<(String, KeyDiff)>,
+    /// Differences written into the live buckets (with `apply`).
+    pub written: usize,
+}
+
+/// Checks that scratch buckets with `prefix` can never be taken for
+/// registry buckets.
+pub fn check_scratch_prefix(prefix: &str) -> Result<(), String> {
+    let valid = !prefix.is_empty()
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(format!(
+            "scratch prefix {prefix:?} must be letters, digits, '-' and '_'"
+        ));
+    }
+    if registry_of_bucket(&format!("{prefix}x")).is_some() || prefix.starts_with("herald-") {
+        return Err(format!(
+            "scratch prefix {prefix:?} would look like a registry bucket (herald-<registry>)"
+        ));
+    }
+    Ok(())
+}
+
+/// Scratch buckets are in memory: they are rebuilt in seconds and dropped.
+fn scratch_settings() -> BucketSettings {
+    BucketSettings {
+        history: 1,
+        replicas: 1,
+        storage: stream::StorageType::Memory,
+    }
+}
+
+async fn scratch_buckets(js: &jetstream::Context, prefix: &str) -> anyhow::Result<Vec<String>> {
+    Ok(buckets::bucket_names(js)
+        .await?
+        .into_iter()
+        .filter(|b| {
+            b.strip_prefix(prefix)
+                .is_some_and(|r| r.parse::<RegistryName>().is_ok())
+        })
+        .collect())
+}
+
+async fn items(js: &jetstream::Context, bucket: &str) -> anyhow::Result<Vec<Item>> {
+    match buckets::open_existing(js, bucket).await {
+        Some(store) => Ok(buckets::scan(&store, "").await?),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Runs a replay and prints its findings to `out`.
+pub async fn replay<W: Write>(
+    js: &jetstream::Context,
+    options: &ReplayOptions,
+    out: &mut W,
+) -> anyhow::Result<ReplayReport> {
+    check_scratch_prefix(&options.scratch_prefix).map_err(anyhow::Error::msg)?;
+    if matches!(options.start, Start::Last(_)) {
+        bail!("replay starts at a sequence or a time, not at the last N events");
+    }
+    // Leftovers of an earlier `--keep` would mix into this rebuild.
+    for bucket in scratch_buckets(js, &options.scratch_prefix).await? {
+        buckets::delete(js, &bucket).await?;
+    }
+    let mut stream = js
+        .get_stream(STREAM)
+        .await
+        .with_context(|| format!("looking up stream {STREAM}"))?;
+    let end = stream.info().await?.state.last_sequence;
+    let mut target = Target::scratch(
+        js.clone(),
+        &options.scratch_prefix,
+        scratch_settings(),
+        options.registry.clone(),
+    );
+    let mut report = ReplayReport::default();
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: EVENTS_WILDCARD.to_owned(),
+            deliver_policy: options.start.deliver_policy(),
+            description: Some("herald-projector replay".to_owned()),
+            ..Default::default()
+        })
+        .await
+        .context("creating an ordered consumer")?;
+    if consumer.cached_info().num_pending > 0 && end > 0 {
+        let mut messages = consumer.messages().await.context("reading the stream")?;
+        loop {
+            let next = tokio::time::timeout(IDLE_TIMEOUT, messages.next())
+                .await
+                .with_context(|| format!("no message from {STREAM} for {IDLE_TIMEOUT:?}"))?;
+            let Some(message) = next else { break };
+            let message = message.context("reading the stream")?;
+            let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            if seq > end {
+                break;
+            }
+            report.range = Some((report.range.map_or(seq, |r| r.0), seq));
+            match Event::decode_on(&message.subject, &message.payload) {
+                Ok(event) => {
+                    let outcome = target.apply(&event, seq).await?;
+                    if outcome.stale {
+                        report.stale += 1;
+                    } else if !outcome.ignored {
+                        report.applied += 1;
+                    }
+                }
+                Err(_) => report.undecodable += 1,
+            }
+            if seq >= end || pending == 0 {
+                break;
+            }
+        }
+    }
+    match report.range {
+        Some((first, last)) => writeln!(
+            out,
+            "replayed {STREAM} {first}..={last} into {}*: {} applied, {} stale, {} not usable",
+            options.scratch_prefix, report.applied, report.stale, report.undecodable
+        )?,
+        None => writeln!(out, "replayed nothing: no events from the start point")?,
+    }
+    if options.start != Start::Beginning {
+        writeln!(
+            out,
+            "note: the rebuild starts after the beginning of the history; keys last written before it show as removed"
+        )?;
+    }
+
+    // Compare every registry in scope: rebuilt ones and live ones.
+    let mut registries: Vec<RegistryName> = target.registries().cloned().collect();
+    for registry in buckets::registry_buckets(js).await? {
+        if options.registry.as_ref().is_none_or(|r| *r == registry) {
+            registries.push(registry);
+        }
+    }
+    registries.sort();
+    registries.dedup();
+    for registry in &registries {
+        let live_bucket = bucket_name(registry);
+        let live = items(js, &live_bucket).await?;
+        let rebuilt = items(js, &target.naming().bucket(registry)).await?;
+        let diffs = diff(&live, &rebuilt);
+        let count = |mark: char| diffs.iter().filter(|d| d.mark() == mark).count();
+        writeln!(
+            out,
+            "{live_bucket}: {} keys live, {} rebuilt: {} added, {} removed, {} changed",
+            live.len(),
+            rebuilt.len(),
+            count('+'),
+            count('-'),
+            count('~')
+        )?;
+        for d in &diffs {
+            writeln!(out, "  {}", d.describe())?;
+        }
+        if options.apply && !diffs.is_empty() {
+            let store =
+                buckets::open_or_create(js, &live_bucket, &BucketSettings::default()).await?;
+            for d in &diffs {
+                match write_back(&store, d).await {
+                    Ok(()) => report.written += 1,
+                    Err(err) => writeln!(out, "  not applied {}: {err}", d.key())?,
+                }
+            }
+        }
+        report
+            .diffs
+            .extend(diffs.into_iter().map(|d| (live_bucket.clone(), d)));
+    }
+    if report.diffs.is_empty() {
+        writeln!(out, "no differences")?;
+    } else if options.apply {
+        writeln!(
+            out,
+            "{} differences, {} written into the live buckets",
+            report.diffs.len(),
+            report.written
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{} differences (run with --apply to write the rebuilt state into the live buckets)",
+            report.diffs.len()
+        )?;
+    }
+    if options.keep {
+        writeln!(out, "kept the scratch buckets {}*", options.scratch_prefix)?;
+    } else {
+        for registry in target.registries() {
+            buckets::delete(js, &target.naming().bucket(registry)).await?;
+        }
+    }
+    out.flush()?;
+    Ok(report)
+}
+
+/// Writes one rebuilt key into its live bucket, unless the live key changed
+/// since it was compared (a running projector may be writing).
+async fn write_back(store: &kv::Store, d: &KeyDiff) -> anyhow::Result<()> {
+    match d {
+        KeyDiff::Added { key, rebuilt } => {
+            store.create(key, rebuilt.value.clone()).await?;
+        }
+        KeyDiff::Changed { key, live, rebuilt } => {
+            store
+                .update(key, rebuilt.value.clone(), live.revision)
+                .await?;
+        }
+        KeyDiff::Removed { key, live } => {
+            store
+                .delete_expect_revision(key, Some(live.revision))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_prefixes_never_look_like_registries() {
+        assert!(check_scratch_prefix(DEFAULT_SCRATCH_PREFIX).is_ok());
+        assert!(check_scratch_prefix("herald-").is_err());
+        assert!(check_scratch_prefix("herald-replay-").is_err());
+        assert!(check_scratch_prefix("a.b").is_err());
+        assert!(check_scratch_prefix("").is_err());
+    }
+}

@@ -1,0 +1,364 @@
+//! `run`: the durable pull consumer on `HERALD_EVENTS` that folds every
+//! event into the buckets, dead-letters what cannot be applied, and stops
+//! on shutdown after finishing (and acknowledging) the batch in hand.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::StreamExt;
+use herald_core::Event;
+use herald_core::names::{EVENTS_WILDCARD, STREAM};
+use herald_runtime::health::Readiness;
+use herald_runtime::stream::StreamArgs;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::Target;
+use crate::buckets::BucketSettings;
+use crate::dead_letter::{self, APPLY_FAILED};
+use crate::metrics::Metrics;
+
+/// How long one pull request waits for messages before the next one.
+const PULL_EXPIRY: Duration = Duration::from_secs(1);
+/// After shutdown: how long to wait for messages of the current pull that
+/// are already on their way.
+const DRAIN_WAIT: Duration = Duration::from_millis(100);
+/// Longest wait for the events before a control event to be acknowledged.
+const BARRIER_WAIT: Duration = Duration::from_secs(5);
+/// Pause before retrying when the server does not answer pulls.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+pub const READY_NATS: &str = "nats";
+pub const READY_CONSUMER: &str = "consumer";
+
+/// Everything `run` needs besides the connection.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Durable consumer name; projectors sharing it share the work.
+    pub consumer: String,
+    /// Messages fetched per pull request.
+    pub batch: usize,
+    /// Messages delivered but not yet acknowledged, at most.
+    pub max_ack_pending: i64,
+    /// Deliveries of one message before it is dead-lettered.
+    pub max_deliver: i64,
+    /// How long the server waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    pub buckets: BucketSettings,
+    pub stream: StreamArgs,
+}
+
+/// Creates or binds the durable consumer.
+pub async fn bind_consumer(
+    js: &jetstream::Context,
+    config: &RunConfig,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let stream = js
+        .get_stream(STREAM)
+        .await
+        .with_context(|| format!("looking up stream {STREAM}"))?;
+    let wanted = consumer::pull::Config {
+        durable_name: Some(config.consumer.clone()),
+        description: Some("herald-projector: folds events into registry buckets".to_owned()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_deliver: config.max_deliver,
+        max_ack_pending: config.max_ack_pending,
+        filter_subject: EVENTS_WILDCARD.to_owned(),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    };
+    let mut consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(&config.consumer, wanted)
+        .await
+        .with_context(|| format!("binding consumer {}", config.consumer))?;
+    let have = &consumer.info().await?.config;
+    if have.max_deliver != config.max_deliver || have.max_ack_pending != config.max_ack_pending {
+        tracing::warn!(
+            consumer = %config.consumer,
+            have_max_deliver = have.max_deliver, have_max_ack_pending = have.max_ack_pending,
+            "consumer exists with other settings; leaving it as it is"
+        );
+    }
+    Ok(consumer)
+}
+
+/// Runs the projector until `shutdown`: ensures the stream, binds the
+/// consumer and applies every message.
+pub async fn run(
+    client: async_nats::Client,
+    config: RunConfig,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    readiness.register(READY_NATS, "not connected yet");
+    readiness.register(READY_CONSUMER, "consumer not bound yet");
+    tokio::spawn(watch_connection(
+        client.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    let js = jetstream::new(client.clone());
+    let mut consumer = loop {
+        match ensure_and_bind(&js, &config).await {
+            Ok(consumer) => break consumer,
+            Err(err) => {
+                readiness.set_not_ready(READY_CONSUMER, format!("{err:#}"));
+                tracing::warn!(
+                    err = format!("{err:#}"),
+                    "cannot bind the consumer yet; retrying"
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(RETRY_PAUSE) => continue,
+                }
+            }
+        }
+    };
+    readiness.set_ready(READY_CONSUMER);
+    tracing::info!(consumer = %config.consumer, "consuming {STREAM}");
+    let mut projector = Projector {
+        client: client.clone(),
+        target: Target::live(js, config.buckets),
+        metrics,
+        max_deliver: config.max_deliver,
+        consumer: consumer.clone(),
+        barrier_wait: config.ack_wait.min(BARRIER_WAIT),
+    };
+    while !shutdown.is_cancelled() {
+        let batch = consumer
+            .batch()
+            .max_messages(config.batch)
+            .expires(PULL_EXPIRY)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::warn!(%err, "pull request failed; binding the consumer again");
+                readiness.set_not_ready(READY_CONSUMER, format!("pull failed: {err}"));
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(RETRY_PAUSE) => {}
+                }
+                // The consumer (or the stream) may have been deleted.
+                match ensure_and_bind(&jetstream::new(client.clone()), &config).await {
+                    Ok(rebound) => {
+                        consumer = rebound;
+                        projector.consumer = consumer.clone();
+                        readiness.set_ready(READY_CONSUMER);
+                    }
+                    Err(err) => {
+                        tracing::warn!(err = format!("{err:#}"), "binding the consumer failed")
+                    }
+                }
+                continue;
+            }
+        };
+        let received = projector.consume(&mut batch, &shutdown).await;
+        if received == 0 {
+            // Idle: refresh the lag from the server, messages are not telling it.
+            if let Ok(info) = consumer.get_info().await {
+                projector.metrics.pending(info.num_pending);
+            }
+        }
+    }
+    // Acks are fire-and-forget publishes: make sure they left before exiting.
+    client.flush().await.context("flushing acks")?;
+    tracing::info!("projector stopped");
+    Ok(())
+}
+
+/// The stream and the consumer, created or checked.
+async fn ensure_and_bind(
+    js: &jetstream::Context,
+    config: &RunConfig,
+) -> anyhow::Result<consumer::PullConsumer> {
+    config.stream.ensure(js).await?;
+    bind_consumer(js, config).await
+}
+
+/// Keeps the `nats` readiness condition in step with the connection.
+async fn watch_connection(
+    client: async_nats::Client,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match client.connection_state() {
+            async_nats::connection::State::Connected => readiness.set_ready(READY_NATS),
+            other => readiness.set_not_ready(READY_NATS, format!("NATS connection is {other}")),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+struct Projector {
+    client: async_nats::Client,
+    target: Target,
+    metrics: Metrics,
+    max_deliver: i64,
+    consumer: consumer::PullConsumer,
+    barrier_wait: Duration,
+}
+
+impl Projector {
+    /// Handles the messages of one pull; after `shutdown`, only those already
+    /// on their way. Returns how many there were.
+    async fn consume(
+        &mut self,
+        batch: &mut consumer::pull::Batch,
+        shutdown: &CancellationToken,
+    ) -> usize {
+        let mut received = 0;
+        let mut draining = false;
+        loop {
+            let next = if draining {
+                match tokio::time::timeout(DRAIN_WAIT, batch.next()).await {
+                    Ok(next) => next,
+                    Err(_) => return received,
+                }
+            } else {
+                tokio::select! {
+                    () = shutdown.cancelled() => { draining = true; continue; }
+                    next = batch.next() => next,
+                }
+            };
+            match next {
+                None => return received,
+                Some(Ok(message)) => {
+                    received += 1;
+                    self.handle(message).await;
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(%err, "pull ended with an error");
+                    return received;
+                }
+            }
+        }
+    }
+
+    /// Applies one message and acknowledges it, or dead-letters it, or asks
+    /// for a later redelivery when applying failed for a reason that may pass.
+    async fn handle(&mut self, message: jetstream::Message) {
+        let (seq, delivered) = match message.info() {
+            Ok(info) => {
+                self.metrics.pending(info.pending);
+                (info.stream_sequence, info.delivered)
+            }
+            Err(err) => {
+                tracing::warn!(%err, subject = %message.subject, "message without JetStream metadata; ignoring it");
+                return;
+            }
+        };
+        if delivered > 1 {
+            self.metrics.redelivered();
+        }
+        let event = match Event::decode_on(&message.subject, &message.payload) {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::warn!(seq, subject = %message.subject, reason = %err, code = err.code(), "dead-lettering an event that cannot be used");
+                self.dead_letter(&message, seq, err.code(), &err.to_string())
+                    .await;
+                return;
+            }
+        };
+        let ty = event.event_type();
+        if event.data.registry().is_none() {
+            self.barrier(seq).await;
+        }
+        match self.target.apply(&event, seq).await {
+            Ok(outcome) => {
+                if outcome.stale {
+                    self.metrics.stale(ty);
+                    tracing::debug!(seq, %ty, "stale event skipped");
+                } else if !outcome.ignored {
+                    self.metrics.applied(ty, seq);
+                    self.metrics.swept(outcome.swept);
+                }
+                ack(&message, AckKind::Ack).await;
+            }
+            Err(err) if delivered >= self.max_deliver => {
+                tracing::error!(seq, %ty, %err, delivered, "giving up on an event after every allowed delivery");
+                let reason = format!("not applied after {delivered} deliveries: {err}");
+                self.dead_letter(&message, seq, APPLY_FAILED, &reason).await;
+            }
+            Err(err) => {
+                let delay = redelivery_delay(delivered);
+                tracing::warn!(seq, %ty, %err, delivered, ?delay, "applying failed; asking for a redelivery");
+                ack(&message, AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+
+    /// Waits until every event before `seq` is acknowledged, by any
+    /// projector on the consumer. Control events (a sweep above all) must
+    /// see the state of every deployment event before them; deployment
+    /// events need no such order, their folds compare sequences. Bounded: a
+    /// projector that died with events in hand delays a sweep by at most
+    /// `barrier_wait`.
+    async fn barrier(&self, seq: u64) {
+        let deadline = tokio::time::Instant::now() + self.barrier_wait;
+        // Our own acks are fire-and-forget: send them before asking.
+        let _ = self.client.flush().await;
+        loop {
+            match self.consumer.get_info().await {
+                Ok(info) if info.ack_floor.stream_sequence + 1 >= seq => return,
+                Ok(_) => {}
+                Err(err) => tracing::debug!(%err, "reading the consumer's ack floor"),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(seq, wait = ?self.barrier_wait, "earlier events are still unacknowledged; applying a control event anyway");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Publishes a dead letter and acks the original; leaves the original
+    /// unacknowledged (so it comes back) when the publish fails.
+    async fn dead_letter(
+        &self,
+        message: &jetstream::Message,
+        seq: u64,
+        code: &'static str,
+        reason: &str,
+    ) {
+        let (subject, headers) = dead_letter::dead_letter(
+            code,
+            reason,
+            &message.subject,
+            seq,
+            message.headers.as_ref(),
+        );
+        match self
+            .client
+            .publish_with_headers(subject, headers, message.payload.clone())
+            .await
+        {
+            Ok(()) => {
+                self.metrics.dead_lettered(code);
+                ack(message, AckKind::Ack).await;
+            }
+            Err(err) => {
+                tracing::error!(seq, %err, "publishing a dead letter failed; it will be redelivered")
+            }
+        }
+    }
+}
+
+async fn ack(message: &jetstream::Message, kind: AckKind) {
+    if let Err(err) = message.ack_with(kind).await {
+        tracing::warn!(%err, "acknowledging failed; the message will be redelivered");
+    }
+}
+
+/// Grows with each delivery, capped so a recovered server is used soon.
+pub fn redelivery_delay(delivered: i64) -> Duration {
+    let exp = u32::try_from(delivered.clamp(1, 8)).unwrap_or(8);
+    (Duration::from_millis(100) * 2u32.pow(exp)).min(Duration::from_secs(10))
+}

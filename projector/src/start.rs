@@ -1,0 +1,105 @@
+//! Where reading the history begins: a stream sequence, a point in time
+//! (RFC 3339, or a duration back from now such as `10m`), the last N
+//! matching events, or the beginning.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use chrono::{DateTime, Utc};
+
+/// A start point in `HERALD_EVENTS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Start {
+    /// The oldest event still kept.
+    #[default]
+    Beginning,
+    /// This stream sequence and after.
+    Sequence(u64),
+    /// Events stored at or after this time.
+    Since(DateTime<Utc>),
+    /// The last N events that match the filter.
+    Last(usize),
+}
+
+/// Parses `--since`: an RFC 3339 time, or a duration (`90s`, `10m`, `2h`,
+/// `1d`) counted back from `now`.
+pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    let back: Duration = humantime::parse_duration(text).map_err(|_| {
+        format!("{text:?} is neither an RFC 3339 time nor a duration such as 10m or 2h")
+    })?;
+    let back = chrono::Duration::from_std(back).map_err(|_| format!("{text:?} is too long ago"))?;
+    now.checked_sub_signed(back)
+        .ok_or_else(|| format!("{text:?} is too long ago"))
+}
+
+impl Start {
+    /// Builds a start from the mutually exclusive flags (clap enforces that
+    /// at most one is given).
+    pub fn from_flags(
+        from_seq: Option<u64>,
+        since: Option<DateTime<Utc>>,
+        last: Option<usize>,
+    ) -> Start {
+        match (from_seq, since, last) {
+            (Some(seq), _, _) => Start::Sequence(seq.max(1)),
+            (None, Some(time), _) => Start::Since(time),
+            (None, None, Some(n)) => Start::Last(n),
+            (None, None, None) => Start::Beginning,
+        }
+    }
+
+    /// How a consumer starting here is configured. `Last` reads everything
+    /// and keeps the tail, since only the filter knows which events count.
+    pub fn deliver_policy(&self) -> DeliverPolicy {
+        match self {
+            Start::Beginning | Start::Last(_) => DeliverPolicy::All,
+            Start::Sequence(seq) => DeliverPolicy::ByStartSequence {
+                start_sequence: *seq,
+            },
+            Start::Since(time) => DeliverPolicy::ByStartTime {
+                start_time: to_nats_time(*time),
+            },
+        }
+    }
+}
+
+fn to_nats_time(time: DateTime<Utc>) -> time::OffsetDateTime {
+    let nanos = i128::from(time.timestamp_nanos_opt().unwrap_or(0));
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// A time from the NATS client as a chrono time.
+pub fn from_nats_time(time: time::OffsetDateTime) -> DateTime<Utc> {
+    let nanos = i64::try_from(time.unix_timestamp_nanos()).unwrap_or(0);
+    DateTime::from_timestamp_nanos(nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn since_takes_times_and_durations() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+        assert_eq!(
+            parse_since("10m", now).unwrap(),
+            Utc.with_ymd_and_hms(2026, 11, 24, 11, 50, 0).unwrap()
+        );
+        assert_eq!(
+            parse_since("2026-11-24T13:00:00+01:00", now).unwrap(),
+            Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap()
+        );
+        assert!(parse_since("yesterday", now).is_err());
+    }
+
+    #[test]
+    fn times_round_trip_through_the_nats_type() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 1).unwrap();
+        assert_eq!(from_nats_time(to_nats_time(t)), t);
+    }
+}
