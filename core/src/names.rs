@@ -16,6 +16,10 @@ pub const EVENTS_PREFIX: &str = "herald.events";
 pub const EVENTS_WILDCARD: &str = "herald.events.>";
 /// Prefix of dead-letter subjects; the next token is the reason code.
 pub const DLQ_PREFIX: &str = "herald.dlq";
+/// The stream that keeps dead letters for inspection.
+pub const DLQ_STREAM: &str = "HERALD_DLQ";
+/// Wildcard over all dead-letter subjects.
+pub const DLQ_WILDCARD: &str = "herald.dlq.>";
 /// The token that marks a cluster's control subject (not a valid registry name).
 pub const CLUSTER_TOKEN: &str = "_cluster";
 /// Prefix of registry buckets: `herald-<registry>`.

@@ -859,6 +859,12 @@ async fn poison_messages_are_dead_lettered_and_later_events_still_apply() -> any
         )
     );
 
+    // Both are kept in HERALD_DLQ, not only passed by subscribers.
+    let mut kept = js.get_stream(herald_core::names::DLQ_STREAM).await?;
+    assert_eq!(kept.info().await?.state.messages, 2);
+    let first_kept = kept.get_raw_message(1).await?;
+    assert_eq!(first_kept.subject.as_str(), "herald.dlq.malformed");
+
     let (s, _) = stored(&js, "default", &key_of(&good))
         .await?
         .context("the good event applied")?;

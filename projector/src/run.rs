@@ -176,6 +176,7 @@ async fn ensure_and_bind(
     config: &RunConfig,
 ) -> anyhow::Result<consumer::PullConsumer> {
     config.stream.ensure(js).await?;
+    config.stream.ensure_dead_letters(js).await?;
     bind_consumer(js, config).await
 }
 
@@ -320,7 +321,7 @@ impl Projector {
     }
 
     /// Publishes a dead letter and acks the original; leaves the original
-    /// unacknowledged (so it comes back) when the publish fails.
+    /// unacknowledged (so it comes back) when the dead letter is not stored.
     async fn dead_letter(
         &self,
         message: &jetstream::Message,
@@ -335,11 +336,17 @@ impl Projector {
             seq,
             message.headers.as_ref(),
         );
-        match self
-            .client
+        // Through JetStream, and acked before the original is: a dead letter
+        // is kept in HERALD_DLQ, never lost between the two.
+        let js = jetstream::new(self.client.clone());
+        let published = match js
             .publish_with_headers(subject, headers, message.payload.clone())
             .await
         {
+            Ok(ack) => ack.await.map(|_| ()).map_err(anyhow::Error::from),
+            Err(err) => Err(err.into()),
+        };
+        match published {
             Ok(()) => {
                 self.metrics.dead_lettered(code);
                 ack(message, AckKind::Ack).await;

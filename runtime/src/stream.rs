@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use async_nats::jetstream::{self, stream};
 use clap::Args;
-use herald_core::names::{EVENTS_WILDCARD, STREAM};
+use herald_core::names::{DLQ_STREAM, DLQ_WILDCARD, EVENTS_WILDCARD, STREAM};
 
 #[derive(Debug, Clone, Args)]
 pub struct StreamArgs {
@@ -88,5 +88,21 @@ impl StreamArgs {
             }
             Err(err) => Err(anyhow::Error::new(err).context(format!("looking up stream {STREAM}"))),
         }
+    }
+
+    /// Creates the dead-letter stream when missing: dead letters are kept
+    /// as long as events, so that an operator can still read why.
+    pub async fn ensure_dead_letters(&self, js: &jetstream::Context) -> anyhow::Result<()> {
+        js.get_or_create_stream(stream::Config {
+            name: DLQ_STREAM.to_owned(),
+            subjects: vec![DLQ_WILDCARD.to_owned()],
+            storage: stream::StorageType::File,
+            max_age: self.stream_max_age,
+            num_replicas: usize::from(self.stream_replicas),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating stream {DLQ_STREAM}"))?;
+        Ok(())
     }
 }
