@@ -1,1 +1,160 @@
-fn main() {}
+//! herald-watcher: parses flags and runs the watcher (see the library docs).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use herald_core::policy::{NamespacePolicy, RegistryRule};
+use herald_core::{ClusterId, RegistryName, WatcherPolicy};
+use herald_runtime::logging::LogArgs;
+use herald_runtime::nats::NatsArgs;
+use herald_runtime::stream::StreamArgs;
+
+/// Watches opted-in ToolHive servers (MCPServer, MCPRemoteProxy,
+/// VirtualMCPServer) in one Kubernetes cluster and publishes their lifecycle
+/// as events on the JetStream stream HERALD_EVENTS.
+///
+/// Kubernetes access comes from KUBECONFIG, else the in-cluster service account.
+#[derive(Debug, Parser)]
+#[command(name = "herald-watcher", version)]
+struct Cli {
+    /// This cluster's id in subjects and records: a lowercase DNS label, unique
+    /// among the clusters that publish to the same NATS.
+    #[arg(long, env = "HERALD_CLUSTER_ID", value_parser = parse_cluster_id)]
+    cluster_id: ClusterId,
+    /// Registry of opted-in objects without a registry-name label.
+    #[arg(long, env = "HERALD_DEFAULT_REGISTRY", default_value = "default", value_parser = parse_registry)]
+    default_registry: RegistryName,
+    /// Watch only these namespaces (comma-separated); default: all namespaces.
+    #[arg(long, env = "HERALD_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Reject objects without the registry-url annotation (a central registry
+    /// has no use for cluster-local URLs).
+    #[arg(long, env = "HERALD_REQUIRE_URL_ANNOTATION")]
+    require_url_annotation: bool,
+    /// Only these namespaces may publish into this registry, written
+    /// `registry=ns1,ns2`; repeat the flag for more registries (environment:
+    /// rules separated by `;`).
+    #[arg(long = "registry-namespaces", env = "HERALD_REGISTRY_NAMESPACES", value_delimiter = ';', value_parser = parse_rule)]
+    registry_namespaces: Vec<RegistryRule>,
+    /// Registries without a --registry-namespaces rule accept no namespace.
+    #[arg(long, env = "HERALD_DENY_UNLISTED_REGISTRIES")]
+    deny_unlisted_registries: bool,
+    /// How often to publish a cluster.heartbeat event.
+    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = parse_interval)]
+    heartbeat_interval: Duration,
+    /// How often to look again for a kind the cluster does not serve (so that
+    /// installing the ToolHive operator later needs no restart).
+    #[arg(long, env = "HERALD_KIND_RECHECK_INTERVAL", default_value = "30s", value_parser = parse_interval)]
+    kind_recheck_interval: Duration,
+    /// On SIGTERM, how long to keep publishing pending events before exiting.
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "HERALD_HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
+    health_listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    stream: StreamArgs,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+fn parse_cluster_id(s: &str) -> Result<ClusterId, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
+fn parse_registry(s: &str) -> Result<RegistryName, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
+fn parse_rule(s: &str) -> Result<RegistryRule, String> {
+    s.parse()
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(d)
+}
+
+impl Cli {
+    fn settings(self) -> Result<herald_watcher::Settings, String> {
+        if let Some(bad) = self
+            .namespaces
+            .iter()
+            .find(|ns| !herald_core::ids::is_dns_label(ns))
+        {
+            return Err(format!("--namespaces: {bad:?} is not a namespace name"));
+        }
+        let mut namespaces = NamespacePolicy::default();
+        for rule in self.registry_namespaces {
+            namespaces = namespaces.with_rule(rule);
+        }
+        if self.deny_unlisted_registries {
+            namespaces = namespaces.deny_unlisted();
+        }
+        let mut policy = WatcherPolicy::new(self.cluster_id);
+        policy.default_registry = self.default_registry;
+        policy.require_url_annotation = self.require_url_annotation;
+        policy.namespaces = namespaces;
+        Ok(herald_watcher::Settings {
+            policy,
+            namespaces: self.namespaces,
+            heartbeat_interval: self.heartbeat_interval,
+            kind_recheck_interval: self.kind_recheck_interval,
+            shutdown_timeout: self.shutdown_timeout,
+            health_listen: self.health_listen,
+            nats: self.nats,
+            stream: self.stream,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            // One line: the reason, without clap's usage block.
+            let text = err.to_string();
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            eprintln!("herald-watcher: {line}");
+            return ExitCode::from(2);
+        }
+    };
+    cli.log.init();
+    let settings = match cli.settings() {
+        Ok(s) => s,
+        Err(reason) => {
+            eprintln!("herald-watcher: {reason}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("herald-watcher: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = herald_runtime::shutdown::on_signal()?;
+        herald_watcher::run(settings, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("herald-watcher: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,951 @@
+//! herald-watcher against a real Kubernetes API server and a real NATS server: the
+//! events on the stream for each lifecycle step of opted-in ToolHive objects.
+//!
+//! Each test starts the real binary and reads the stream with an ordered consumer, so it
+//! asserts the exact events, in order. Several steps share one watcher where that keeps
+//! the suite fast.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt as _;
+use herald_core::WithdrawReason;
+use herald_core::annotations as ann;
+use herald_core::event::{Event, EventData, EventType};
+use herald_core::names::STREAM;
+use herald_core::object::{Kind, ObjectRef, TOOLHIVE_GROUP};
+use herald_core::record::{DeploymentRecord, Phase, RemoteTransport};
+use herald_integration_tests::dir::TestDir;
+use herald_integration_tests::kube::KubeApi;
+use herald_integration_tests::nats::NatsServer;
+use herald_integration_tests::ports::free_port;
+use herald_integration_tests::process::ChildProcess;
+use herald_integration_tests::timeout::{eventually, within};
+use herald_integration_tests::tools::herald_binary;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use serde_json::{Value, json};
+
+const START: Duration = Duration::from_secs(60);
+const STEP: Duration = Duration::from_secs(15);
+/// Publishing resumes within the retry backoff cap after NATS returns.
+const CATCH_UP: Duration = Duration::from_secs(45);
+const CLUSTER: &str = "test-cluster";
+
+// ---------------------------------------------------------------------------------------
+// Servers and the watcher process
+
+struct Env {
+    kube: KubeApi,
+    nats: NatsServer,
+    dir: TestDir,
+}
+
+impl Env {
+    async fn start() -> anyhow::Result<Env> {
+        let (kube, nats) = tokio::join!(
+            within(START, "kube-apiserver", KubeApi::start()),
+            within(START, "nats-server", NatsServer::start())
+        );
+        Ok(Env {
+            kube: kube??,
+            nats: nats??,
+            dir: TestDir::new("watcher")?,
+        })
+    }
+
+    fn api(&self, kind: Kind, version: &str, namespace: &str) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk(TOOLHIVE_GROUP, version, kind.as_str());
+        let ar = ApiResource::from_gvk_with_plural(&gvk, kind.plural());
+        Api::namespaced_with(self.kube.client(), namespace, &ar)
+    }
+}
+
+struct Watcher {
+    process: ChildProcess,
+    health: String,
+}
+
+impl Watcher {
+    /// Starts `herald-watcher` and waits until it reports ready.
+    async fn start(env: &Env, log: &str, extra: &[&str]) -> anyhow::Result<Watcher> {
+        let port = free_port();
+        let mut command = Command::new(herald_binary("herald-watcher"));
+        command
+            .env("KUBECONFIG", env.kube.kubeconfig_path())
+            .env("RUST_LOG", "info,herald_watcher=debug")
+            .args(["--log-format", "json"])
+            .args(["--cluster-id", CLUSTER, "--nats-url", &env.nats.url()])
+            .args(["--health-listen", &format!("127.0.0.1:{port}")])
+            .args(extra);
+        if !extra.contains(&"--shutdown-timeout") {
+            command.args(["--shutdown-timeout", "5s"]);
+        }
+        if !extra.contains(&"--heartbeat-interval") {
+            // Heartbeats are left out of what tests read; keep them rare.
+            command.args(["--heartbeat-interval", "1h"]);
+        }
+        let process = ChildProcess::spawn("herald-watcher", command, &env.dir.join(log))?;
+        let mut watcher = Watcher {
+            process,
+            health: format!("http://127.0.0.1:{port}"),
+        };
+        let ready = watcher.wait_ready(true).await;
+        if let Err(err) = ready {
+            return Err(watcher.process.explain(err));
+        }
+        Ok(watcher)
+    }
+
+    async fn readyz(&self) -> Option<u16> {
+        let response = reqwest::get(format!("{}/readyz", self.health)).await.ok()?;
+        Some(response.status().as_u16())
+    }
+
+    /// Polls /readyz until it answers 200 (`ready`) or 503; fails at once if the
+    /// watcher exits.
+    async fn wait_ready(&mut self, ready: bool) -> anyhow::Result<()> {
+        let want = if ready { 200 } else { 503 };
+        let poll = async {
+            loop {
+                if let Some(status) = self.process.try_exit() {
+                    bail!("herald-watcher exited ({status}) while waiting for /readyz {want}");
+                }
+                if self.readyz().await == Some(want) {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        within(START, &format!("/readyz {want}"), poll).await?
+    }
+
+    async fn metrics(&self) -> anyhow::Result<String> {
+        let body = reqwest::get(format!("{}/metrics", self.health))
+            .await?
+            .text()
+            .await?;
+        Ok(body)
+    }
+
+    /// The value of one sample line, e.g. `herald_watcher_rejections_total{reason="invalid_url"}`.
+    async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
+        let body = self.metrics().await?;
+        let value = body
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .map(|v| v.trim().parse::<f64>())
+            .transpose()?;
+        Ok(value.unwrap_or(0.0))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading the stream
+
+/// An ordered consumer on this cluster's events, heartbeats left out.
+struct Reader {
+    messages: consumer::pull::Ordered,
+}
+
+impl Reader {
+    async fn open(js: &jetstream::Context) -> anyhow::Result<Reader> {
+        let stream = eventually(STEP, "the stream exists", || async {
+            Ok(js.get_stream(STREAM).await.ok())
+        })
+        .await?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("herald.events.{CLUSTER}.>"),
+                ..Default::default()
+            })
+            .await?;
+        Ok(Reader {
+            messages: consumer.messages().await?,
+        })
+    }
+
+    async fn next(&mut self) -> anyhow::Result<Event> {
+        loop {
+            let (_, event) = self.next_with_sequence().await?;
+            if event.event_type() != EventType::ClusterHeartbeat {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// The next event, heartbeats included, with its stream sequence.
+    async fn next_with_sequence(&mut self) -> anyhow::Result<(u64, Event)> {
+        let message = within(STEP, "the next event", self.messages.next())
+            .await?
+            .context("the consumer ended")??;
+        let sequence = message
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
+        let event = Event::decode_on(message.subject.as_str(), &message.payload)?;
+        Ok((sequence, event))
+    }
+
+    /// Every event up to and including stream sequence `last`, heartbeats left out.
+    async fn up_to(&mut self, last: u64) -> anyhow::Result<Vec<Event>> {
+        let mut events = Vec::new();
+        loop {
+            let (sequence, event) = self.next_with_sequence().await?;
+            if event.event_type() != EventType::ClusterHeartbeat {
+                events.push(event);
+            }
+            if sequence >= last {
+                return Ok(events);
+            }
+        }
+    }
+
+    /// The resync brackets of all three kinds after a (re)start: per kind the
+    /// started and completed epochs and the objects applied in between.
+    async fn startup(&mut self) -> anyhow::Result<BTreeMap<Kind, Bracket>> {
+        self.brackets(&Kind::ALL).await
+    }
+
+    /// The resync brackets of `kinds`, until each one completed.
+    async fn brackets(&mut self, kinds: &[Kind]) -> anyhow::Result<BTreeMap<Kind, Bracket>> {
+        let mut brackets: BTreeMap<Kind, Bracket> = BTreeMap::new();
+        while brackets.values().filter(|b| b.completed.is_some()).count() < kinds.len() {
+            let event = self.next().await?;
+            match event.data {
+                EventData::ResyncStarted(r) => {
+                    assert!(kinds.contains(&r.kind), "a resync of {}", r.kind);
+                    let previous = brackets.insert(r.kind, Bracket::new(r.epoch));
+                    assert!(previous.is_none(), "two resync.started for {}", r.kind);
+                }
+                EventData::ResyncCompleted(r) => {
+                    let b = brackets
+                        .get_mut(&r.kind)
+                        .context("completed before started")?;
+                    assert_eq!(r.epoch, b.epoch, "resync.completed names its epoch");
+                    assert_eq!(r.advertised, Some(b.applied.len() as u64));
+                    b.completed = Some(r.epoch);
+                }
+                EventData::Applied(record) => {
+                    let b = brackets
+                        .get_mut(&record.object.kind())
+                        .context("applied outside a bracket at startup")?;
+                    assert!(b.completed.is_none(), "applied after resync.completed");
+                    assert_eq!(record.epoch, b.epoch, "re-applied with the list's epoch");
+                    b.applied.push(*record);
+                }
+                other => bail!("unexpected event at startup: {other:?}"),
+            }
+        }
+        Ok(brackets)
+    }
+
+    async fn applied(&mut self) -> anyhow::Result<DeploymentRecord> {
+        match self.next().await?.data {
+            EventData::Applied(record) => Ok(*record),
+            other => bail!("expected deployment.applied, got {other:?}"),
+        }
+    }
+
+    async fn withdrawn(&mut self) -> anyhow::Result<herald_core::event::Withdrawal> {
+        match self.next().await?.data {
+            EventData::Withdrawn(w) => Ok(w),
+            other => bail!("expected deployment.withdrawn, got {other:?}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Bracket {
+    epoch: u64,
+    applied: Vec<DeploymentRecord>,
+    completed: Option<u64>,
+}
+
+impl Bracket {
+    fn new(epoch: u64) -> Self {
+        Bracket {
+            epoch,
+            applied: Vec::new(),
+            completed: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Objects
+
+fn opted_in(name: &str, description: &str) -> Value {
+    json!({
+        "metadata": {
+            "name": name,
+            "annotations": {
+                ann::REGISTRY_EXPORT: "true",
+                ann::REGISTRY_DESCRIPTION: description,
+            },
+        },
+        "spec": {},
+    })
+}
+
+fn with(mut base: Value, path: &[&str], value: Value) -> Value {
+    let mut at = &mut base;
+    for key in &path[..path.len() - 1] {
+        if at.get(*key).is_none() {
+            at[*key] = json!({});
+        }
+        at = &mut at[*key];
+    }
+    at[path[path.len() - 1]] = value;
+    base
+}
+
+async fn create(
+    api: &Api<DynamicObject>,
+    kind: Kind,
+    version: &str,
+    body: Value,
+) -> anyhow::Result<DynamicObject> {
+    let body = with(
+        body,
+        &["apiVersion"],
+        json!(format!("{TOOLHIVE_GROUP}/{version}")),
+    );
+    let body = with(body, &["kind"], json!(kind.as_str()));
+    let object: DynamicObject = serde_json::from_value(body)?;
+    Ok(api.create(&PostParams::default(), &object).await?)
+}
+
+async fn set_status(
+    api: &Api<DynamicObject>,
+    name: &str,
+    status: Value,
+) -> anyhow::Result<DynamicObject> {
+    let patch = Patch::Merge(json!({ "status": status }));
+    Ok(api
+        .patch_status(name, &PatchParams::default(), &patch)
+        .await?)
+}
+
+async fn merge(
+    api: &Api<DynamicObject>,
+    name: &str,
+    patch: Value,
+) -> anyhow::Result<DynamicObject> {
+    Ok(api
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await?)
+}
+
+fn rv(object: &DynamicObject) -> String {
+    object.metadata.resource_version.clone().unwrap_or_default()
+}
+
+fn object_ref(kind: Kind, ns: &str, name: &str) -> ObjectRef {
+    ObjectRef::new(kind, ns, name).expect("valid test object names")
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+/// Runs an async test on a thread with a larger stack: kube and NATS client futures
+/// overflow a test thread's default 2 MiB in debug builds.
+fn run<F: Future<Output = anyhow::Result<()>> + 'static>(test: fn() -> F) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .stack_size(16 << 20)
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(test())
+        })?
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Creation in both CRD eras and each kind, readiness later, opt-out, a move between
+/// registries, deletion, rejections (new and of an advertised object), metrics and
+/// SIGTERM, all with one watcher.
+#[test]
+fn lifecycle_of_opted_in_servers() -> anyhow::Result<()> {
+    run(lifecycle_of_opted_in_servers_steps)
+}
+
+async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let args = ["--registry-namespaces", "partners=team-a"];
+    let mut watcher = Watcher::start(&env, "watcher.log", &args).await?;
+    let mut reader = Reader::open(&env.nats.jetstream().await).await?;
+    let brackets = reader.startup().await?;
+    assert!(brackets.values().all(|b| b.applied.is_empty()));
+
+    // v1alpha1 MCPServer: not advertised while Pending; applied once Running.
+    let alpha = env.api(Kind::MCPServer, "v1alpha1", "team-a");
+    let body = opted_in("alpha", "Fetches web pages");
+    let body = with(body, &["spec", "transport"], json!("sse"));
+    let body = with(body, &["spec", "port"], json!(9090));
+    let body = with(body, &["spec", "image"], json!("ghcr.io/x/fetch:2.1.0"));
+    create(&alpha, Kind::MCPServer, "v1alpha1", body).await?;
+    let running = set_status(&alpha, "alpha", json!({"phase": "Running"})).await?;
+    let record = reader.applied().await?;
+    assert_eq!(
+        record.object,
+        object_ref(Kind::MCPServer, "team-a", "alpha")
+    );
+    assert_eq!(
+        record.resource_version,
+        rv(&running),
+        "applied only once Running"
+    );
+    assert_eq!(record.registry.as_str(), "default");
+    assert_eq!(record.cluster.as_str(), CLUSTER);
+    assert_eq!(record.server_name.as_str(), "com.toolhive.k8s.team-a/alpha");
+    assert_eq!(record.version, "2.1.0");
+    assert_eq!(record.description, "Fetches web pages");
+    assert_eq!(record.remote.transport, RemoteTransport::Sse);
+    assert_eq!(
+        record.remote.url,
+        "http://mcp-alpha-proxy.team-a.svc.cluster.local:9090/sse#alpha"
+    );
+    assert_eq!(record.phase, Phase::Running);
+    assert_eq!(record.epoch, brackets[&Kind::MCPServer].epoch);
+    assert_eq!(record.uid, running.metadata.uid.clone().unwrap_or_default());
+
+    // v1beta1 MCPServer with auth and a status URL, Ready right away.
+    let beta = env.api(Kind::MCPServer, "v1beta1", "team-b");
+    let body = opted_in("beta", "Searches the web");
+    let body = with(body, &["spec", "proxyPort"], json!(8081));
+    let body = with(body, &["spec", "oidcConfigRef"], json!({"name": "idp"}));
+    create(&beta, Kind::MCPServer, "v1beta1", body).await?;
+    let url = "http://mcp-beta-proxy.team-b.svc.cluster.local:8081/mcp";
+    let ready = set_status(&beta, "beta", json!({"phase": "Ready", "url": url})).await?;
+    let record = reader.applied().await?;
+    assert_eq!(record.object, object_ref(Kind::MCPServer, "team-b", "beta"));
+    assert_eq!(record.resource_version, rv(&ready));
+    assert_eq!(record.remote.url, url);
+    assert_eq!(record.remote.transport, RemoteTransport::StreamableHttp);
+    assert_eq!(record.remote.headers.len(), 1);
+    assert!(record.remote.headers[0].is_secret && record.remote.headers[0].is_required);
+    assert_eq!(record.version, "1.0.0");
+
+    // MCPRemoteProxy into another registry, with the URL annotation.
+    let proxies = env.api(Kind::MCPRemoteProxy, "v1alpha1", "team-a");
+    let body = opted_in("remote", "A remote proxy");
+    let body = with(
+        body,
+        &["metadata", "labels"],
+        json!({ann::REGISTRY_NAME: "partners"}),
+    );
+    let body = with(
+        body,
+        &["metadata", "annotations", ann::REGISTRY_URL],
+        json!("https://mcp.example.com/mcp"),
+    );
+    create(&proxies, Kind::MCPRemoteProxy, "v1alpha1", body).await?;
+    let ready = set_status(&proxies, "remote", json!({"phase": "Ready"})).await?;
+    let record = reader.applied().await?;
+    assert_eq!(
+        record.object,
+        object_ref(Kind::MCPRemoteProxy, "team-a", "remote")
+    );
+    assert_eq!(record.resource_version, rv(&ready));
+    assert_eq!(record.registry.as_str(), "partners");
+    assert_eq!(record.remote.url, "https://mcp.example.com/mcp");
+
+    // VirtualMCPServer.
+    let virtuals = env.api(Kind::VirtualMCPServer, "v1alpha1", "team-a");
+    create(
+        &virtuals,
+        Kind::VirtualMCPServer,
+        "v1alpha1",
+        opted_in("virtual", "Aggregates tools"),
+    )
+    .await?;
+    let ready = set_status(&virtuals, "virtual", json!({"phase": "Ready"})).await?;
+    let record = reader.applied().await?;
+    assert_eq!(
+        record.object,
+        object_ref(Kind::VirtualMCPServer, "team-a", "virtual")
+    );
+    assert_eq!(record.resource_version, rv(&ready));
+    assert_eq!(
+        record.remote.url,
+        "http://vmcp-virtual.team-a.svc.cluster.local:8080/mcp"
+    );
+
+    // Annotation removed → withdrawn, opted out.
+    let patch = json!({"metadata": {"annotations": {ann::REGISTRY_EXPORT: null}}});
+    let changed = merge(&alpha, "alpha", patch).await?;
+    let w = reader.withdrawn().await?;
+    assert_eq!(w.object, object_ref(Kind::MCPServer, "team-a", "alpha"));
+    assert_eq!(w.reason, WithdrawReason::OptedOut);
+    assert_eq!(w.registry.as_str(), "default");
+    assert_eq!(w.resource_version, rv(&changed));
+
+    // Registry label changed → withdrawn from the old registry, applied to the new one.
+    let patch = json!({"metadata": {"labels": {ann::REGISTRY_NAME: "internal"}}});
+    let moved = merge(&beta, "beta", patch).await?;
+    let w = reader.withdrawn().await?;
+    assert_eq!(w.object, object_ref(Kind::MCPServer, "team-b", "beta"));
+    assert_eq!(
+        (w.reason, w.registry.as_str()),
+        (WithdrawReason::Moved, "default")
+    );
+    let record = reader.applied().await?;
+    assert_eq!(record.registry.as_str(), "internal");
+    assert_eq!(record.resource_version, rv(&moved));
+
+    // Not ready any more → withdrawn.
+    set_status(&virtuals, "virtual", json!({"phase": "Failed"})).await?;
+    let w = reader.withdrawn().await?;
+    assert_eq!(
+        w.object,
+        object_ref(Kind::VirtualMCPServer, "team-a", "virtual")
+    );
+    assert_eq!(w.reason, WithdrawReason::NotReady);
+
+    // Deleted → withdrawn.
+    proxies.delete("remote", &DeleteParams::default()).await?;
+    let w = reader.withdrawn().await?;
+    assert_eq!(
+        w.object,
+        object_ref(Kind::MCPRemoteProxy, "team-a", "remote")
+    );
+    assert_eq!(
+        (w.reason, w.registry.as_str()),
+        (WithdrawReason::Deleted, "partners")
+    );
+
+    // Valid → invalid (description too long) → withdrawn as rejected, with the reason.
+    let long = "x".repeat(150);
+    let patch = json!({"metadata": {"annotations": {ann::REGISTRY_DESCRIPTION: long}}});
+    merge(&beta, "beta", patch).await?;
+    let w = reader.withdrawn().await?;
+    assert_eq!(w.object, object_ref(Kind::MCPServer, "team-b", "beta"));
+    assert_eq!(
+        (w.reason, w.registry.as_str()),
+        (WithdrawReason::Rejected, "internal")
+    );
+    let message = w.message.unwrap_or_default();
+    assert!(
+        message.contains("description is 150 characters"),
+        "{message}"
+    );
+
+    // Invalid from the start: no applied. A valid object created after them is the next
+    // event, and one watch stream keeps the order of a kind's objects.
+    let ready = json!({"phase": "Ready"});
+    let body = opted_in("bad-url", "Bad URL");
+    let body = with(
+        body,
+        &["metadata", "annotations", ann::REGISTRY_URL],
+        json!("ftp://example.com/x"),
+    );
+    create(&alpha, Kind::MCPServer, "v1alpha1", body).await?;
+    set_status(&alpha, "bad-url", ready.clone()).await?;
+    let mut body = opted_in("no-description", "");
+    body["metadata"]["annotations"]
+        .as_object_mut()
+        .context("annotations")?
+        .remove(ann::REGISTRY_DESCRIPTION);
+    create(&alpha, Kind::MCPServer, "v1alpha1", body).await?;
+    set_status(&alpha, "no-description", ready.clone()).await?;
+    let body = opted_in("bad-registry", "Bad registry");
+    let body = with(
+        body,
+        &["metadata", "labels"],
+        json!({ann::REGISTRY_NAME: "Not_A_Label"}),
+    );
+    create(&alpha, Kind::MCPServer, "v1alpha1", body).await?;
+    set_status(&alpha, "bad-registry", ready.clone()).await?;
+    // Only team-a may publish into "partners" (--registry-namespaces).
+    let team_b = env.api(Kind::MCPServer, "v1alpha1", "team-b");
+    let body = opted_in("not-allowed", "Wrong namespace");
+    let body = with(
+        body,
+        &["metadata", "labels"],
+        json!({ann::REGISTRY_NAME: "partners"}),
+    );
+    create(&team_b, Kind::MCPServer, "v1alpha1", body).await?;
+    set_status(&team_b, "not-allowed", ready.clone()).await?;
+    create(
+        &alpha,
+        Kind::MCPServer,
+        "v1alpha1",
+        opted_in("sentinel", "Valid"),
+    )
+    .await?;
+    set_status(&alpha, "sentinel", ready.clone()).await?;
+    let record = reader.applied().await?;
+    assert_eq!(
+        record.object,
+        object_ref(Kind::MCPServer, "team-a", "sentinel")
+    );
+
+    for reason in [
+        "invalid_url",
+        "missing_description",
+        "invalid_registry",
+        "registry_not_allowed",
+        "description_too_long",
+    ] {
+        let sample = format!("herald_watcher_rejections_total{{reason=\"{reason}\"}}");
+        assert_eq!(
+            watcher.metric(&sample).await?,
+            1.0,
+            "{sample}, reported once"
+        );
+    }
+    let log = watcher.process.log_contents();
+    for needle in [
+        r#""name":"bad-url""#,
+        r#""reason":"invalid_url""#,
+        r#"scheme \"ftp\" is not http or https"#,
+        r#""name":"no-description""#,
+        r#""reason":"missing_description""#,
+        r#""name":"bad-registry""#,
+        r#""reason":"invalid_registry""#,
+        "namespace team-b is not allowed to publish into registry partners",
+    ] {
+        assert!(log.contains(needle), "log mentions {needle}:\n{log}");
+    }
+    // Applied: alpha, beta, remote, virtual, beta (moved), sentinel.
+    let applied = "herald_watcher_events_published_total{type=\"deployment.applied\"}";
+    assert_eq!(watcher.metric(applied).await?, 6.0);
+    let withdrawn = "herald_watcher_events_published_total{type=\"deployment.withdrawn\"}";
+    assert_eq!(watcher.metric(withdrawn).await?, 5.0);
+    assert_eq!(watcher.metric("herald_watcher_pending_events").await?, 0.0);
+    let resync = "herald_watcher_last_resync_timestamp_seconds{kind=\"MCPServer\"}";
+    assert!(watcher.metric(resync).await? > 1.7e9);
+
+    // SIGTERM: exits 0, promptly.
+    let started = std::time::Instant::now();
+    watcher.process.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = watcher.process.wait_exit(Duration::from_secs(5))?;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Objects deleted while the watcher was stopped: the restart's resync bracket re-applies
+/// what still exists with a newer epoch, so a consumer can sweep the rest.
+#[test]
+fn restart_resyncs_what_was_deleted_meanwhile() -> anyhow::Result<()> {
+    run(restart_resyncs_what_was_deleted_meanwhile_steps)
+}
+
+async fn restart_resyncs_what_was_deleted_meanwhile_steps() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let api = env.api(Kind::MCPServer, "v1beta1", "ns");
+    for name in ["kept", "gone"] {
+        create(&api, Kind::MCPServer, "v1beta1", opted_in(name, "A server")).await?;
+        set_status(&api, name, json!({"phase": "Ready"})).await?;
+    }
+    let mut watcher = Watcher::start(&env, "first.log", &[]).await?;
+    let mut reader = Reader::open(&env.nats.jetstream().await).await?;
+    let first = reader.startup().await?;
+    let names: Vec<&str> = first[&Kind::MCPServer]
+        .applied
+        .iter()
+        .map(|r| r.object.name())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(
+        names.contains(&"kept") && names.contains(&"gone"),
+        "{names:?}"
+    );
+    let stale_epoch = first[&Kind::MCPServer].applied[0].epoch;
+    assert!(watcher.process.terminate().success());
+
+    api.delete("gone", &DeleteParams::default()).await?;
+    let _watcher = Watcher::start(&env, "second.log", &[]).await?;
+    let second = reader.startup().await?;
+    let bracket = &second[&Kind::MCPServer];
+    assert!(
+        bracket.epoch > stale_epoch,
+        "{} > {stale_epoch}",
+        bracket.epoch
+    );
+    assert_eq!(bracket.completed, Some(bracket.epoch));
+    let names: Vec<&str> = bracket.applied.iter().map(|r| r.object.name()).collect();
+    assert_eq!(names, vec!["kept"]);
+    Ok(())
+}
+
+/// NATS stops while objects change: the watcher reports not-ready, keeps the latest state
+/// per object, and after NATS returns the last event of every object matches the API
+/// server, with each object's events in order.
+#[test]
+fn nats_outage_loses_nothing() -> anyhow::Result<()> {
+    run(nats_outage_loses_nothing_steps)
+}
+
+async fn nats_outage_loses_nothing_steps() -> anyhow::Result<()> {
+    let mut env = Env::start().await?;
+    let api = env.api(Kind::MCPServer, "v1beta1", "ns");
+    for name in ["moves", "deleted", "opts-out", "flaps"] {
+        create(&api, Kind::MCPServer, "v1beta1", opted_in(name, "A server")).await?;
+        set_status(&api, name, json!({"phase": "Ready"})).await?;
+    }
+    let args = ["--shutdown-timeout", "1s"];
+    let mut watcher = Watcher::start(&env, "watcher.log", &args).await?;
+    let mut reader = Reader::open(&env.nats.jetstream().await).await?;
+    assert_eq!(reader.startup().await?[&Kind::MCPServer].applied.len(), 4);
+    drop(reader);
+
+    env.nats.stop();
+    merge(
+        &api,
+        "moves",
+        json!({"metadata": {"labels": {ann::REGISTRY_NAME: "other"}}}),
+    )
+    .await?;
+    api.delete("deleted", &DeleteParams::default()).await?;
+    merge(
+        &api,
+        "opts-out",
+        json!({"metadata": {"annotations": {ann::REGISTRY_EXPORT: "false"}}}),
+    )
+    .await?;
+    create(
+        &api,
+        Kind::MCPServer,
+        "v1beta1",
+        opted_in("new", "A new server"),
+    )
+    .await?;
+    set_status(&api, "new", json!({"phase": "Ready"})).await?;
+    for i in 0..20 {
+        let patch = json!({"metadata": {"annotations": {ann::REGISTRY_DESCRIPTION: format!("Version {i}")}}});
+        merge(&api, "flaps", patch).await?;
+    }
+    watcher.wait_ready(false).await?;
+    // One event per (object, registry) waits, however often "flaps" changed: six keys,
+    // one of them possibly in the publisher's hands.
+    let pending = eventually(STEP, "the outbox holds the changes", || async {
+        let n = watcher.metric("herald_watcher_pending_events").await?;
+        Ok((n >= 5.0).then_some(n))
+    })
+    .await?;
+    assert!(pending <= 6.0, "{pending} pending events");
+
+    within(START, "NATS restart", env.nats.restart()).await??;
+    watcher.wait_ready(true).await?;
+    eventually(CATCH_UP, "an empty outbox", || async {
+        Ok((watcher.metric("herald_watcher_pending_events").await? == 0.0).then_some(()))
+    })
+    .await?;
+
+    // Everything on the stream, from the start: the last event per (object, registry).
+    let js = env.nats.jetstream().await;
+    let last_sequence = js
+        .get_stream(STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
+    let mut reader = Reader::open(&js).await?;
+    let mut last: BTreeMap<(String, String), Event> = BTreeMap::new();
+    let mut versions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for event in reader.up_to(last_sequence).await? {
+        if let (Some(object), Some(registry)) = (event.data.object(), event.data.registry()) {
+            let rv = match &event.data {
+                EventData::Applied(r) => r.resource_version.parse::<u64>()?,
+                EventData::Withdrawn(w) => w.resource_version.parse::<u64>()?,
+                _ => 0,
+            };
+            versions
+                .entry(object.name().to_owned())
+                .or_default()
+                .push(rv);
+            last.insert((object.name().to_owned(), registry.to_string()), event);
+        }
+    }
+    for (name, rvs) in &versions {
+        assert!(
+            rvs.windows(2).all(|w| w[0] <= w[1]),
+            "{name} events in order: {rvs:?}"
+        );
+    }
+    let applied_rv = |key: (&str, &str)| -> anyhow::Result<String> {
+        match last
+            .get(&(key.0.to_owned(), key.1.to_owned()))
+            .map(|e| &e.data)
+        {
+            Some(EventData::Applied(r)) => Ok(r.resource_version.clone()),
+            other => bail!("{key:?}: expected applied last, got {other:?}"),
+        }
+    };
+    let withdrawn = |key: (&str, &str)| -> anyhow::Result<WithdrawReason> {
+        match last
+            .get(&(key.0.to_owned(), key.1.to_owned()))
+            .map(|e| &e.data)
+        {
+            Some(EventData::Withdrawn(w)) => Ok(w.reason),
+            other => bail!("{key:?}: expected withdrawn last, got {other:?}"),
+        }
+    };
+    let current = |name: &str| {
+        let api = api.clone();
+        let name = name.to_owned();
+        async move { anyhow::Ok(rv(&api.get(&name).await?)) }
+    };
+    assert_eq!(withdrawn(("moves", "default"))?, WithdrawReason::Moved);
+    assert_eq!(applied_rv(("moves", "other"))?, current("moves").await?);
+    assert_eq!(withdrawn(("deleted", "default"))?, WithdrawReason::Deleted);
+    assert_eq!(
+        withdrawn(("opts-out", "default"))?,
+        WithdrawReason::OptedOut
+    );
+    assert_eq!(applied_rv(("new", "default"))?, current("new").await?);
+    assert_eq!(applied_rv(("flaps", "default"))?, current("flaps").await?);
+    match &last[&("flaps".to_owned(), "default".to_owned())].data {
+        EventData::Applied(r) => assert_eq!(r.description, "Version 19"),
+        _ => unreachable!("checked above"),
+    }
+
+    // SIGTERM while NATS is down: the flush gives up after --shutdown-timeout, exit 0.
+    env.nats.stop();
+    merge(
+        &api,
+        "new",
+        json!({"metadata": {"annotations": {ann::REGISTRY_EXPORT: "false"}}}),
+    )
+    .await?;
+    watcher.wait_ready(false).await?;
+    let started = std::time::Instant::now();
+    watcher.process.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = watcher.process.wait_exit(Duration::from_secs(5))?;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        watcher
+            .process
+            .log_contents()
+            .contains("shutdown timeout reached")
+    );
+    Ok(())
+}
+
+/// A bad flag or cluster id: non-zero exit and a one-line reason.
+#[test]
+fn bad_cluster_id_exits_with_one_line() -> anyhow::Result<()> {
+    let output = Command::new(herald_binary("herald-watcher"))
+        .args(["--cluster-id", "Not_Valid"])
+        .env_remove("HERALD_CLUSTER_ID")
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cluster-id"), "{stderr}");
+    Ok(())
+}
+
+/// A kind the cluster does not serve at start is picked up once installed, without a
+/// restart; only the configured namespaces are watched, in one resync bracket per kind;
+/// heartbeats flow.
+#[test]
+fn late_kind_and_namespace_list() -> anyhow::Result<()> {
+    run(late_kind_and_namespace_list_steps)
+}
+
+async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+    let env = Env::start().await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(env.kube.client());
+    let crd_name = format!("{}.{TOOLHIVE_GROUP}", Kind::VirtualMCPServer.plural());
+    let mut crd = crds.get(&crd_name).await?;
+    crds.delete(&crd_name, &DeleteParams::default()).await?;
+    eventually(STEP, "the CRD is gone", || async {
+        Ok(crds.get_opt(&crd_name).await?.is_none().then_some(()))
+    })
+    .await?;
+
+    for ns in ["team-a", "team-b", "team-c"] {
+        let api = env.api(Kind::MCPServer, "v1beta1", ns);
+        create(
+            &api,
+            Kind::MCPServer,
+            "v1beta1",
+            opted_in("srv", "A server"),
+        )
+        .await?;
+        set_status(&api, "srv", json!({"phase": "Ready"})).await?;
+    }
+    let args = [
+        "--namespaces",
+        "team-a,team-b",
+        "--kind-recheck-interval",
+        "200ms",
+        "--heartbeat-interval",
+        "200ms",
+    ];
+    let watcher = Watcher::start(&env, "watcher.log", &args).await?;
+    let mut reader = Reader::open(&env.nats.jetstream().await).await?;
+    let present = [Kind::MCPServer, Kind::MCPRemoteProxy];
+    let brackets = reader.brackets(&present).await?;
+    let mut listed: Vec<&str> = brackets[&Kind::MCPServer]
+        .applied
+        .iter()
+        .map(|r| r.object.namespace())
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(
+        listed,
+        ["team-a", "team-b"],
+        "one bracket over both namespaces"
+    );
+    assert!(
+        watcher
+            .process
+            .log_contents()
+            .contains("does not serve this kind"),
+        "the missing kind is logged"
+    );
+
+    // Install the kind: its watch starts within the recheck interval.
+    crd.metadata = kube::api::ObjectMeta {
+        name: Some(crd_name.clone()),
+        ..Default::default()
+    };
+    crd.status = None;
+    crds.create(&PostParams::default(), &crd).await?;
+    let brackets = reader.brackets(&[Kind::VirtualMCPServer]).await?;
+    assert!(brackets[&Kind::VirtualMCPServer].applied.is_empty());
+    let virtuals = env.api(Kind::VirtualMCPServer, "v1alpha1", "team-b");
+    create(
+        &virtuals,
+        Kind::VirtualMCPServer,
+        "v1alpha1",
+        opted_in("late", "Late"),
+    )
+    .await?;
+    let ready = set_status(&virtuals, "late", json!({"phase": "Ready"})).await?;
+    let record = reader.applied().await?;
+    assert_eq!(
+        record.object,
+        object_ref(Kind::VirtualMCPServer, "team-b", "late")
+    );
+    assert_eq!(record.resource_version, rv(&ready));
+
+    let heartbeats = "herald_watcher_events_published_total{type=\"cluster.heartbeat\"}";
+    eventually(STEP, "heartbeats", || async {
+        Ok((watcher.metric(heartbeats).await? >= 2.0).then_some(()))
+    })
+    .await?;
+    Ok(())
+}

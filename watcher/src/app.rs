@@ -1,0 +1,145 @@
+//! Wiring: health endpoint, Kubernetes and NATS clients, one watch per kind,
+//! the heartbeat and the publisher; and the shutdown order (stop watching,
+//! flush within the timeout).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use herald_core::WatcherPolicy;
+use herald_core::object::Kind;
+use herald_runtime::health::{self, Readiness};
+use herald_runtime::nats::NatsArgs;
+use herald_runtime::stream::StreamArgs;
+use prometheus_client::registry::Registry;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::epoch::EpochClock;
+use crate::heartbeat;
+use crate::kind_watch::{self, KindWatch};
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::publisher::{Publisher, READY_NATS};
+use crate::rejections::Rejections;
+
+/// Readiness condition: the NATS connection is up.
+const READY_CONNECTION: &str = "nats connection";
+
+/// Everything the watcher was configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub policy: WatcherPolicy,
+    /// Empty: all namespaces.
+    pub namespaces: Vec<String>,
+    pub heartbeat_interval: Duration,
+    pub kind_recheck_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub health_listen: SocketAddr,
+    pub nats: NatsArgs,
+    pub stream: StreamArgs,
+}
+
+/// Runs the watcher until `shutdown`, then flushes and returns.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    // Every condition is declared before /readyz can be asked.
+    let readiness = Readiness::default();
+    readiness.register(READY_NATS, "the event stream is not verified yet");
+    readiness.register(READY_CONNECTION, "connecting");
+    for kind in Kind::ALL {
+        readiness.register(kind_watch::condition(kind), "not listed yet");
+    }
+    let health_stop = CancellationToken::new();
+    let (_, health_task) = health::serve(
+        settings.health_listen,
+        readiness.clone(),
+        Arc::new(registry),
+        health_stop.clone(),
+    )
+    .await?;
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (KUBECONFIG or in-cluster config)")?;
+    let nats = settings.nats.connect("herald-watcher").await?;
+    let js = async_nats::jetstream::new(nats.clone());
+
+    let outbox = Arc::new(Outbox::new(metrics.clone()));
+    let publisher = tokio::spawn(
+        Publisher {
+            js,
+            outbox: outbox.clone(),
+            stream: settings.stream.clone(),
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+        }
+        .run(),
+    );
+
+    let policy = Arc::new(settings.policy.clone());
+    let clock = Arc::new(EpochClock::default());
+    let rejections = Rejections::new(client.clone(), metrics.clone());
+    let mut tasks = JoinSet::new();
+    for kind in Kind::ALL {
+        let watch = KindWatch {
+            kind,
+            client: client.clone(),
+            namespaces: settings.namespaces.clone(),
+            policy: policy.clone(),
+            clock: clock.clone(),
+            outbox: outbox.clone(),
+            rejections: rejections.clone(),
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            recheck: settings.kind_recheck_interval,
+        };
+        tasks.spawn(watch.run(shutdown.clone()));
+    }
+    tasks.spawn(heartbeat::run(
+        policy.cluster.clone(),
+        settings.heartbeat_interval,
+        outbox.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(watch_connection(nats, readiness.clone(), shutdown.clone()));
+    tracing::info!(cluster = %policy.cluster, namespaces = ?settings.namespaces, "herald-watcher started");
+
+    shutdown.cancelled().await;
+    while tasks.join_next().await.is_some() {}
+    outbox.close();
+    let pending = outbox.len();
+    tracing::info!(pending, "stopped watching; flushing pending events");
+    match tokio::time::timeout(settings.shutdown_timeout, publisher).await {
+        Ok(_) => tracing::info!("all events published"),
+        Err(_) => tracing::warn!(
+            unpublished = outbox.len(),
+            "shutdown timeout reached; the next start re-lists and republishes the current state"
+        ),
+    }
+    health_stop.cancel();
+    let _ = health_task.await;
+    Ok(())
+}
+
+/// Keeps the connection condition current even when nothing is published.
+async fn watch_connection(
+    nats: async_nats::Client,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    use async_nats::connection::State;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match nats.connection_state() {
+            State::Connected => readiness.set_ready(READY_CONNECTION),
+            state => readiness.set_not_ready(READY_CONNECTION, format!("NATS is {state:?}")),
+        }
+    }
+}
