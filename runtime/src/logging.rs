@@ -1,6 +1,8 @@
 //! Structured logs through `tracing`, as text for people or JSON for
 //! collectors; the level comes from `RUST_LOG` (default `info`).
 
+use std::io::IsTerminal;
+
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
@@ -27,8 +29,10 @@ impl LogArgs {
     /// Installs the global subscriber. Call once, first thing in `main`.
     pub fn init(&self) {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        // Colour only for a person at a terminal; log files stay greppable.
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr);
         match self.log_format {
             LogFormat::Text => builder.init(),
