@@ -19,6 +19,9 @@ pub struct ClusterState {
     /// Stream sequence of the newest event folded in.
     pub seq: u64,
     pub last_seen: DateTime<Utc>,
+    /// Time of the newest heartbeat folded in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watcher_started_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,9 +42,14 @@ pub struct EpochState {
 
 impl ClusterState {
     /// Folds a control event (resync or heartbeat) with stream sequence
-    /// `seq`; `None` when the event is not newer or not a control event.
+    /// `seq`; `None` when it changes nothing (or is not a control event).
+    ///
+    /// Order-independent: each field keeps the newest value it has seen (the
+    /// latest heartbeat, the highest epoch per kind, a completion of that
+    /// epoch), so two projectors folding the same events in different orders
+    /// end with the same state.
     pub fn fold(current: Option<&ClusterState>, event: &Event, seq: u64) -> Option<ClusterState> {
-        if current.is_some_and(|c| c.seq >= seq) {
+        if matches!(event.data, EventData::Applied(_) | EventData::Withdrawn(_)) {
             return None;
         }
         let mut next = current.cloned().unwrap_or_else(|| ClusterState {
@@ -49,15 +57,17 @@ impl ClusterState {
             cluster: event.cluster().clone(),
             seq,
             last_seen: event.time,
+            last_heartbeat: None,
             watcher_started_at: None,
             heartbeat_interval_seconds: None,
             watcher_version: None,
             epochs: BTreeMap::new(),
         });
-        next.seq = seq;
+        next.seq = next.seq.max(seq);
         next.last_seen = next.last_seen.max(event.time);
         match &event.data {
-            EventData::Heartbeat(h) => {
+            EventData::Heartbeat(h) if next.last_heartbeat.is_none_or(|t| t <= event.time) => {
+                next.last_heartbeat = Some(event.time);
                 next.watcher_started_at = Some(h.started_at);
                 next.heartbeat_interval_seconds = Some(h.interval_seconds);
                 next.watcher_version = Some(h.watcher_version.clone());
@@ -68,16 +78,18 @@ impl ClusterState {
                     epoch: r.epoch,
                     completed,
                 });
-                if r.epoch >= entry.epoch {
+                if r.epoch > entry.epoch {
                     *entry = EpochState {
                         epoch: r.epoch,
                         completed,
                     };
+                } else if r.epoch == entry.epoch {
+                    entry.completed |= completed;
                 }
             }
-            EventData::Applied(_) | EventData::Withdrawn(_) => return None,
+            _ => {}
         }
-        Some(next)
+        (current != Some(&next)).then_some(next)
     }
 
     /// Whether the watcher missed more than three heartbeats at `now`.

@@ -156,7 +156,10 @@ fn cluster_state_tracks_heartbeats_and_epochs() {
     );
     let s1 = ClusterState::fold(None, &hb, 1).unwrap();
     assert_eq!(s1.heartbeat_interval_seconds, Some(10));
-    assert!(ClusterState::fold(Some(&s1), &hb, 1).is_none(), "not newer");
+    assert!(
+        ClusterState::fold(Some(&s1), &hb, 1).is_none(),
+        "a duplicate changes nothing"
+    );
     let started = Event::new(
         EventData::ResyncStarted(Resync {
             v: 1,
@@ -183,4 +186,67 @@ fn cluster_state_tracks_heartbeats_and_epochs() {
     assert!(s3.epochs[&Kind::MCPServer].completed);
     assert!(!s3.is_stale(seen_at() + Duration::seconds(30)));
     assert!(s3.is_stale(seen_at() + Duration::seconds(31)));
+}
+
+#[test]
+fn cluster_state_is_the_same_whatever_the_order_of_folding() {
+    let cluster: herald_core::ClusterId = "c1".parse().unwrap();
+    let resync = |epoch, done: bool| {
+        let r = Resync {
+            v: 1,
+            cluster: cluster.clone(),
+            kind: Kind::MCPServer,
+            epoch,
+            advertised: None,
+        };
+        Event::new(
+            if done {
+                EventData::ResyncCompleted(r)
+            } else {
+                EventData::ResyncStarted(r)
+            },
+            seen_at(),
+        )
+    };
+    let hb = |minutes| {
+        Event::new(
+            EventData::Heartbeat(Heartbeat {
+                v: 1,
+                cluster: cluster.clone(),
+                started_at: seen_at(),
+                interval_seconds: minutes,
+                watcher_version: "0.1.0".into(),
+            }),
+            seen_at() + Duration::minutes(minutes as i64),
+        )
+    };
+    let events = [
+        (1, resync(5, false)),
+        (2, resync(5, true)),
+        (3, hb(1)),
+        (4, resync(6, false)),
+        (5, hb(2)),
+    ];
+    let fold_all = |order: &[usize]| {
+        let mut state: Option<ClusterState> = None;
+        for &i in order {
+            let (seq, event) = &events[i];
+            if let Some(next) = ClusterState::fold(state.as_ref(), event, *seq) {
+                state = Some(next);
+            }
+        }
+        state.unwrap()
+    };
+    let in_order = fold_all(&[0, 1, 2, 3, 4]);
+    assert_eq!(
+        in_order.epochs[&Kind::MCPServer],
+        herald_core::cluster_state::EpochState {
+            epoch: 6,
+            completed: false
+        }
+    );
+    assert_eq!(in_order.heartbeat_interval_seconds, Some(2));
+    for order in [[4, 3, 2, 1, 0], [1, 0, 4, 2, 3], [3, 1, 4, 0, 2]] {
+        assert_eq!(fold_all(&order), in_order, "{order:?}");
+    }
 }
