@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use herald_core::RegistryName;
-use herald_core::names::{DeploymentKey, bucket_name, registry_of_bucket};
-use herald_core::projection::StoredDeployment;
+use herald_core::names::{CatalogKey, DeploymentKey, bucket_name, registry_of_bucket};
+use herald_core::projection::{StoredCatalog, StoredDeployment};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -185,7 +185,22 @@ async fn watch_once(
             bucket: bucket.clone(),
             source,
         })?;
-        if DeploymentKey::parse(&entry.key).is_ok() {
+        if CatalogKey::parse(&entry.key).is_ok() {
+            let value = match entry.operation {
+                kv::Operation::Put => match StoredCatalog::from_json(&entry.value) {
+                    Ok(v) => Some(v),
+                    Err(err) => {
+                        tracing::warn!(%registry, key = %entry.key, %err, "undecodable value; treating the catalog entry as absent");
+                        None
+                    }
+                },
+                kv::Operation::Delete | kv::Operation::Purge => None,
+            };
+            let changes = view
+                .write()
+                .apply_catalog(&entry.key, value, entry.revision);
+            metrics.changes(registry, changes);
+        } else if DeploymentKey::parse(&entry.key).is_ok() {
             let value = match entry.operation {
                 kv::Operation::Put => match StoredDeployment::from_json(&entry.value) {
                     Ok(v) => Some(v),

@@ -1,5 +1,6 @@
-//! One registry's in-memory view: the deployments of its bucket, the merged
-//! server entries they make, and the changes to those entries in order.
+//! One registry's in-memory view: the deployments and catalog entries of its
+//! bucket, the merged server entries they make (`merge_registry` in core),
+//! and the changes to those entries in order.
 //!
 //! Every bucket change recomputes the entries of the server names it
 //! touches (all deployments of a name are merged together, so `isLatest`
@@ -12,7 +13,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use herald_core::merge::{self, ServerResponse};
-use herald_core::projection::StoredDeployment;
+use herald_core::projection::{StoredCatalog, StoredDeployment};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -39,12 +40,14 @@ impl Entry {
         )
     }
 
+    /// Whether a live deployment (here, or in an upstream Herald whose API
+    /// is a catalog source) is behind the entry.
     pub fn has_live_deployment(&self) -> bool {
         self.response
             .meta
             .herald
             .as_ref()
-            .is_some_and(|h| !h.deployments.is_empty())
+            .is_some_and(|h| h.has_live_deployment())
     }
 }
 
@@ -98,7 +101,9 @@ pub struct Bounds {
 pub struct RegistryView {
     /// Live deployments by bucket key (tombstones count as absent).
     deployments: HashMap<String, StoredDeployment>,
-    /// Keys of the live deployments of each server name.
+    /// Listed catalog entries by bucket key (tombstones count as absent).
+    catalog: HashMap<String, StoredCatalog>,
+    /// Keys of the live deployments and catalog entries of each server name.
     by_server: HashMap<String, BTreeSet<String>>,
     entries: BTreeMap<EntryKey, Arc<Entry>>,
     position: u64,
@@ -116,6 +121,7 @@ impl RegistryView {
         let (live, _) = broadcast::channel(bounds.subscriber_buffer.max(1));
         Self {
             deployments: HashMap::new(),
+            catalog: HashMap::new(),
             by_server: HashMap::new(),
             entries: BTreeMap::new(),
             position: 0,
@@ -173,20 +179,61 @@ impl RegistryView {
             .as_ref()
             .and_then(StoredDeployment::live)
             .map(|r| r.server_name.to_string());
-        if let Some(old) = &old_name
-            && let Some(keys) = self.by_server.get_mut(old)
-        {
-            keys.remove(key);
-            if keys.is_empty() {
-                self.by_server.remove(old);
-            }
-        }
         match value {
             Some(v) => {
                 self.deployments.insert(key.to_owned(), v);
             }
             None => {
                 self.deployments.remove(key);
+            }
+        }
+        self.reindex(key, old_name, new_name, revision)
+    }
+
+    /// Applies the value of one catalog key at `revision` (`None`: absent).
+    /// Returns the number of entry changes it caused.
+    pub fn apply_catalog(
+        &mut self,
+        key: &str,
+        value: Option<StoredCatalog>,
+        revision: u64,
+    ) -> usize {
+        let value = value.filter(|v| v.live().is_some());
+        let old_name = self
+            .catalog
+            .get(key)
+            .and_then(StoredCatalog::live)
+            .map(|r| r.server_name.to_string());
+        let new_name = value
+            .as_ref()
+            .and_then(StoredCatalog::live)
+            .map(|r| r.server_name.to_string());
+        match value {
+            Some(v) => {
+                self.catalog.insert(key.to_owned(), v);
+            }
+            None => {
+                self.catalog.remove(key);
+            }
+        }
+        self.reindex(key, old_name, new_name, revision)
+    }
+
+    /// Moves `key` from its old server name to its new one and recomputes
+    /// the entries of both.
+    fn reindex(
+        &mut self,
+        key: &str,
+        old_name: Option<String>,
+        new_name: Option<String>,
+        revision: u64,
+    ) -> usize {
+        if let Some(old) = &old_name
+            && let Some(keys) = self.by_server.get_mut(old)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_server.remove(old);
             }
         }
         if let Some(new) = &new_name {
@@ -219,10 +266,13 @@ impl RegistryView {
 
     fn recompute(&mut self, name: &str, position: u64, changes: &mut Vec<Change>) {
         let merged: BTreeMap<String, Entry> = match self.by_server.get(name) {
-            Some(keys) => merge::merge(keys.iter().filter_map(|k| self.deployments.get(k)))
-                .into_iter()
-                .map(|r| (r.server.version.clone(), Entry::new(r)))
-                .collect(),
+            Some(keys) => merge::merge_registry(
+                keys.iter().filter_map(|k| self.catalog.get(k)),
+                keys.iter().filter_map(|k| self.deployments.get(k)),
+            )
+            .into_iter()
+            .map(|r| (r.server.version.clone(), Entry::new(r)))
+            .collect(),
             None => BTreeMap::new(),
         };
         let old: Vec<EntryKey> = self.versions(name).iter().map(|e| e.key()).collect();
@@ -321,6 +371,7 @@ mod tests {
                 transport: RemoteTransport::StreamableHttp,
                 url: format!("https://{cluster}.example.com/mcp"),
                 headers: vec![],
+                extra: Default::default(),
             },
             phase: Phase::Ready,
             image: None,

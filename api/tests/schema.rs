@@ -82,6 +82,7 @@ fn record(cluster: &str, object: &str, server: &str, version: &str) -> Deploymen
             transport: RemoteTransport::StreamableHttp,
             url: format!("https://{object}.{cluster}.example.com/mcp"),
             headers: Vec::new(),
+            extra: Default::default(),
         },
         phase: Phase::Ready,
         image: None,
@@ -113,6 +114,7 @@ fn sample_entries() -> Vec<Arc<Entry>> {
             description: None,
             is_required: false,
             is_secret: false,
+            extra: Default::default(),
         },
     ];
     let mut sse = record("us-1", "rich", "io.example/rich", "1.2.3");

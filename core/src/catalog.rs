@@ -7,11 +7,14 @@
 //! importer's job; [`check_entry`] enforces what the merge relies on.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::ids::{ServerName, excerpt};
+use crate::ids::{IdError, RegistryName, ServerName, excerpt, is_dns_label};
 use crate::mapping::{semver_image_tag, validate_url};
 use crate::merge::SERVER_SCHEMA;
 use crate::rejection::UrlSource;
@@ -310,4 +313,118 @@ fn inputs(list: Option<&Value>) -> Vec<Value> {
             Some(Value::Object(out))
         })
         .collect()
+}
+
+/// The identity of one catalog source (a lowercase DNS label, like a
+/// cluster id). It names the source's keys in a bucket, so two sources
+/// never overwrite each other's entries.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SourceId(String);
+
+impl SourceId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for SourceId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        if is_dns_label(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(IdError {
+                what: "catalog source id",
+                value: excerpt(s, 80),
+                reason: "must be a lowercase DNS label: 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit",
+            })
+        }
+    }
+}
+
+impl TryFrom<String> for SourceId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        s.parse()
+    }
+}
+
+impl From<SourceId> for String {
+    fn from(id: SourceId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for SourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The body of a `catalog.applied` event and the value stored for a live
+/// catalog entry. Versioned like the deployment record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogRecord {
+    pub v: u32,
+    pub source: SourceId,
+    pub registry: RegistryName,
+    pub server_name: ServerName,
+    pub version: String,
+    /// The `server.json` document as the source described it.
+    pub server: Value,
+    /// The `_meta` the source served beside it (official list format).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Value>,
+    pub observed_at: DateTime<Utc>,
+    /// A digest of `server` and `meta`: equal digests, equal entry. Part of
+    /// the event id, so re-importing an unchanged entry is deduplicated.
+    pub digest: String,
+}
+
+impl CatalogRecord {
+    pub fn new(
+        source: SourceId,
+        registry: RegistryName,
+        entry: CatalogEntry,
+        observed_at: DateTime<Utc>,
+    ) -> Self {
+        let digest = digest(&entry.server, entry.meta.as_ref());
+        Self {
+            v: crate::record::RECORD_VERSION,
+            source,
+            registry,
+            server_name: entry.name,
+            version: entry.version,
+            server: entry.server,
+            meta: entry.meta,
+            observed_at,
+            digest,
+        }
+    }
+}
+
+/// The body of a `catalog.withdrawn` event: the entry left its source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogWithdrawal {
+    pub v: u32,
+    pub source: SourceId,
+    pub registry: RegistryName,
+    pub server_name: ServerName,
+    pub version: String,
+    pub observed_at: DateTime<Utc>,
+}
+
+/// FNV-1a (64 bit) of the entry's JSON, in hex: stable across builds and
+/// platforms, which is all an id needs (it is not a security boundary).
+pub fn digest(server: &Value, meta: Option<&Value>) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = serde_json::to_vec(&(server, meta)).expect("JSON values always serialize");
+    for b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }

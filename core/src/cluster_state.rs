@@ -49,12 +49,19 @@ impl ClusterState {
     /// epoch), so two projectors folding the same events in different orders
     /// end with the same state.
     pub fn fold(current: Option<&ClusterState>, event: &Event, seq: u64) -> Option<ClusterState> {
-        if matches!(event.data, EventData::Applied(_) | EventData::Withdrawn(_)) {
+        if matches!(
+            event.data,
+            EventData::Applied(_)
+                | EventData::Withdrawn(_)
+                | EventData::CatalogApplied(_)
+                | EventData::CatalogWithdrawn(_)
+        ) {
             return None;
         }
+        let cluster = event.cluster()?;
         let mut next = current.cloned().unwrap_or_else(|| ClusterState {
             v: RECORD_VERSION,
-            cluster: event.cluster().clone(),
+            cluster: cluster.clone(),
             seq,
             last_seen: event.time,
             last_heartbeat: None,

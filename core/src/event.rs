@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::catalog::{CatalogRecord, CatalogWithdrawal, SourceId};
 use crate::ids::{ClusterId, RegistryName, excerpt};
 use crate::names::EventSubject;
 use crate::object::{Kind, ObjectRef};
@@ -31,15 +32,19 @@ pub enum EventType {
     ResyncStarted,
     ResyncCompleted,
     ClusterHeartbeat,
+    CatalogApplied,
+    CatalogWithdrawn,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 7] = [
         EventType::DeploymentApplied,
         EventType::DeploymentWithdrawn,
         EventType::ResyncStarted,
         EventType::ResyncCompleted,
         EventType::ClusterHeartbeat,
+        EventType::CatalogApplied,
+        EventType::CatalogWithdrawn,
     ];
 
     /// The part after `dev.herald.`; also a metric label.
@@ -50,6 +55,8 @@ impl EventType {
             EventType::ResyncStarted => "resync.started",
             EventType::ResyncCompleted => "resync.completed",
             EventType::ClusterHeartbeat => "cluster.heartbeat",
+            EventType::CatalogApplied => "catalog.applied",
+            EventType::CatalogWithdrawn => "catalog.withdrawn",
         }
     }
 
@@ -157,6 +164,10 @@ pub enum EventData {
     ResyncStarted(Resync),
     ResyncCompleted(Resync),
     Heartbeat(Heartbeat),
+    /// A catalog source's entry, imported or changed.
+    CatalogApplied(Box<CatalogRecord>),
+    /// A catalog source no longer lists the entry.
+    CatalogWithdrawn(CatalogWithdrawal),
 }
 
 impl EventData {
@@ -167,15 +178,28 @@ impl EventData {
             EventData::ResyncStarted(_) => EventType::ResyncStarted,
             EventData::ResyncCompleted(_) => EventType::ResyncCompleted,
             EventData::Heartbeat(_) => EventType::ClusterHeartbeat,
+            EventData::CatalogApplied(_) => EventType::CatalogApplied,
+            EventData::CatalogWithdrawn(_) => EventType::CatalogWithdrawn,
         }
     }
 
-    pub fn cluster(&self) -> &ClusterId {
+    /// The cluster a cluster's event comes from; `None` for catalog events.
+    pub fn cluster(&self) -> Option<&ClusterId> {
         match self {
-            EventData::Applied(r) => &r.cluster,
-            EventData::Withdrawn(w) => &w.cluster,
-            EventData::ResyncStarted(r) | EventData::ResyncCompleted(r) => &r.cluster,
-            EventData::Heartbeat(h) => &h.cluster,
+            EventData::Applied(r) => Some(&r.cluster),
+            EventData::Withdrawn(w) => Some(&w.cluster),
+            EventData::ResyncStarted(r) | EventData::ResyncCompleted(r) => Some(&r.cluster),
+            EventData::Heartbeat(h) => Some(&h.cluster),
+            EventData::CatalogApplied(_) | EventData::CatalogWithdrawn(_) => None,
+        }
+    }
+
+    /// The catalog source a catalog event comes from.
+    pub fn catalog_source(&self) -> Option<&SourceId> {
+        match self {
+            EventData::CatalogApplied(r) => Some(&r.source),
+            EventData::CatalogWithdrawn(w) => Some(&w.source),
+            _ => None,
         }
     }
 
@@ -192,6 +216,8 @@ impl EventData {
         match self {
             EventData::Applied(r) => Some(&r.registry),
             EventData::Withdrawn(w) => Some(&w.registry),
+            EventData::CatalogApplied(r) => Some(&r.registry),
+            EventData::CatalogWithdrawn(w) => Some(&w.registry),
             _ => None,
         }
     }
@@ -202,6 +228,8 @@ impl EventData {
             EventData::Withdrawn(w) => serde_json::to_value(w),
             EventData::ResyncStarted(r) | EventData::ResyncCompleted(r) => serde_json::to_value(r),
             EventData::Heartbeat(h) => serde_json::to_value(h),
+            EventData::CatalogApplied(r) => serde_json::to_value(r),
+            EventData::CatalogWithdrawn(w) => serde_json::to_value(w),
         };
         v.expect("event bodies are plain data and always serialize")
     }
@@ -273,8 +301,13 @@ struct Envelope {
     data: Value,
 }
 
-fn source_of(cluster: &ClusterId) -> String {
-    format!("/clusters/{cluster}")
+/// `/clusters/<cluster>`, or `/catalogs/<source>` for catalog events.
+fn source_of(data: &EventData) -> String {
+    match (data.cluster(), data.catalog_source()) {
+        (Some(cluster), _) => format!("/clusters/{cluster}"),
+        (None, Some(source)) => format!("/catalogs/{source}"),
+        (None, None) => unreachable!("every event has a cluster or a catalog source"),
+    }
 }
 
 impl Event {
@@ -289,13 +322,23 @@ impl Event {
         self.data.event_type()
     }
 
-    pub fn cluster(&self) -> &ClusterId {
+    /// The cluster of a cluster's event; `None` for catalog events.
+    pub fn cluster(&self) -> Option<&ClusterId> {
         self.data.cluster()
     }
 
     /// Where the event is published.
     pub fn nats_subject(&self) -> EventSubject {
-        let cluster = self.cluster().clone();
+        if let (Some(source), Some(registry)) = (self.data.catalog_source(), self.data.registry()) {
+            return EventSubject::Catalog {
+                source: source.clone(),
+                registry: registry.clone(),
+            };
+        }
+        let cluster = self
+            .cluster()
+            .expect("events that are not catalog events have a cluster")
+            .clone();
         match self.data.registry() {
             Some(registry) => EventSubject::Deployment {
                 cluster,
@@ -314,6 +357,8 @@ impl Event {
                 Some(r.kind.token().to_owned())
             }
             EventData::Heartbeat(_) => None,
+            EventData::CatalogApplied(r) => Some(format!("{}@{}", r.server_name, r.version)),
+            EventData::CatalogWithdrawn(w) => Some(format!("{}@{}", w.server_name, w.version)),
         }
     }
 
@@ -321,7 +366,7 @@ impl Event {
         let envelope = Envelope {
             specversion: SPEC_VERSION.to_owned(),
             id: self.id.clone(),
-            source: source_of(self.cluster()),
+            source: source_of(&self.data),
             ty: self.event_type().ce_type(),
             subject: self.ce_subject(),
             time: self.time,
@@ -376,11 +421,11 @@ impl Event {
             time: envelope.time,
             data,
         };
-        if envelope.source != source_of(event.cluster()) {
+        let expected_source = source_of(&event.data);
+        if envelope.source != expected_source {
             return Err(DecodeError::Inconsistent(format!(
-                "source {:?} but data.cluster {:?}",
+                "source {:?} but data says {expected_source:?}",
                 excerpt(&envelope.source, 80),
-                event.cluster().as_str()
             )));
         }
         if let (Some(object), Some(subject)) = (event.data.object(), &envelope.subject)
@@ -413,6 +458,8 @@ fn decode_data(ty: EventType, data: Value) -> Result<EventData, DecodeError> {
         EventType::ResyncStarted => parse(data).map(EventData::ResyncStarted),
         EventType::ResyncCompleted => parse(data).map(EventData::ResyncCompleted),
         EventType::ClusterHeartbeat => parse(data).map(EventData::Heartbeat),
+        EventType::CatalogApplied => parse(data).map(|r| EventData::CatalogApplied(Box::new(r))),
+        EventType::CatalogWithdrawn => parse(data).map(EventData::CatalogWithdrawn),
     };
     decoded.map_err(invalid)
 }
@@ -438,5 +485,18 @@ fn derive_id(data: &EventData, time: DateTime<Utc>) -> String {
         EventData::Heartbeat(h) => {
             format!("{}/{ty}/{}", h.cluster, time.timestamp_millis())
         }
+        // The digest: an unchanged entry imported again is the same event.
+        EventData::CatalogApplied(r) => format!(
+            "_catalog/{}/{}/{}@{}/{ty}/{}",
+            r.source, r.registry, r.server_name, r.version, r.digest
+        ),
+        EventData::CatalogWithdrawn(w) => format!(
+            "_catalog/{}/{}/{}@{}/{ty}/{}",
+            w.source,
+            w.registry,
+            w.server_name,
+            w.version,
+            w.observed_at.timestamp_millis()
+        ),
     }
 }

@@ -12,7 +12,10 @@
 //!   subjects, buckets and keys.
 //! - [`projection`], [`cluster_state`]: folding events into stored state,
 //!   idempotently and order-safely.
-//! - [`merge`]: stored deployments → `server.json` entries for the API.
+//! - [`catalog`]: catalog sources (official list, ToolHive `registry.json`)
+//!   as `server.json` entries, and the catalog record their events carry.
+//! - [`merge`]: stored deployments and catalog entries → `server.json`
+//!   entries for the API.
 
 pub mod annotations;
 pub mod catalog;

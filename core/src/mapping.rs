@@ -181,6 +181,7 @@ fn build_record(
             transport: remote_type,
             url,
             headers,
+            extra: Default::default(),
         },
         phase,
         image,

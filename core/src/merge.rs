@@ -16,6 +16,9 @@
 //!   themselves by last update, then by text.
 //! - The official `_meta` gives `publishedAt` (earliest creation) and
 //!   `updatedAt` (latest change); Herald's `_meta` key lists the deployments.
+//! - Catalog entries ([`merge_registry`]): a catalog entry and the
+//!   deployments of its name and version are one entry — the catalog's
+//!   document, with the deployed remotes added after the catalog's own.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -24,9 +27,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::catalog::{CatalogRecord, SourceId};
 use crate::ids::{ClusterId, ServerName};
 use crate::object::Kind;
-use crate::projection::StoredDeployment;
+use crate::projection::{StoredCatalog, StoredDeployment};
 use crate::record::{DeploymentRecord, Header, Phase, Remote};
 
 /// `$schema` of every emitted `server.json`.
@@ -68,6 +72,9 @@ pub struct ServerDetail {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Icon {
     pub src: String,
+    /// `mimeType`, `sizes`, `theme` of catalog icons, kept verbatim.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +87,9 @@ pub struct ResponseMeta {
         skip_serializing_if = "Option::is_none"
     )]
     pub herald: Option<HeraldMeta>,
+    /// Other `_meta` keys a catalog source served beside the entry.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,7 +103,31 @@ pub struct OfficialMeta {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeraldMeta {
+    /// The live deployments behind the entry; each one's `url` is one of
+    /// the entry's remotes, so these are the remotes that are deployed.
     pub deployments: Vec<DeploymentMeta>,
+    /// The catalog sources that list the entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub catalogs: Vec<CatalogMeta>,
+    /// Deployments another Herald reported for the entry, when a catalog
+    /// source is another Herald's API (as it served them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstream: Vec<Value>,
+}
+
+impl HeraldMeta {
+    /// Whether a deployment (here or in an upstream Herald) is live.
+    pub fn has_live_deployment(&self) -> bool {
+        !self.deployments.is_empty() || !self.upstream.is_empty()
+    }
+}
+
+/// One catalog source that lists an entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogMeta {
+    pub source: SourceId,
+    pub last_imported: DateTime<Utc>,
 }
 
 /// One live deployment behind an entry.
@@ -120,24 +154,173 @@ type Group<'a> = Vec<(&'a DeploymentRecord, DateTime<Utc>)>;
 /// entries sorted by server name, then version. Pass every deployment of a
 /// server name, or `isLatest` cannot be decided.
 pub fn merge<'a>(stored: impl IntoIterator<Item = &'a StoredDeployment>) -> Vec<ServerResponse> {
-    let mut groups: BTreeMap<(ServerName, String), Group<'a>> = BTreeMap::new();
+    merge_registry(std::iter::empty(), stored)
+}
+
+/// The catalog entries of one (server name, version), with their change times.
+type Listed<'a> = Vec<(&'a CatalogRecord, DateTime<Utc>)>;
+
+/// Merges catalog entries and deployments (tombstones of either are
+/// ignored): a catalog entry and the deployments with its server name and
+/// version become one entry — the catalog's metadata, and remotes = the
+/// catalog's remotes ∪ the deployed remotes (by URL; the catalog's first).
+/// When several sources list the same version, the first source by id
+/// gives the metadata and the others add their remotes. A deployment whose
+/// version no catalog lists is an entry of its own. `isLatest` is decided
+/// over all versions. Pass everything of a server name.
+pub fn merge_registry<'a>(
+    catalog: impl IntoIterator<Item = &'a StoredCatalog>,
+    stored: impl IntoIterator<Item = &'a StoredDeployment>,
+) -> Vec<ServerResponse> {
+    let mut groups: BTreeMap<(ServerName, String), (Listed<'a>, Group<'a>)> = BTreeMap::new();
+    for c in catalog {
+        if let Some(record) = c.live() {
+            groups
+                .entry((record.server_name.clone(), record.version.clone()))
+                .or_default()
+                .0
+                .push((record, c.changed_at));
+        }
+    }
     for s in stored {
         if let Some(record) = s.live() {
             groups
                 .entry((record.server_name.clone(), record.version.clone()))
                 .or_default()
+                .1
                 .push((record, s.changed_at));
         }
     }
     let mut entries: Vec<ServerResponse> = groups
         .into_values()
-        .map(|mut group| {
+        .filter_map(|(mut listed, mut group)| {
             group.sort_by(|(a, _), (b, _)| deployment_order(a, b));
-            merge_group(&group)
+            listed.sort_by(|(a, _), (b, _)| a.source.cmp(&b.source));
+            let deployed = (!group.is_empty()).then(|| merge_group(&group));
+            merge_listed(&listed, deployed)
         })
         .collect();
     mark_latest(&mut entries);
     entries
+}
+
+/// The catalog's view of an entry, with the deployed entry merged into it.
+/// A catalog document that does not read as `server.json` (the importer
+/// validated it, so only a hand-written bucket value) is left out.
+fn merge_listed(listed: &Listed<'_>, deployed: Option<ServerResponse>) -> Option<ServerResponse> {
+    let details: Vec<(&CatalogRecord, DateTime<Utc>, ServerDetail)> = listed
+        .iter()
+        .filter_map(|(r, changed)| {
+            let detail = serde_json::from_value::<ServerDetail>(r.server.clone()).ok()?;
+            Some((*r, *changed, detail))
+        })
+        .collect();
+    let Some((first, _, base)) = details.first() else {
+        return deployed;
+    };
+    let mut server = base.clone();
+    server.schema = SERVER_SCHEMA.to_owned();
+    for (_, _, other) in &details[1..] {
+        for remote in &other.remotes {
+            if !server.remotes.iter().any(|r| r.url == remote.url) {
+                server.remotes.push(remote.clone());
+            }
+        }
+    }
+    let official = |r: &CatalogRecord| {
+        r.meta
+            .as_ref()
+            .and_then(|m| m.get(OFFICIAL_META_KEY))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let first_official = official(first);
+    let published = |r: &CatalogRecord, changed: DateTime<Utc>| {
+        official(r)["publishedAt"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map_or(changed, |t| t.with_timezone(&Utc))
+    };
+    let mut published_at = details
+        .iter()
+        .map(|(r, changed, _)| published(r, *changed))
+        .min()
+        .expect("details are not empty");
+    let mut updated_at = details
+        .iter()
+        .map(|(_, changed, _)| *changed)
+        .max()
+        .expect("details are not empty");
+    let mut extra = Map::new();
+    let mut upstream = Vec::new();
+    for (r, _, _) in &details {
+        let Some(meta) = r.meta.as_ref().and_then(Value::as_object) else {
+            continue;
+        };
+        for (key, value) in meta {
+            match key.as_str() {
+                OFFICIAL_META_KEY => {}
+                HERALD_META_KEY => upstream.extend(
+                    value["deployments"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .cloned(),
+                ),
+                _ => {
+                    extra.entry(key.clone()).or_insert_with(|| value.clone());
+                }
+            }
+        }
+    }
+    let mut deployments = Vec::new();
+    if let Some(deployed) = deployed {
+        for remote in deployed.server.remotes {
+            match server.remotes.iter_mut().find(|r| r.url == remote.url) {
+                Some(existing) => merge_headers(&mut existing.headers, &remote.headers),
+                None => server.remotes.push(remote),
+            }
+        }
+        if server.title.is_none() {
+            server.title = deployed.server.title;
+        }
+        if server.icons.is_empty() {
+            server.icons = deployed.server.icons;
+        }
+        published_at = published_at.min(deployed.meta.official.published_at);
+        updated_at = updated_at.max(deployed.meta.official.updated_at);
+        deployments = deployed
+            .meta
+            .herald
+            .map(|h| h.deployments)
+            .unwrap_or_default();
+    }
+    Some(ServerResponse {
+        server,
+        meta: ResponseMeta {
+            official: OfficialMeta {
+                status: first_official["status"]
+                    .as_str()
+                    .unwrap_or("active")
+                    .to_owned(),
+                published_at: published_at.min(updated_at),
+                updated_at,
+                is_latest: false,
+            },
+            herald: Some(HeraldMeta {
+                deployments,
+                catalogs: details
+                    .iter()
+                    .map(|(r, changed, _)| CatalogMeta {
+                        source: r.source.clone(),
+                        last_imported: *changed,
+                    })
+                    .collect(),
+                upstream,
+            }),
+            extra,
+        },
+    })
 }
 
 fn deployment_order(a: &DeploymentRecord, b: &DeploymentRecord) -> Ordering {
@@ -184,7 +367,12 @@ fn merge_group(group: &[(&DeploymentRecord, DateTime<Utc>)]) -> ServerResponse {
             icons: group
                 .iter()
                 .find_map(|(r, _)| r.icon.clone())
-                .map(|src| vec![Icon { src }])
+                .map(|src| {
+                    vec![Icon {
+                        src,
+                        extra: Map::new(),
+                    }]
+                })
                 .unwrap_or_default(),
             remotes,
             extra: Map::new(),
@@ -211,7 +399,10 @@ fn merge_group(group: &[(&DeploymentRecord, DateTime<Utc>)]) -> ServerResponse {
                         tools: r.tools.clone(),
                     })
                     .collect(),
+                catalogs: Vec::new(),
+                upstream: Vec::new(),
             }),
+            extra: Map::new(),
         },
     }
 }

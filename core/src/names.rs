@@ -5,7 +5,8 @@
 
 use std::fmt;
 
-use crate::ids::{ClusterId, RegistryName, excerpt};
+use crate::catalog::SourceId;
+use crate::ids::{ClusterId, RegistryName, ServerName, excerpt};
 use crate::object::{Kind, ObjectRef};
 
 /// The stream that holds every event: the replay history.
@@ -28,6 +29,11 @@ pub const BUCKET_PREFIX: &str = "herald-";
 pub const CLUSTERS_BUCKET: &str = "herald_clusters";
 /// Key prefix of deployment records inside a registry bucket.
 pub const DEPLOYMENT_KEY_PREFIX: &str = "deployment";
+/// Key prefix of catalog entries inside a registry bucket.
+pub const CATALOG_KEY_PREFIX: &str = "catalog";
+/// The first token after `herald.events.` of catalog subjects; a cluster id
+/// never starts with `_`, so it cannot be mistaken for one.
+pub const CATALOG_TOKEN: &str = "_catalog";
 
 /// Why a name could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,12 +64,20 @@ pub enum EventSubject {
     },
     /// `herald.events.<cluster>._cluster`: resync brackets and heartbeats.
     Cluster { cluster: ClusterId },
+    /// `herald.events._catalog.<source>.<registry>`: a catalog's entries.
+    Catalog {
+        source: SourceId,
+        registry: RegistryName,
+    },
 }
 
 impl EventSubject {
-    pub fn cluster(&self) -> &ClusterId {
+    pub fn cluster(&self) -> Option<&ClusterId> {
         match self {
-            EventSubject::Deployment { cluster, .. } | EventSubject::Cluster { cluster } => cluster,
+            EventSubject::Deployment { cluster, .. } | EventSubject::Cluster { cluster } => {
+                Some(cluster)
+            }
+            EventSubject::Catalog { .. } => None,
         }
     }
 
@@ -80,6 +94,25 @@ impl EventSubject {
             .ok_or_else(|| {
                 NameError::new(WHAT, subject, format!("is not under {EVENTS_PREFIX}."))
             })?;
+        if let Some(catalog) = rest
+            .strip_prefix(CATALOG_TOKEN)
+            .and_then(|r| r.strip_prefix('.'))
+        {
+            let (source, registry) = catalog.split_once('.').ok_or_else(|| {
+                NameError::new(
+                    WHAT,
+                    subject,
+                    "must be herald.events._catalog.<source>.<registry>",
+                )
+            })?;
+            let source = source
+                .parse()
+                .map_err(|e: crate::ids::IdError| NameError::new(WHAT, subject, e.reason))?;
+            let registry = registry
+                .parse()
+                .map_err(|e: crate::ids::IdError| NameError::new(WHAT, subject, e.reason))?;
+            return Ok(EventSubject::Catalog { source, registry });
+        }
         let (cluster, last) = rest.split_once('.').ok_or_else(|| {
             NameError::new(WHAT, subject, "must be herald.events.<cluster>.<registry>")
         })?;
@@ -108,6 +141,9 @@ impl fmt::Display for EventSubject {
             }
             EventSubject::Cluster { cluster } => {
                 write!(f, "{EVENTS_PREFIX}.{cluster}.{CLUSTER_TOKEN}")
+            }
+            EventSubject::Catalog { source, registry } => {
+                write!(f, "{EVENTS_PREFIX}.{CATALOG_TOKEN}.{source}.{registry}")
             }
         }
     }
@@ -188,6 +224,109 @@ impl fmt::Display for DeploymentKey {
     }
 }
 
+/// The key of one catalog entry in its registry bucket:
+/// `catalog.<source>.<enc(name)>.<enc(version)>`.
+///
+/// KV keys allow only `[-/_=.a-zA-Z0-9]` and dots separate tokens, so the
+/// name and version are encoded: every byte outside `[-/_a-zA-Z0-9]`
+/// (dots and `=` included) becomes `=XX` (hex). Reversible, and the
+/// encoded parts contain no dot, so the key splits unambiguously.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CatalogKey {
+    pub source: SourceId,
+    pub name: ServerName,
+    pub version: String,
+}
+
+impl CatalogKey {
+    pub fn new(source: SourceId, name: ServerName, version: impl Into<String>) -> Self {
+        Self {
+            source,
+            name,
+            version: version.into(),
+        }
+    }
+
+    /// Key prefix of every entry of one source.
+    pub fn prefix(source: &SourceId) -> String {
+        format!("{CATALOG_KEY_PREFIX}.{source}.")
+    }
+
+    pub fn parse(key: &str) -> Result<CatalogKey, NameError> {
+        const WHAT: &str = "catalog key";
+        let mut parts = key.split('.');
+        let (Some(CATALOG_KEY_PREFIX), Some(source), Some(name), Some(version), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(NameError::new(
+                WHAT,
+                key,
+                "must be catalog.<source>.<name>.<version>",
+            ));
+        };
+        let source = source
+            .parse()
+            .map_err(|e: crate::ids::IdError| NameError::new(WHAT, key, e.reason))?;
+        let name = decode_token(name)
+            .ok_or_else(|| NameError::new(WHAT, key, "has a badly encoded name"))?
+            .parse()
+            .map_err(|e: crate::ids::IdError| NameError::new(WHAT, key, e.reason))?;
+        let version = decode_token(version)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| NameError::new(WHAT, key, "has a badly encoded version"))?;
+        Ok(CatalogKey {
+            source,
+            name,
+            version,
+        })
+    }
+}
+
+impl fmt::Display for CatalogKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{CATALOG_KEY_PREFIX}.{}.{}.{}",
+            self.source,
+            encode_token(self.name.as_str()),
+            encode_token(&self.version)
+        )
+    }
+}
+
+fn encode_token(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-/_".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode_token(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Whether `key` is a legal NATS KV key (what the server accepts).
 pub fn is_valid_kv_key(key: &str) -> bool {
     !key.is_empty()
@@ -253,5 +392,32 @@ mod tests {
         assert!(text.starts_with(&DeploymentKey::prefix(&cluster("c1"), Kind::MCPRemoteProxy)));
         assert!(DeploymentKey::parse("deployment.c1.pod.ns.a").is_err());
         assert!(DeploymentKey::parse("catalog.c1.mcpserver.ns.a").is_err());
+    }
+
+    #[test]
+    fn catalog_subjects_and_keys_round_trip() {
+        let s = EventSubject::Catalog {
+            source: "upstream".parse().unwrap(),
+            registry: "team-a".parse().unwrap(),
+        };
+        assert_eq!(s.to_string(), "herald.events._catalog.upstream.team-a");
+        assert_eq!(EventSubject::parse(&s.to_string()).unwrap(), s);
+        assert!(EventSubject::parse("herald.events._catalog.upstream").is_err());
+        assert!(EventSubject::parse("herald.events._catalog.Up.x").is_err());
+        let key = CatalogKey::new(
+            "upstream".parse().unwrap(),
+            "io.github.user/weather.v2".parse().unwrap(),
+            "1.0.2-rc.1+build=5",
+        );
+        let text = key.to_string();
+        assert_eq!(
+            text,
+            "catalog.upstream.io=2Egithub=2Euser/weather=2Ev2.1=2E0=2E2-rc=2E1=2Bbuild=3D5"
+        );
+        assert!(is_valid_kv_key(&text));
+        assert_eq!(CatalogKey::parse(&text).unwrap(), key);
+        assert!(text.starts_with(&CatalogKey::prefix(&key.source)));
+        assert!(CatalogKey::parse("catalog.upstream.a=2").is_err());
+        assert!(CatalogKey::parse("deployment.c1.mcpserver.ns.a").is_err());
     }
 }

@@ -11,8 +11,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::{CatalogRecord, CatalogWithdrawal};
 use crate::event::{Resync, WithdrawReason, Withdrawal};
-use crate::names::DeploymentKey;
+use crate::names::{CatalogKey, DeploymentKey};
 use crate::record::{DeploymentRecord, RECORD_VERSION};
 
 /// The value under a deployment key.
@@ -157,5 +158,112 @@ pub fn sweep(
                 completed.epoch
             )),
         }),
+    })
+}
+
+/// The value under a catalog key (`names::CatalogKey`): the same seq and
+/// tombstone scheme as deployments, so catalog events are order-safe too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredCatalog {
+    pub v: u32,
+    /// Stream sequence of the event this state comes from.
+    pub seq: u64,
+    /// When what clients see of this entry last changed.
+    pub changed_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub state: CatalogState,
+}
+
+/// Listed by its source, or withdrawn (a tombstone).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CatalogState {
+    Listed(Box<CatalogRecord>),
+    Withdrawn(CatalogWithdrawal),
+}
+
+impl StoredCatalog {
+    pub fn live(&self) -> Option<&CatalogRecord> {
+        match &self.state {
+            CatalogState::Listed(r) => Some(r),
+            CatalogState::Withdrawn(_) => None,
+        }
+    }
+
+    pub fn key(&self) -> CatalogKey {
+        match &self.state {
+            CatalogState::Listed(r) => {
+                CatalogKey::new(r.source.clone(), r.server_name.clone(), &r.version)
+            }
+            CatalogState::Withdrawn(w) => {
+                CatalogKey::new(w.source.clone(), w.server_name.clone(), &w.version)
+            }
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("stored state always serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// What to do with a catalog key.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum CatalogFold {
+    Write(StoredCatalog),
+    Stale { stored_seq: u64 },
+}
+
+fn catalog_stale(current: Option<&StoredCatalog>, seq: u64) -> Option<CatalogFold> {
+    current
+        .filter(|c| c.seq >= seq)
+        .map(|c| CatalogFold::Stale { stored_seq: c.seq })
+}
+
+/// A `catalog.applied` event with stream sequence `seq`.
+pub fn fold_catalog_applied(
+    current: Option<&StoredCatalog>,
+    record: &CatalogRecord,
+    seq: u64,
+) -> CatalogFold {
+    if let Some(s) = catalog_stale(current, seq) {
+        return s;
+    }
+    let changed_at = match current {
+        Some(c) if c.live().is_some_and(|prev| prev.digest == record.digest) => c.changed_at,
+        _ => record.observed_at,
+    };
+    CatalogFold::Write(StoredCatalog {
+        v: RECORD_VERSION,
+        seq,
+        changed_at,
+        state: CatalogState::Listed(Box::new(record.clone())),
+    })
+}
+
+/// A `catalog.withdrawn` event with stream sequence `seq`, published at `time`.
+pub fn fold_catalog_withdrawn(
+    current: Option<&StoredCatalog>,
+    withdrawal: &CatalogWithdrawal,
+    seq: u64,
+    time: DateTime<Utc>,
+) -> CatalogFold {
+    if let Some(s) = catalog_stale(current, seq) {
+        return s;
+    }
+    let changed_at = match current {
+        Some(c) if c.live().is_none() => c.changed_at,
+        _ => time,
+    };
+    CatalogFold::Write(StoredCatalog {
+        v: RECORD_VERSION,
+        seq,
+        changed_at,
+        state: CatalogState::Withdrawn(withdrawal.clone()),
     })
 }

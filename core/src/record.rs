@@ -9,6 +9,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::ids::{ClusterId, RegistryName, ServerName};
 use crate::object::ObjectRef;
@@ -77,6 +78,10 @@ pub struct Remote {
     pub url: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<Header>,
+    /// Fields a catalog's remote may carry that Herald does not model
+    /// (`variables`, …), kept verbatim.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// The two transports a remote can speak.
@@ -122,6 +127,10 @@ pub struct Header {
     pub is_required: bool,
     #[serde(default)]
     pub is_secret: bool,
+    /// Fields a catalog's header may carry that Herald does not model
+    /// (`default`, `choices`, `value`, `format`, …), kept verbatim.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 impl Header {
@@ -135,6 +144,7 @@ impl Header {
             ),
             is_required: true,
             is_secret: true,
+            extra: Map::new(),
         }
     }
 }

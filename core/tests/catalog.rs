@@ -1,11 +1,19 @@
 //! Catalog conversion: the official examples import, invalid entries are
 //! refused with a reason, and a ToolHive `registry.json` becomes valid
-//! `server.json`.
+//! `server.json`; catalog entries fold order-safely and merge with the
+//! deployments of the same name and version.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
 use herald_core::catalog::{
-    TOOLHIVE_META_KEY, check_entry, parse_official_page, parse_toolhive_registry,
+    CatalogRecord, CatalogWithdrawal, TOOLHIVE_META_KEY, check_entry, parse_official_page,
+    parse_toolhive_registry,
+};
+use herald_core::merge::merge_registry;
+use herald_core::projection::{
+    CatalogFold, Fold, StoredCatalog, fold_applied, fold_catalog_applied, fold_catalog_withdrawn,
 };
 use serde_json::{Value, json};
 
@@ -181,4 +189,138 @@ fn documents_that_are_not_registries_are_refused_whole() {
     assert!(
         parse_toolhive_registry(b"{\"servers\": {\"a\": 3}}", "io.example").unwrap()[0].is_err()
     );
+}
+
+fn listed(doc: Value, meta: Option<Value>, seq: u64) -> StoredCatalog {
+    let mut entry = check_entry(&doc).unwrap();
+    entry.meta = meta;
+    let record = CatalogRecord::new(
+        "upstream".parse().unwrap(),
+        "default".parse().unwrap(),
+        entry,
+        common::seen_at(),
+    );
+    match fold_catalog_applied(None, &record, seq) {
+        CatalogFold::Write(stored) => stored,
+        CatalogFold::Stale { .. } => unreachable!("nothing stored yet"),
+    }
+}
+
+fn weather(version: &str) -> Value {
+    json!({
+        "$schema": "https://static.modelcontextprotocol.io/schemas/2025-09-16/server.schema.json",
+        "name": "io.example/search",
+        "description": "Search, as the catalog describes it",
+        "version": version,
+        "repository": {"url": "https://github.com/example/search", "source": "github"},
+        "remotes": [{
+            "type": "streamable-http",
+            "url": "https://{tenant}.search.example.com/mcp",
+            "variables": {"tenant": {"description": "Your tenant", "isRequired": true}},
+            "headers": [{"name": "X-Key", "isSecret": true, "isRequired": true, "format": "string"}],
+        }],
+    })
+}
+
+#[test]
+fn catalog_folds_are_order_safe_and_keep_tombstones() {
+    let stored = listed(weather("2.0.0"), None, 5);
+    let record = stored.live().unwrap().clone();
+    assert!(matches!(
+        fold_catalog_applied(Some(&stored), &record, 4),
+        CatalogFold::Stale { stored_seq: 5 }
+    ));
+    let withdrawal = CatalogWithdrawal {
+        v: 1,
+        source: record.source.clone(),
+        registry: record.registry.clone(),
+        server_name: record.server_name.clone(),
+        version: record.version.clone(),
+        observed_at: common::seen_at(),
+    };
+    let CatalogFold::Write(tombstone) =
+        fold_catalog_withdrawn(Some(&stored), &withdrawal, 6, common::seen_at())
+    else {
+        panic!("a newer withdrawal writes");
+    };
+    assert!(tombstone.live().is_none());
+    // A late, older applied does not resurrect the entry.
+    assert!(matches!(
+        fold_catalog_applied(Some(&tombstone), &record, 5),
+        CatalogFold::Stale { stored_seq: 6 }
+    ));
+    assert_eq!(tombstone.key(), stored.key());
+    assert_eq!(
+        StoredCatalog::from_json(&tombstone.to_json()).unwrap(),
+        tombstone
+    );
+}
+
+#[test]
+fn a_deployment_merges_into_its_catalog_entry() {
+    let official = json!({"io.modelcontextprotocol.registry/official": {
+        "status": "active", "publishedAt": "2025-01-01T00:00:00Z", "updatedAt": "2025-02-01T00:00:00Z", "isLatest": true},
+        "io.example/extra": {"stars": 5}});
+    let catalog = [
+        listed(weather("2.0.0"), Some(official), 1),
+        listed(weather("1.0.0"), None, 2),
+    ];
+    let record = common::record("prod-eu", "tools", "search", "io.example/search", "2.0.0");
+    let Fold::Write(deployed) = fold_applied(None, &record, 3) else {
+        unreachable!()
+    };
+    let mut other = common::record("prod-eu", "tools", "search-3", "io.example/search", "3.0.0");
+    other.uid = "other".into();
+    let Fold::Write(deployed_3) = fold_applied(None, &other, 4) else {
+        unreachable!()
+    };
+    let entries = merge_registry(&catalog, [&deployed, &deployed_3]);
+    let versions: Vec<&str> = entries.iter().map(|e| e.server.version.as_str()).collect();
+    assert_eq!(versions, ["1.0.0", "2.0.0", "3.0.0"]);
+    let merged = serde_json::to_value(&entries[1]).unwrap();
+    // Catalog metadata, catalog remote first (with its variables and header
+    // fields intact), then the deployed remote.
+    assert_eq!(
+        merged["server"]["description"],
+        "Search, as the catalog describes it"
+    );
+    assert_eq!(merged["server"]["repository"]["source"], "github");
+    assert_eq!(
+        merged["server"]["remotes"][0],
+        weather("2.0.0")["remotes"][0],
+        "nothing of the catalog's remote is lost"
+    );
+    assert_eq!(
+        merged["server"]["remotes"][1]["url"],
+        record.remote.url.as_str()
+    );
+    assert_eq!(merged["server"]["remotes"].as_array().unwrap().len(), 2);
+    let herald = &merged["_meta"]["dev.herald"];
+    assert_eq!(herald["deployments"][0]["url"], record.remote.url.as_str());
+    assert_eq!(herald["catalogs"][0]["source"], "upstream");
+    assert_eq!(merged["_meta"]["io.example/extra"]["stars"], 5);
+    let official = &merged["_meta"]["io.modelcontextprotocol.registry/official"];
+    assert_eq!(official["publishedAt"], "2025-01-01T00:00:00Z");
+    assert_eq!(
+        official["isLatest"], false,
+        "3.0.0 is deployed only, and later"
+    );
+    assert!(entries[2].meta.official.is_latest);
+    assert!(entries[2].meta.herald.as_ref().unwrap().catalogs.is_empty());
+    // The catalog-only version has no deployment.
+    assert!(
+        !entries[0]
+            .meta
+            .herald
+            .as_ref()
+            .unwrap()
+            .has_live_deployment()
+    );
+    // Emitted entries still validate.
+    for entry in &entries {
+        let doc = serde_json::to_value(&entry.server).unwrap();
+        for v in validators() {
+            assert!(v.is_valid(&doc), "{doc}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use herald_core::catalog::{CatalogRecord, CatalogWithdrawal, check_entry};
 use herald_core::event::{DecodeError, Heartbeat, Resync, Withdrawal};
 use herald_core::names::EventSubject;
 use herald_core::{Event, EventData, EventType, Kind, WithdrawReason};
@@ -57,7 +58,70 @@ fn all_events() -> Vec<Event> {
             }),
             seen_at(),
         ),
+        catalog_applied(),
+        Event::new(
+            EventData::CatalogWithdrawn(CatalogWithdrawal {
+                v: 1,
+                source: "upstream".parse().unwrap(),
+                registry: "default".parse().unwrap(),
+                server_name: "io.example/search".parse().unwrap(),
+                version: "2.0.0".into(),
+                observed_at: seen_at(),
+            }),
+            seen_at(),
+        ),
     ]
+}
+
+fn catalog_applied() -> Event {
+    let entry = check_entry(&json!({
+        "name": "io.example/search",
+        "description": "Search the web",
+        "version": "2.0.0",
+    }))
+    .unwrap();
+    let record = CatalogRecord::new(
+        "upstream".parse().unwrap(),
+        "default".parse().unwrap(),
+        entry,
+        seen_at(),
+    );
+    Event::new(EventData::CatalogApplied(Box::new(record)), seen_at())
+}
+
+#[test]
+fn catalog_events_have_their_own_subject_source_and_stable_ids() {
+    let event = catalog_applied();
+    assert_eq!(
+        event.nats_subject().to_string(),
+        "herald.events._catalog.upstream.default"
+    );
+    let v: Value = serde_json::from_slice(&event.to_json()).unwrap();
+    assert_eq!(v["type"], "dev.herald.catalog.applied");
+    assert_eq!(v["source"], "/catalogs/upstream");
+    assert_eq!(v["subject"], "io.example/search@2.0.0");
+    // Imported again later, unchanged: the same id, so deduplicated.
+    let EventData::CatalogApplied(mut later) = event.data.clone() else {
+        unreachable!()
+    };
+    later.observed_at = seen_at() + chrono::Duration::hours(1);
+    assert_eq!(
+        Event::new(EventData::CatalogApplied(later.clone()), seen_at()).id,
+        event.id
+    );
+    later.server["description"] = json!("Search the whole web");
+    later.digest = herald_core::catalog::digest(&later.server, later.meta.as_ref());
+    assert_ne!(
+        Event::new(EventData::CatalogApplied(later), seen_at()).id,
+        event.id
+    );
+    // Published on a cluster's subject, it is refused.
+    let err = Event::decode_on("herald.events.prod-eu.default", &event.to_json()).unwrap_err();
+    assert_eq!(err.code(), "wrong_subject");
+    let mut forged = v.clone();
+    forged["source"] = json!("/clusters/prod-eu");
+    let err = Event::decode(&serde_json::to_vec(&forged).unwrap()).unwrap_err();
+    assert_eq!(err.code(), "inconsistent");
 }
 
 #[test]

@@ -84,6 +84,7 @@ impl Bucket {
                 transport: RemoteTransport::StreamableHttp,
                 url: format!("https://{}.{}.example.com/mcp", d.object, d.cluster),
                 headers: vec![Header::bearer_token()],
+                extra: Default::default(),
             },
             phase: Phase::Ready,
             image: None,
@@ -884,7 +885,10 @@ async fn sse_feed_resumes_without_loss() -> anyhow::Result<()> {
         ]
     );
     // Only the last event of one bucket change carries its position.
-    assert_eq!(e2.iter().map(|e| e.id).collect::<Vec<_>>(), [None, Some(r2)]);
+    assert_eq!(
+        e2.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [None, Some(r2)]
+    );
     drop(sse);
 
     // Changes while disconnected: exactly those on resume, then live ones.

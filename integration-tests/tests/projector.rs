@@ -88,6 +88,7 @@ fn record(
                 kind.service_name(name)
             ),
             headers: Vec::new(),
+            extra: Default::default(),
         },
         phase: Phase::Ready,
         image: Some(format!("ghcr.io/acme/{name}:1.{}.0", rv % 4)),

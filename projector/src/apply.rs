@@ -12,8 +12,8 @@ use async_nats::jetstream::{self, kv};
 use chrono::{DateTime, Utc};
 use herald_core::cluster_state::ClusterState;
 use herald_core::event::Resync;
-use herald_core::names::{CLUSTERS_BUCKET, DeploymentKey, bucket_name};
-use herald_core::projection::{self, Fold, StoredDeployment};
+use herald_core::names::{CLUSTERS_BUCKET, CatalogKey, DeploymentKey, bucket_name};
+use herald_core::projection::{self, CatalogFold, Fold, StoredCatalog, StoredDeployment};
 use herald_core::{Event, EventData, RegistryName};
 
 use crate::buckets::{self, BucketError, BucketSettings, Change, Known, compare_and_set};
@@ -203,6 +203,51 @@ impl Target {
                 outcome.written = usize::from(wrote);
                 outcome.stale = !wrote;
             }
+            EventData::CatalogApplied(record) => {
+                if !self.includes(&record.registry) {
+                    outcome.ignored = true;
+                    return Ok(outcome);
+                }
+                let key = CatalogKey::new(
+                    record.source.clone(),
+                    record.server_name.clone(),
+                    &record.version,
+                );
+                let wrote = self
+                    .write_deployment(&record.registry, key.to_string(), |current| {
+                        catalog_change(projection::fold_catalog_applied(
+                            stored_catalog(current).as_ref(),
+                            record,
+                            seq,
+                        ))
+                    })
+                    .await?;
+                outcome.written = usize::from(wrote);
+                outcome.stale = !wrote;
+            }
+            EventData::CatalogWithdrawn(withdrawal) => {
+                if !self.includes(&withdrawal.registry) {
+                    outcome.ignored = true;
+                    return Ok(outcome);
+                }
+                let key = CatalogKey::new(
+                    withdrawal.source.clone(),
+                    withdrawal.server_name.clone(),
+                    &withdrawal.version,
+                );
+                let wrote = self
+                    .write_deployment(&withdrawal.registry, key.to_string(), |current| {
+                        catalog_change(projection::fold_catalog_withdrawn(
+                            stored_catalog(current).as_ref(),
+                            withdrawal,
+                            seq,
+                            event.time,
+                        ))
+                    })
+                    .await?;
+                outcome.written = usize::from(wrote);
+                outcome.stale = !wrote;
+            }
             EventData::ResyncCompleted(resync) => {
                 let wrote = self.fold_cluster(event, seq).await?;
                 outcome.swept = self.sweep(resync, seq, event.time).await?;
@@ -219,7 +264,8 @@ impl Target {
         Ok(outcome)
     }
 
-    /// Compare-and-set of one deployment key; returns whether it wrote.
+    /// Compare-and-set of one key (deployment or catalog entry); returns
+    /// whether it wrote.
     async fn write_deployment(
         &mut self,
         registry: &RegistryName,
@@ -246,8 +292,11 @@ impl Target {
         if !self.track_clusters {
             return Ok(false);
         }
+        let Some(cluster) = event.cluster().cloned() else {
+            return Ok(false);
+        };
         let store = self.clusters().await?;
-        let written = compare_and_set(store, event.cluster().as_str(), None, |current| {
+        let written = compare_and_set(store, cluster.as_str(), None, |current| {
             cluster_change(current, event, seq)
         })
         .await?;
@@ -293,6 +342,27 @@ pub fn stored(value: Option<&[u8]>) -> Option<StoredDeployment> {
             tracing::warn!(%err, "stored deployment does not parse; overwriting it");
             None
         }
+    }
+}
+
+/// The stored catalog entry in a value; one that does not parse is treated
+/// as absent, like a deployment's.
+pub fn stored_catalog(value: Option<&[u8]>) -> Option<StoredCatalog> {
+    let bytes = value?;
+    match StoredCatalog::from_json(bytes) {
+        Ok(stored) => Some(stored),
+        Err(err) => {
+            tracing::warn!(%err, "stored catalog entry does not parse; overwriting it");
+            None
+        }
+    }
+}
+
+/// A catalog fold's verdict as a bucket change.
+pub fn catalog_change(fold: CatalogFold) -> Change {
+    match fold {
+        CatalogFold::Write(value) => Change::Put(value.to_json().into()),
+        CatalogFold::Stale { .. } => Change::Keep,
     }
 }
 

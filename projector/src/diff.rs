@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use herald_core::projection::{DeploymentState, StoredDeployment};
+use herald_core::projection::{DeploymentState, StoredCatalog, StoredDeployment};
 use serde_json::Value;
 
 use crate::buckets::Item;
@@ -109,7 +109,16 @@ pub fn describe_value(value: &[u8]) -> String {
                 format!("seq {} withdrawn {}", stored.seq, w.reason.as_str())
             }
         },
-        Err(_) => format!("unreadable value ({} bytes)", value.len()),
+        Err(_) => match StoredCatalog::from_json(value) {
+            Ok(stored) => match stored.live() {
+                Some(r) => format!(
+                    "seq {} listed {} {} by {} ({})",
+                    stored.seq, r.server_name, r.version, r.source, r.digest
+                ),
+                None => format!("seq {} withdrawn from its catalog", stored.seq),
+            },
+            Err(_) => format!("unreadable value ({} bytes)", value.len()),
+        },
     }
 }
 

@@ -59,7 +59,11 @@ impl Row {
             seq,
             time: event.time.to_rfc3339_opts(SecondsFormat::Millis, true),
             ty: event.event_type().short().to_owned(),
-            cluster: event.cluster().to_string(),
+            cluster: match (event.cluster(), event.data.catalog_source()) {
+                (Some(cluster), _) => cluster.to_string(),
+                (None, Some(source)) => format!("catalog:{source}"),
+                (None, None) => "-".to_owned(),
+            },
             registry: event
                 .data
                 .registry()
@@ -145,6 +149,13 @@ pub fn summary(data: &EventData) -> String {
             h.interval_seconds,
             h.started_at.to_rfc3339_opts(SecondsFormat::Secs, true)
         ),
+        EventData::CatalogApplied(r) => format!(
+            "{} {} from catalog {} ({})",
+            r.server_name, r.version, r.source, r.digest
+        ),
+        EventData::CatalogWithdrawn(w) => {
+            format!("{} {} left catalog {}", w.server_name, w.version, w.source)
+        }
     }
 }
 

@@ -50,7 +50,7 @@ pub fn parse_type(s: &str) -> Result<EventType, String> {
         })
         .ok_or_else(|| {
             format!(
-                "unknown event type {s:?}: expected applied, withdrawn, resync.started, resync.completed or heartbeat"
+                "unknown event type {s:?}: expected applied, withdrawn, resync.started, resync.completed, heartbeat, catalog.applied or catalog.withdrawn"
             )
         })
 }
@@ -66,18 +66,24 @@ pub struct EventFilter {
 
 impl EventFilter {
     /// The subject filter for the server: only the cluster and registry
-    /// tokens can be narrowed there.
+    /// tokens can be narrowed there. Without a cluster, catalog subjects
+    /// (`herald.events._catalog.<source>.<registry>`, one token longer) must
+    /// pass too, so the registry is then filtered here.
     pub fn subject(&self) -> String {
-        let cluster = self.cluster.as_ref().map_or("*", ClusterId::as_str);
-        match &self.registry {
-            Some(registry) => format!("{EVENTS_PREFIX}.{cluster}.{registry}"),
-            None => format!("{EVENTS_PREFIX}.{cluster}.>"),
+        match (&self.cluster, &self.registry) {
+            (Some(cluster), Some(registry)) => format!("{EVENTS_PREFIX}.{cluster}.{registry}"),
+            (Some(cluster), None) => format!("{EVENTS_PREFIX}.{cluster}.>"),
+            (None, _) => format!("{EVENTS_PREFIX}.>"),
         }
     }
 
     /// Whether a decoded event passes every filter.
     pub fn matches(&self, event: &Event) -> bool {
-        if self.cluster.as_ref().is_some_and(|c| c != event.cluster()) {
+        if self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| Some(c) != event.cluster())
+        {
             return false;
         }
         if let Some(registry) = &self.registry
@@ -145,7 +151,7 @@ mod tests {
     #[test]
     fn subjects_narrow_on_cluster_and_registry() {
         let mut f = EventFilter::default();
-        assert_eq!(f.subject(), "herald.events.*.>");
+        assert_eq!(f.subject(), "herald.events.>");
         f.cluster = Some("c1".parse().unwrap());
         assert_eq!(f.subject(), "herald.events.c1.>");
         f.registry = Some("team".parse().unwrap());

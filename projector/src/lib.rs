@@ -9,11 +9,15 @@
 //!   (live or scratch), used by `run` and `replay` alike; the fold rules
 //!   themselves are `herald_core::projection` and `herald_core::cluster_state`.
 //! - [`buckets`]: opening, listing, scanning buckets and the compare-and-set write.
+//! - [`catalog_sync`]: `catalog sync`, which imports a catalog source (file or
+//!   registry API, official or ToolHive format) as catalog events that
+//!   `apply` folds into the registry buckets beside the deployments.
 //! - Ops subcommands: [`events`] (with [`filter`] and [`start`]), [`replay`]
 //!   (with [`diff`]) and [`status`]; [`table`] aligns their output.
 
 pub mod apply;
 pub mod buckets;
+pub mod catalog_sync;
 pub mod dead_letter;
 pub mod diff;
 pub mod events;

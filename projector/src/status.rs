@@ -8,7 +8,7 @@ use async_nats::jetstream;
 use chrono::{DateTime, SecondsFormat, Utc};
 use herald_core::cluster_state::ClusterState;
 use herald_core::names::{CLUSTERS_BUCKET, STREAM, bucket_name};
-use herald_core::projection::StoredDeployment;
+use herald_core::projection::{StoredCatalog, StoredDeployment};
 
 use crate::buckets;
 use crate::start::from_nats_time;
@@ -19,7 +19,7 @@ use crate::table;
 pub struct KeyCounts {
     pub live: usize,
     pub tombstones: usize,
-    /// Values that are not stored deployments.
+    /// Values that are neither stored deployments nor catalog entries.
     pub other: usize,
 }
 
@@ -29,7 +29,12 @@ pub fn count_keys(items: &[buckets::Item]) -> KeyCounts {
         match StoredDeployment::from_json(&item.value) {
             Ok(stored) if stored.live().is_some() => counts.live += 1,
             Ok(_) => counts.tombstones += 1,
-            Err(_) => counts.other += 1,
+            // Catalog entries count like deployments: listed or tombstone.
+            Err(_) => match StoredCatalog::from_json(&item.value) {
+                Ok(stored) if stored.live().is_some() => counts.live += 1,
+                Ok(_) => counts.tombstones += 1,
+                Err(_) => counts.other += 1,
+            },
         }
     }
     counts
