@@ -18,6 +18,7 @@
 //! but blind to deletions, so they withdraw nothing; every
 //! `--full-sync-every`-th sync is a full listing that does.
 
+use crate::source_http::SourceClient;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -227,7 +228,7 @@ struct Listing {
 #[derive(Debug)]
 pub struct Syncer {
     js: jetstream::Context,
-    http: reqwest::Client,
+    http: SourceClient,
     options: SyncOptions,
     validator: jsonschema::Validator,
     metrics: CatalogMetrics,
@@ -245,14 +246,10 @@ impl Syncer {
             .should_validate_formats(true)
             .build(&schema)
             .map_err(|e| SyncError::Schema(e.to_string()))?;
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("herald-projector/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| SyncError::Fetch {
-                url: "-".to_owned(),
-                reason: e.to_string(),
-            })?;
+        let http = SourceClient::new(REQUEST_TIMEOUT).map_err(|e| SyncError::Fetch {
+            url: "-".to_owned(),
+            reason: format!("setting up TLS: {e}"),
+        })?;
         Ok(Self {
             js,
             http,
@@ -498,18 +495,7 @@ impl Syncer {
             url: url.to_owned(),
             reason,
         };
-        let response = self
-            .http
-            .get(url)
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| fail(with_causes(&e)))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(fail(format!("HTTP {status}")));
-        }
-        response.bytes().await.map_err(|e| fail(with_causes(&e)))
+        self.http.get(url, query).await.map_err(fail)
     }
 
     fn parse_document(
@@ -604,17 +590,4 @@ impl Syncer {
             .collect();
         (!errors.is_empty()).then(|| errors.join("; "))
     }
-}
-
-/// An error and its causes on one line: reqwest's own message leaves out
-/// why (connection refused, certificate, timeout), which readiness must say.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

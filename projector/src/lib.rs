@@ -10,8 +10,9 @@
 //!   themselves are `herald_core::projection` and `herald_core::cluster_state`.
 //! - [`buckets`]: opening, listing, scanning buckets and the compare-and-set write.
 //! - [`catalog_sync`]: `catalog sync`, which imports a catalog source (file or
-//!   registry API, official or ToolHive format) as catalog events that
-//!   `apply` folds into the registry buckets beside the deployments.
+//!   registry API over [`source_http`], official or ToolHive format) as
+//!   catalog events that `apply` folds into the registry buckets beside the
+//!   deployments.
 //! - Ops subcommands: [`events`] (with [`filter`] and [`start`]), [`replay`]
 //!   (with [`diff`]) and [`status`]; [`table`] aligns their output.
 
@@ -25,6 +26,7 @@ pub mod filter;
 pub mod metrics;
 pub mod replay;
 pub mod run;
+pub mod source_http;
 pub mod start;
 pub mod status;
 pub mod table;

@@ -127,15 +127,9 @@ struct CatalogSyncArgs {
 }
 
 fn http_url(s: &str) -> Result<String, String> {
-    if s.starts_with("http://") {
-        Ok(s.to_owned())
-    } else if s.starts_with("https://") {
-        // The workspace's reqwest is built without TLS (see docs/catalogs.md).
-        Err(format!(
-            "{s:?}: https sources need a TLS-enabled build; use an http:// URL (e.g. through a sidecar proxy) or --file"
-        ))
-    } else {
-        Err(format!("{s:?} is not an http:// URL"))
+    match url::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(s.to_owned()),
+        _ => Err(format!("{s:?} is not an http:// or https:// URL")),
     }
 }
 
