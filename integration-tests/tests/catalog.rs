@@ -882,18 +882,35 @@ async fn interval_syncs_between_full_ones_ask_only_for_updates() -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn https_sources_are_spoken_to_over_tls_and_untrusted_certificates_refused() -> anyhow::Result<()> {
+async fn https_sources_are_spoken_to_over_tls_and_untrusted_certificates_refused()
+-> anyhow::Result<()> {
     // The test API server speaks HTTPS with a self-signed certificate: a real
     // TLS handshake, which must end in a refusal that names the certificate.
-    let kube = within(START, "kube-apiserver", herald_integration_tests::kube::KubeApi::start()).await??;
+    let kube = within(
+        START,
+        "kube-apiserver",
+        herald_integration_tests::kube::KubeApi::start(),
+    )
+    .await??;
     let herald = Herald::start().await?;
     let url = format!("{}/v0.1/servers", kube.url());
     assert!(url.starts_with("https://"), "{url}");
-    let mut command = tokio::process::Command::from(herald.sync_command(&["--source-id", "secure", "--url", &url]));
+    let mut command = tokio::process::Command::from(herald.sync_command(&[
+        "--source-id",
+        "secure",
+        "--url",
+        &url,
+    ]));
     command.kill_on_drop(true);
     let out = within(STEP, "catalog sync over https", command.output()).await??;
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "an untrusted certificate must fail the sync:\n{log}");
-    assert!(log.to_lowercase().contains("certificate"), "the reason names the certificate:\n{log}");
+    assert!(
+        !out.status.success(),
+        "an untrusted certificate must fail the sync:\n{log}"
+    );
+    assert!(
+        log.to_lowercase().contains("certificate"),
+        "the reason names the certificate:\n{log}"
+    );
     Ok(())
 }
