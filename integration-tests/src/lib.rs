@@ -8,6 +8,9 @@
 //! - [`timeout`]: [`timeout::within`] and [`timeout::eventually`], bounded waiting;
 //! - [`nats`]: [`nats::NatsServer`] and [`nats::NatsCluster`] (JetStream);
 //! - [`kube`]: [`kube::KubeApi`], etcd and an API server with the ToolHive CRDs;
+//! - [`herald`]: [`herald::HeraldProcess`], Herald's binaries started with test flags,
+//!   ready on /readyz, restartable;
+//! - [`storm`]: seeded random changes to MCPServers, run while a fault is injected;
 //! - [`oracle`]: what `herald-api` must serve given the clusters' objects, and the check
 //!   that it does (nothing lost, nothing phantom).
 //!
@@ -25,10 +28,12 @@
 //! Tests live in `tests/`: `harness.rs` checks this crate itself.
 
 pub mod dir;
+pub mod herald;
 pub mod kube;
 pub mod nats;
 pub mod oracle;
 pub mod ports;
 pub mod process;
+pub mod storm;
 pub mod timeout;
 pub mod tools;

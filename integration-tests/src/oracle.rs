@@ -54,7 +54,8 @@ pub struct EntryView {
 pub type View = BTreeMap<RegistryName, BTreeSet<EntryView>>;
 
 impl EntryView {
-    fn from_json(entry: &Value) -> anyhow::Result<Self> {
+    /// What matters of one served entry (a `ServerResponse` as JSON).
+    pub fn from_json(entry: &Value) -> anyhow::Result<Self> {
         let server = &entry["server"];
         let text = |v: &Value| v.as_str().map(str::to_owned);
         let remotes = server["remotes"]

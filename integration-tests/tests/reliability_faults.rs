@@ -1,0 +1,471 @@
+//! Reliability, faults: each test runs the whole pipeline (kube-apiserver, watcher,
+//! NATS, projector, API), a seeded storm of MCPServer changes, and one fault injected
+//! while the storm runs; it ends with the convergence oracle (nothing lost, nothing
+//! phantom) and prints a `RELIABILITY` line with its figures.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use herald_core::annotations as ann;
+use herald_core::names::STREAM;
+use herald_core::object::TOOLHIVE_GROUP;
+use herald_core::{ClusterId, Kind, RegistryName, WatcherPolicy};
+use herald_integration_tests::dir::TestDir;
+use herald_integration_tests::herald::HeraldProcess;
+use herald_integration_tests::kube::KubeApi;
+use herald_integration_tests::nats::NatsServer;
+use herald_integration_tests::oracle::{
+    ClusterUnderTest, EntryView, assert_converges, expected_view,
+};
+use herald_integration_tests::storm::{Storm, StormTarget, seed};
+use herald_integration_tests::timeout::{eventually, within};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+
+const START: Duration = Duration::from_secs(60);
+const CONVERGE: Duration = Duration::from_secs(45);
+const CLUSTER: &str = "east";
+const REGISTRIES: [&str; 3] = ["default", "team-a", "team-b"];
+const NAMESPACES: [&str; 3] = ["team", "payments", "search"];
+const PACE: Duration = Duration::from_millis(5);
+
+fn run<F: Future<Output = anyhow::Result<()>> + 'static>(test: fn() -> F) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .stack_size(16 << 20)
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(test())
+        })?
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+struct Env {
+    // Herald processes before the servers they use.
+    api: HeraldProcess,
+    projector: HeraldProcess,
+    watcher: HeraldProcess,
+    kube: KubeApi,
+    nats: NatsServer,
+    _dir: TestDir,
+}
+
+impl Env {
+    async fn start(name: &str, api_flags: &[&str]) -> anyhow::Result<Env> {
+        let dir = TestDir::new(name)?;
+        let (kube, nats) = tokio::join!(
+            within(START, "kube-apiserver", KubeApi::start()),
+            within(START, "nats-server", NatsServer::start()),
+        );
+        let (kube, nats) = (kube??, nats??);
+        let watcher = HeraldProcess::watcher(
+            &kube.kubeconfig_path(),
+            CLUSTER,
+            &nats.url(),
+            dir.path(),
+            &[],
+        )
+        .await?;
+        let projector =
+            HeraldProcess::projector(&nats.url(), dir.path(), &["--batch", "10"]).await?;
+        let api = HeraldProcess::api(&nats.url(), dir.path(), api_flags).await?;
+        Ok(Env {
+            api,
+            projector,
+            watcher,
+            kube,
+            nats,
+            _dir: dir,
+        })
+    }
+
+    fn clusters(&self) -> anyhow::Result<Vec<ClusterUnderTest>> {
+        Ok(vec![ClusterUnderTest {
+            client: self.kube.client(),
+            policy: WatcherPolicy::new(CLUSTER.parse::<ClusterId>()?),
+        }])
+    }
+
+    fn storm(&self, seed_default: u64) -> Storm {
+        Storm::new(
+            seed(seed_default),
+            vec![StormTarget {
+                cluster: CLUSTER.to_owned(),
+                client: self.kube.client(),
+            }],
+            &NAMESPACES,
+            8,
+            &REGISTRIES,
+        )
+    }
+
+    async fn converge(&self) -> anyhow::Result<herald_integration_tests::oracle::Converged> {
+        assert_converges(CONVERGE, &self.clusters()?, self.api.base(), &registries()?).await
+    }
+
+    /// The last sequence of HERALD_EVENTS.
+    async fn last_sequence(&self) -> anyhow::Result<u64> {
+        let js = self.nats.jetstream().await;
+        let mut stream = js.get_stream(STREAM).await?;
+        Ok(stream.info().await?.state.last_sequence)
+    }
+}
+
+fn registries() -> anyhow::Result<BTreeSet<RegistryName>> {
+    REGISTRIES.iter().map(|r| Ok(r.parse()?)).collect()
+}
+
+fn report(test: &str, storm: &Storm, faults: usize, entries: usize, started: Instant) {
+    eprintln!(
+        "RELIABILITY {test}: changes={} faults={faults} entries_compared={entries} duration={:.1}s stats={:?}",
+        storm.stats.changes(),
+        started.elapsed().as_secs_f64(),
+        storm.stats,
+    );
+}
+
+#[test]
+fn nats_killed_and_restarted_during_a_storm() -> anyhow::Result<()> {
+    run(nats_killed_and_restarted_steps)
+}
+
+async fn nats_killed_and_restarted_steps() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut env = Env::start("reliability-nats-restart", &[]).await?;
+    let mut storm = env.storm(0x5eed_0101);
+    storm.run(40, PACE).await?;
+    let mut faults = 0;
+    for _ in 0..2 {
+        let nats = &mut env.nats;
+        storm
+            .during(PACE, async {
+                nats.kill();
+                // The outage itself: the storm keeps changing objects meanwhile.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                nats.restart().await
+            })
+            .await??;
+        faults += 1;
+        storm.run(20, PACE).await?;
+    }
+    let converged = env.converge().await?;
+    report(
+        "nats-kill-restart",
+        &storm,
+        faults,
+        converged.entries,
+        started,
+    );
+    Ok(())
+}
+
+#[test]
+fn projector_sigkilled_mid_batch_and_restarted() -> anyhow::Result<()> {
+    run(projector_sigkilled_mid_batch_steps)
+}
+
+async fn projector_sigkilled_mid_batch_steps() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut env = Env::start("reliability-projector-kill", &[]).await?;
+    let mut storm = env.storm(0x5eed_0202);
+    storm.run(30, PACE).await?;
+    // A backlog while the projector is down, then a SIGKILL as soon as the new process
+    // has applied something of it (batches of 10): mid-batch, mid-backlog.
+    env.projector.kill();
+    storm.run(150, Duration::ZERO).await?;
+    let backlog_end = env.last_sequence().await?;
+    let projector = &mut env.projector;
+    let applied_before_kill = storm
+        .during(PACE, async {
+            projector.respawn()?;
+            let applied = eventually(START, "the new projector to apply something", || async {
+                let n = projector
+                    .metric_sum("herald_projector_events_applied_total")
+                    .await;
+                Ok((n > 0.0).then_some(n))
+            })
+            .await?;
+            projector.kill();
+            projector.restart().await?;
+            anyhow::Ok(applied)
+        })
+        .await??;
+    storm.run(20, PACE).await?;
+    let converged = env.converge().await?;
+    eprintln!(
+        "projector killed after applying {applied_before_kill} events of a backlog up to sequence {backlog_end}"
+    );
+    report("projector-sigkill", &storm, 2, converged.entries, started);
+    Ok(())
+}
+
+fn mcpservers(kube: &KubeApi, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk(TOOLHIVE_GROUP, Kind::MCPServer.versions()[0], "MCPServer");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, Kind::MCPServer.plural());
+    Api::namespaced_with(kube.client(), ns, &ar)
+}
+
+async fn create_running(api: &Api<DynamicObject>, name: &str) -> anyhow::Result<()> {
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": format!("{TOOLHIVE_GROUP}/{}", Kind::MCPServer.versions()[0]),
+        "kind": "MCPServer",
+        "metadata": {
+            "name": name,
+            "annotations": {
+                ann::REGISTRY_EXPORT: "true",
+                ann::REGISTRY_DESCRIPTION: format!("bulk server {name}"),
+                ann::REGISTRY_URL: format!("https://{name}.bulk.example/mcp"),
+            },
+        },
+        "spec": {},
+    }))?;
+    api.create(&PostParams::default(), &object).await?;
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await?;
+    Ok(())
+}
+
+#[test]
+fn watcher_sigkilled_mid_resync_with_deletes_while_down() -> anyhow::Result<()> {
+    run(watcher_sigkilled_mid_resync_steps)
+}
+
+async fn watcher_sigkilled_mid_resync_steps() -> anyhow::Result<()> {
+    const BULK: usize = 150;
+    const DELETED: usize = 40;
+    let started = Instant::now();
+    let mut env = Env::start("reliability-watcher-kill", &[]).await?;
+    let bulk = mcpservers(&env.kube, "bulk");
+    for i in 0..BULK {
+        create_running(&bulk, &format!("bulk-{i}")).await?;
+    }
+    env.converge().await?;
+    let mut storm = env.storm(0x5eed_0303);
+    // Restart, and SIGKILL once the new resync has published part of its objects.
+    let before = env.last_sequence().await?;
+    let watcher = &mut env.watcher;
+    let nats = &env.nats;
+    let (published, applied, completed) = storm
+        .during(PACE, async {
+            watcher.kill();
+            watcher.respawn()?;
+            let js = nats.jetstream().await;
+            let published = eventually(START, "the resync to be under way", || {
+                let js = js.clone();
+                async move {
+                    let mut stream = js.get_stream(STREAM).await?;
+                    let last = stream.info().await?.state.last_sequence;
+                    Ok((last >= before + 10).then_some(last - before))
+                }
+            })
+            .await?;
+            watcher.kill();
+            // What the killed resync got out: brackets completed and objects applied.
+            let mut stream = js.get_stream(STREAM).await?;
+            let end = stream.info().await?.state.last_sequence;
+            let (mut completed, mut applied) = (0, 0);
+            for seq in before + 1..=end {
+                let m = stream.get_raw_message(seq).await?;
+                let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+                match v["type"].as_str().unwrap_or_default() {
+                    "dev.herald.resync.completed" => completed += 1,
+                    "dev.herald.deployment.applied" => applied += 1,
+                    _ => {}
+                }
+            }
+            // Deleted while the watcher is down: its restart must withdraw them.
+            for i in 0..DELETED {
+                bulk.delete(&format!("bulk-{i}"), &DeleteParams::default())
+                    .await?;
+            }
+            watcher.restart().await?;
+            anyhow::Ok((published, applied, completed))
+        })
+        .await??;
+    storm.run(20, PACE).await?;
+    let converged = env.converge().await?;
+    eprintln!(
+        "watcher killed after {published} new events ({applied} deployment.applied, {completed} of 3 resync brackets completed) of a resync of {BULK}+ objects; {DELETED} deleted while down"
+    );
+    report(
+        "watcher-sigkill-mid-resync",
+        &storm,
+        2,
+        converged.entries,
+        started,
+    );
+    Ok(())
+}
+
+/// One SSE subscriber of the default registry's feed that reconnects with
+/// `Last-Event-ID` whenever the stream ends, folding events into name@version → entry.
+#[derive(Default)]
+struct Fold {
+    entries: BTreeMap<(String, String), Value>,
+    last_id: Option<u64>,
+    events: usize,
+    snapshots: usize,
+    connects: usize,
+}
+
+fn key_of(v: &Value) -> (String, String) {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    if v.get("server").is_some() {
+        (s(&v["server"]["name"]), s(&v["server"]["version"]))
+    } else {
+        (s(&v["name"]), s(&v["version"]))
+    }
+}
+
+impl Fold {
+    fn apply(&mut self, event: &str, id: Option<u64>, data: Value) -> anyhow::Result<()> {
+        match event {
+            "snapshot" => {
+                self.snapshots += 1;
+                self.entries = data["servers"]
+                    .as_array()
+                    .context("a snapshot has servers")?
+                    .iter()
+                    .map(|e| (key_of(e), e.clone()))
+                    .collect();
+            }
+            "upsert" => {
+                self.entries.insert(key_of(&data), data);
+            }
+            "delete" => {
+                self.entries.remove(&key_of(&data));
+            }
+            other => anyhow::bail!("unexpected SSE event {other}"),
+        }
+        self.events += 1;
+        if id.is_some() {
+            self.last_id = id;
+        }
+        Ok(())
+    }
+}
+
+async fn subscribe(base: String, fold: Arc<Mutex<Fold>>) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    loop {
+        let last = fold
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .last_id;
+        let mut request = http.get(format!("{base}/v0.1/x/dev.herald/events"));
+        if let Some(id) = last {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = match request.send().await {
+            Ok(r) if r.status().is_success() => r,
+            // The API is restarting: try again shortly.
+            _ => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        fold.lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .connects += 1;
+        let mut body = response.bytes_stream();
+        let mut buffer = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buffer.push_str(std::str::from_utf8(&chunk)?);
+            while let Some(end) = buffer.find("\n\n") {
+                let frame: String = buffer.drain(..end + 2).collect();
+                let (mut event, mut id, mut data) = (None, None, String::new());
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().parse()?);
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if let Some(event) = event {
+                    fold.lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .apply(&event, id, serde_json::from_str(&data)?)?;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn api_restarted_while_sse_subscribers_resume_and_miss_nothing() -> anyhow::Result<()> {
+    run(api_restarted_with_sse_steps)
+}
+
+async fn api_restarted_with_sse_steps() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut env = Env::start("reliability-api-restart", &["--sse-keepalive", "200ms"]).await?;
+    let mut storm = env.storm(0x5eed_0404);
+    storm.run(20, PACE).await?;
+    let folds: Vec<Arc<Mutex<Fold>>> = (0..2).map(|_| Arc::default()).collect();
+    let tasks: Vec<_> = folds
+        .iter()
+        .map(|f| tokio::spawn(subscribe(env.api.base().to_owned(), f.clone())))
+        .collect();
+    storm.run(30, PACE).await?;
+    let mut faults = 0;
+    for _ in 0..2 {
+        let api = &mut env.api;
+        storm.during(PACE, api.restart()).await??;
+        faults += 1;
+        storm.run(30, PACE).await?;
+    }
+    let converged = env.converge().await?;
+    // Each subscriber's fold is what the oracle expects of the default registry.
+    let clusters = env.clusters()?;
+    let default: RegistryName = "default".parse()?;
+    let expected: BTreeSet<EntryView> = expected_view(&clusters)
+        .await?
+        .remove(&default)
+        .unwrap_or_default();
+    for (i, fold) in folds.iter().enumerate() {
+        eventually(CONVERGE, "the SSE fold to match the oracle", || async {
+            let fold = fold.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            let seen: BTreeSet<EntryView> = fold
+                .entries
+                .values()
+                .map(EntryView::from_json)
+                .collect::<anyhow::Result<_>>()?;
+            Ok((seen == expected).then_some(()))
+        })
+        .await
+        .with_context(|| format!("subscriber {i}"))?;
+        let fold = fold.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        eprintln!(
+            "subscriber {i}: {} events, {} snapshots, {} connections, {} entries",
+            fold.events,
+            fold.snapshots,
+            fold.connects,
+            fold.entries.len()
+        );
+        assert!(fold.connects >= 3, "it reconnected after each restart");
+    }
+    for task in tasks {
+        task.abort();
+    }
+    report(
+        "api-restart-sse",
+        &storm,
+        faults,
+        converged.entries + 2 * expected.len(),
+        started,
+    );
+    Ok(())
+}
