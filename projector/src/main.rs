@@ -264,7 +264,12 @@ fn scratch_prefix(s: &str) -> Result<String, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = parse();
-    cli.log.init();
+    // Long-running commands log their work; ops commands print results, and
+    // their logs would only bury them.
+    match &cli.command {
+        None | Some(Command::Run(_) | Command::Catalog(_)) => cli.log.init(),
+        Some(_) => cli.log.init_at("warn"),
+    }
     match dispatch(cli).await {
         Ok(code) => code,
         Err(err) => {

@@ -26,9 +26,17 @@ pub struct LogArgs {
 }
 
 impl LogArgs {
-    /// Installs the global subscriber. Call once, first thing in `main`.
+    /// Installs the global subscriber at level `info`. Call once, first
+    /// thing in `main`.
     pub fn init(&self) {
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        self.init_at("info");
+    }
+
+    /// Installs the global subscriber; `default_level` applies when
+    /// `RUST_LOG` is not set (ops commands that print results want `warn`).
+    pub fn init_at(&self, default_level: &str) {
+        let filter =
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
         // Colour only for a person at a terminal; log files stay greppable.
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
