@@ -63,21 +63,37 @@ impl StoredDeployment {
     }
 }
 
-/// What to do with a key.
+/// A stored value that remembers the stream sequence it comes from: what
+/// makes every fold here order-safe.
+pub trait Sequenced {
+    fn seq(&self) -> u64;
+}
+
+impl Sequenced for StoredDeployment {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// What to do with a key holding a `T` (a deployment unless said otherwise).
 // Returned and consumed at once: boxing the large variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
-pub enum Fold {
+pub enum Fold<T = StoredDeployment> {
     /// Store this value.
-    Write(StoredDeployment),
+    Write(T),
     /// The stored value is as new or newer; the event changes nothing.
     Stale { stored_seq: u64 },
 }
 
-fn stale(current: Option<&StoredDeployment>, seq: u64) -> Option<Fold> {
-    current
-        .filter(|c| c.seq >= seq)
-        .map(|c| Fold::Stale { stored_seq: c.seq })
+/// What to do with a catalog key.
+pub type CatalogFold = Fold<StoredCatalog>;
+
+/// `Stale` when what is stored comes from sequence `seq` or later.
+fn stale<T: Sequenced>(current: Option<&T>, seq: u64) -> Option<Fold<T>> {
+    current.filter(|c| c.seq() >= seq).map(|c| Fold::Stale {
+        stored_seq: c.seq(),
+    })
 }
 
 /// An `applied` event with stream sequence `seq`.
@@ -211,18 +227,10 @@ impl StoredCatalog {
     }
 }
 
-/// What to do with a catalog key.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
-pub enum CatalogFold {
-    Write(StoredCatalog),
-    Stale { stored_seq: u64 },
-}
-
-fn catalog_stale(current: Option<&StoredCatalog>, seq: u64) -> Option<CatalogFold> {
-    current
-        .filter(|c| c.seq >= seq)
-        .map(|c| CatalogFold::Stale { stored_seq: c.seq })
+impl Sequenced for StoredCatalog {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
 }
 
 /// A `catalog.applied` event with stream sequence `seq`.
@@ -231,7 +239,7 @@ pub fn fold_catalog_applied(
     record: &CatalogRecord,
     seq: u64,
 ) -> CatalogFold {
-    if let Some(s) = catalog_stale(current, seq) {
+    if let Some(s) = stale(current, seq) {
         return s;
     }
     let changed_at = match current {
@@ -253,7 +261,7 @@ pub fn fold_catalog_withdrawn(
     seq: u64,
     time: DateTime<Utc>,
 ) -> CatalogFold {
-    if let Some(s) = catalog_stale(current, seq) {
+    if let Some(s) = stale(current, seq) {
         return s;
     }
     let changed_at = match current {

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use herald_core::cluster_state::ClusterState;
 use herald_core::event::Resync;
 use herald_core::names::{CLUSTERS_BUCKET, CatalogKey, DeploymentKey, bucket_name};
-use herald_core::projection::{self, CatalogFold, Fold, StoredCatalog, StoredDeployment};
+use herald_core::projection::{self, Fold, StoredCatalog, StoredDeployment};
 use herald_core::{Event, EventData, RegistryName};
 
 use crate::buckets::{self, BucketError, BucketSettings, Change, Known, compare_and_set};
@@ -164,103 +164,99 @@ impl Target {
     }
 
     async fn apply_once(&mut self, event: &Event, seq: u64) -> Result<Outcome, BucketError> {
-        let mut outcome = Outcome::default();
         match &event.data {
             EventData::Applied(record) => {
-                if !self.includes(&record.registry) {
-                    outcome.ignored = true;
-                    return Ok(outcome);
-                }
                 let key = DeploymentKey::new(record.cluster.clone(), record.object.clone());
-                let wrote = self
-                    .write_deployment(&record.registry, key.to_string(), |current| {
-                        fold_change(projection::fold_applied(
-                            stored(current).as_ref(),
-                            record,
-                            seq,
-                        ))
-                    })
-                    .await?;
-                outcome.written = usize::from(wrote);
-                outcome.stale = !wrote;
+                self.fold_key(&record.registry, key.to_string(), |current| {
+                    fold_change(projection::fold_applied(
+                        stored(current).as_ref(),
+                        record,
+                        seq,
+                    ))
+                })
+                .await
             }
             EventData::Withdrawn(withdrawal) => {
-                if !self.includes(&withdrawal.registry) {
-                    outcome.ignored = true;
-                    return Ok(outcome);
-                }
                 let key = DeploymentKey::new(withdrawal.cluster.clone(), withdrawal.object.clone());
-                let wrote = self
-                    .write_deployment(&withdrawal.registry, key.to_string(), |current| {
-                        fold_change(projection::fold_withdrawn(
-                            stored(current).as_ref(),
-                            withdrawal,
-                            seq,
-                            event.time,
-                        ))
-                    })
-                    .await?;
-                outcome.written = usize::from(wrote);
-                outcome.stale = !wrote;
+                self.fold_key(&withdrawal.registry, key.to_string(), |current| {
+                    fold_change(projection::fold_withdrawn(
+                        stored(current).as_ref(),
+                        withdrawal,
+                        seq,
+                        event.time,
+                    ))
+                })
+                .await
             }
             EventData::CatalogApplied(record) => {
-                if !self.includes(&record.registry) {
-                    outcome.ignored = true;
-                    return Ok(outcome);
-                }
                 let key = CatalogKey::new(
                     record.source.clone(),
                     record.server_name.clone(),
                     &record.version,
                 );
-                let wrote = self
-                    .write_deployment(&record.registry, key.to_string(), |current| {
-                        catalog_change(projection::fold_catalog_applied(
-                            stored_catalog(current).as_ref(),
-                            record,
-                            seq,
-                        ))
-                    })
-                    .await?;
-                outcome.written = usize::from(wrote);
-                outcome.stale = !wrote;
+                self.fold_key(&record.registry, key.to_string(), |current| {
+                    fold_change(projection::fold_catalog_applied(
+                        stored_catalog(current).as_ref(),
+                        record,
+                        seq,
+                    ))
+                })
+                .await
             }
             EventData::CatalogWithdrawn(withdrawal) => {
-                if !self.includes(&withdrawal.registry) {
-                    outcome.ignored = true;
-                    return Ok(outcome);
-                }
                 let key = CatalogKey::new(
                     withdrawal.source.clone(),
                     withdrawal.server_name.clone(),
                     &withdrawal.version,
                 );
-                let wrote = self
-                    .write_deployment(&withdrawal.registry, key.to_string(), |current| {
-                        catalog_change(projection::fold_catalog_withdrawn(
-                            stored_catalog(current).as_ref(),
-                            withdrawal,
-                            seq,
-                            event.time,
-                        ))
-                    })
-                    .await?;
-                outcome.written = usize::from(wrote);
-                outcome.stale = !wrote;
+                self.fold_key(&withdrawal.registry, key.to_string(), |current| {
+                    fold_change(projection::fold_catalog_withdrawn(
+                        stored_catalog(current).as_ref(),
+                        withdrawal,
+                        seq,
+                        event.time,
+                    ))
+                })
+                .await
             }
             EventData::ResyncCompleted(resync) => {
                 let wrote = self.fold_cluster(event, seq).await?;
-                outcome.swept = self.sweep(resync, seq, event.time).await?;
-                outcome.written = outcome.swept + usize::from(wrote);
-                outcome.stale = self.track_clusters && !wrote;
+                let swept = self.sweep(resync, seq, event.time).await?;
+                Ok(Outcome {
+                    swept,
+                    written: swept + usize::from(wrote),
+                    stale: self.track_clusters && !wrote,
+                    ..Outcome::default()
+                })
             }
             EventData::ResyncStarted(_) | EventData::Heartbeat(_) => {
                 let wrote = self.fold_cluster(event, seq).await?;
-                outcome.written = usize::from(wrote);
-                outcome.stale = self.track_clusters && !wrote;
-                outcome.ignored = !self.track_clusters;
+                Ok(Outcome {
+                    written: usize::from(wrote),
+                    stale: self.track_clusters && !wrote,
+                    ignored: !self.track_clusters,
+                    ..Outcome::default()
+                })
             }
         }
+    }
+
+    /// The shared path of deployment and catalog events: fold one key of
+    /// `registry` (when this target includes it) and say what happened.
+    async fn fold_key(
+        &mut self,
+        registry: &RegistryName,
+        key: String,
+        decide: impl FnMut(Option<&[u8]>) -> Change,
+    ) -> Result<Outcome, BucketError> {
+        let mut outcome = Outcome::default();
+        if !self.includes(registry) {
+            outcome.ignored = true;
+            return Ok(outcome);
+        }
+        let wrote = self.write_deployment(registry, key, decide).await?;
+        outcome.written = usize::from(wrote);
+        outcome.stale = !wrote;
         Ok(outcome)
     }
 
@@ -332,44 +328,36 @@ impl Target {
     }
 }
 
-/// The stored deployment in a value; a value that does not parse is treated
+/// The stored value in a bucket value; one that does not parse is treated
 /// as absent, so the event overwrites it instead of being stuck behind it.
+fn parse_stored<T: serde::de::DeserializeOwned>(value: Option<&[u8]>, what: &str) -> Option<T> {
+    match serde_json::from_slice(value?) {
+        Ok(stored) => Some(stored),
+        Err(err) => {
+            tracing::warn!(%err, "stored {what} does not parse; overwriting it");
+            None
+        }
+    }
+}
+
+/// The stored deployment in a value (see [`parse_stored`]).
 pub fn stored(value: Option<&[u8]>) -> Option<StoredDeployment> {
-    let bytes = value?;
-    match StoredDeployment::from_json(bytes) {
-        Ok(stored) => Some(stored),
-        Err(err) => {
-            tracing::warn!(%err, "stored deployment does not parse; overwriting it");
-            None
-        }
-    }
+    parse_stored(value, "deployment")
 }
 
-/// The stored catalog entry in a value; one that does not parse is treated
-/// as absent, like a deployment's.
+/// The stored catalog entry in a value (see [`parse_stored`]).
 pub fn stored_catalog(value: Option<&[u8]>) -> Option<StoredCatalog> {
-    let bytes = value?;
-    match StoredCatalog::from_json(bytes) {
-        Ok(stored) => Some(stored),
-        Err(err) => {
-            tracing::warn!(%err, "stored catalog entry does not parse; overwriting it");
-            None
-        }
-    }
-}
-
-/// A catalog fold's verdict as a bucket change.
-pub fn catalog_change(fold: CatalogFold) -> Change {
-    match fold {
-        CatalogFold::Write(value) => Change::Put(value.to_json().into()),
-        CatalogFold::Stale { .. } => Change::Keep,
-    }
+    parse_stored(value, "catalog entry")
 }
 
 /// A fold's verdict as a bucket change.
-pub fn fold_change(fold: Fold) -> Change {
+pub fn fold_change<T: serde::Serialize>(fold: Fold<T>) -> Change {
     match fold {
-        Fold::Write(value) => Change::Put(value.to_json().into()),
+        Fold::Write(value) => Change::Put(
+            serde_json::to_vec(&value)
+                .expect("stored state always serializes")
+                .into(),
+        ),
         Fold::Stale { .. } => Change::Keep,
     }
 }
