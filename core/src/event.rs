@@ -12,6 +12,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::catalog::{CatalogRecord, CatalogWithdrawal, SourceId};
 use crate::ids::{ClusterId, RegistryName, excerpt};
@@ -301,6 +302,24 @@ struct Envelope {
     data: Value,
 }
 
+/// The envelope as read: `data` is left unparsed until the type says what
+/// it holds, so an event is parsed once, straight into its typed record.
+#[derive(Deserialize)]
+struct IncomingEnvelope<'a> {
+    specversion: String,
+    id: String,
+    source: String,
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default)]
+    subject: Option<String>,
+    time: DateTime<Utc>,
+    #[serde(default)]
+    datacontenttype: Option<String>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
 /// `/clusters/<cluster>`, or `/catalogs/<source>` for catalog events.
 fn source_of(data: &EventData) -> String {
     match (data.cluster(), data.catalog_source()) {
@@ -392,10 +411,13 @@ impl Event {
 
     /// Decodes and checks an event without regard to where it was found.
     pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-        let envelope: Envelope =
-            serde_json::from_value(value).map_err(|e| DecodeError::NotCloudEvent(e.to_string()))?;
+        let envelope: IncomingEnvelope = serde_json::from_slice(bytes).map_err(|e| {
+            if e.is_data() {
+                DecodeError::NotCloudEvent(e.to_string())
+            } else {
+                DecodeError::NotJson(e.to_string())
+            }
+        })?;
         if envelope.specversion != SPEC_VERSION {
             return Err(DecodeError::NotCloudEvent(format!(
                 "specversion is {:?}, expected \"1.0\"",
@@ -440,17 +462,24 @@ impl Event {
     }
 }
 
-fn decode_data(ty: EventType, data: Value) -> Result<EventData, DecodeError> {
+fn decode_data(ty: EventType, data: &RawValue) -> Result<EventData, DecodeError> {
     let invalid = |reason: String| DecodeError::InvalidData { ty, reason };
-    let v = data
-        .get("v")
-        .and_then(Value::as_u64)
+    /// Only the format version, read before the rest: a newer format may not parse.
+    #[derive(Deserialize)]
+    struct Versioned {
+        #[serde(default)]
+        v: Option<Value>,
+    }
+    let v = serde_json::from_str::<Versioned>(data.get())
+        .ok()
+        .and_then(|d| d.v)
+        .and_then(|v| v.as_u64())
         .ok_or_else(|| invalid("missing format version \"v\"".to_owned()))?;
     if v > u64::from(RECORD_VERSION) {
         return Err(DecodeError::NewerFormat { ty, v });
     }
-    fn parse<T: serde::de::DeserializeOwned>(data: Value) -> Result<T, String> {
-        serde_json::from_value(data).map_err(|e| e.to_string())
+    fn parse<T: serde::de::DeserializeOwned>(data: &RawValue) -> Result<T, String> {
+        serde_json::from_str(data.get()).map_err(|e| e.to_string())
     }
     let decoded = match ty {
         EventType::DeploymentApplied => parse(data).map(|r| EventData::Applied(Box::new(r))),

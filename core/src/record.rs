@@ -59,14 +59,47 @@ impl DeploymentRecord {
     /// (resource version, generation, observation time and epoch). A resync
     /// that re-reads an unchanged object is then no change to clients.
     pub fn same_advertisement(&self, other: &DeploymentRecord) -> bool {
-        let strip = |r: &DeploymentRecord| DeploymentRecord {
-            resource_version: String::new(),
-            generation: None,
-            observed_at: DateTime::<Utc>::UNIX_EPOCH,
-            epoch: 0,
-            ..r.clone()
-        };
-        strip(self) == strip(other)
+        // Every field named, so that a new one cannot be forgotten here.
+        let DeploymentRecord {
+            v,
+            cluster,
+            registry,
+            object,
+            uid,
+            resource_version: _,
+            generation: _,
+            created_at,
+            observed_at: _,
+            epoch: _,
+            server_name,
+            version,
+            description,
+            title,
+            icon,
+            category,
+            tools,
+            remote,
+            phase,
+            image,
+            transport,
+        } = self;
+        *v == other.v
+            && *cluster == other.cluster
+            && *registry == other.registry
+            && *object == other.object
+            && *uid == other.uid
+            && *created_at == other.created_at
+            && *server_name == other.server_name
+            && *version == other.version
+            && *description == other.description
+            && *title == other.title
+            && *icon == other.icon
+            && *category == other.category
+            && *tools == other.tools
+            && *remote == other.remote
+            && *phase == other.phase
+            && *image == other.image
+            && *transport == other.transport
     }
 }
 

@@ -64,6 +64,7 @@ fn changed_at_moves_only_when_the_advertisement_changes() {
     resynced.epoch += 1;
     resynced.resource_version = "77".into();
     resynced.observed_at = r.observed_at + Duration::hours(1);
+    resynced.generation = Some(9);
     let again = write(fold_applied(Some(&first), &resynced, 2));
     assert_eq!(again.changed_at, first.changed_at);
     let mut edited = resynced.clone();
@@ -71,6 +72,13 @@ fn changed_at_moves_only_when_the_advertisement_changes() {
     assert_eq!(
         write(fold_applied(Some(&again), &edited, 3)).changed_at,
         edited.observed_at
+    );
+    let mut moved = resynced.clone();
+    moved.remote.url = "https://elsewhere.example/mcp".into();
+    moved.observed_at = r.observed_at + Duration::hours(2);
+    assert_eq!(
+        write(fold_applied(Some(&again), &moved, 3)).changed_at,
+        moved.observed_at
     );
 }
 

@@ -1,298 +1,148 @@
-//! Applying one decoded event to a set of buckets: the only place where
-//! events change stored state, shared by `run` (live buckets) and `replay`
-//! (scratch buckets) so that the two cannot disagree.
+//! The live buckets `run` writes: the stores it has open, a bounded cache of
+//! the values it last wrote (so that most writes need no read and no parse
+//! first), the
+//! compare-and-set of one key's events, and the control events (cluster
+//! liveness and the sweep after a re-list).
 //!
-//! The rules themselves live in `herald_core::projection` and
-//! `herald_core::cluster_state`; this file only reads, folds and writes with
-//! compare-and-set.
+//! The cache is only a first guess: every write is a compare-and-set on the
+//! cached revision, so a value another projector changed since costs one
+//! failed write and a read, never a lost update.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 
 use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use herald_core::cluster_state::ClusterState;
 use herald_core::event::Resync;
-use herald_core::names::{CLUSTERS_BUCKET, CatalogKey, DeploymentKey, bucket_name};
-use herald_core::projection::{self, Fold, StoredCatalog, StoredDeployment};
+use herald_core::names::{CLUSTERS_BUCKET, DeploymentKey, bucket_name};
 use herald_core::{Event, EventData, RegistryName};
+use lru::LruCache;
 
-use crate::buckets::{self, BucketError, BucketSettings, Change, Known, compare_and_set};
+use crate::buckets::{self, BucketError, BucketSettings, Change, compare_and_set};
+use crate::fold::{self, KeyKind, Stored};
 
-/// Which buckets a target writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Naming {
-    /// `herald-<registry>` and `herald_clusters`, what the API reads.
-    Live,
-    /// `<prefix><registry>`; the prefix must not start with `herald-` so the
-    /// API never mistakes a scratch bucket for a registry.
-    Scratch { prefix: String },
-}
-
-impl Naming {
-    pub fn bucket(&self, registry: &RegistryName) -> String {
-        match self {
-            Naming::Live => bucket_name(registry),
-            Naming::Scratch { prefix } => format!("{prefix}{registry}"),
-        }
-    }
-}
-
-/// What applying one event did.
+/// What a control event did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Outcome {
-    /// Keys written (a sweep may write many).
-    pub written: usize,
-    /// Of those, tombstones of records a re-list did not confirm.
+    /// Tombstones of records a re-list did not confirm.
     pub swept: usize,
-    /// The event was older than what is stored, or a duplicate.
+    /// The cluster's record already had this event or a newer one.
     pub stale: bool,
-    /// The event concerns a registry outside the target.
-    pub ignored: bool,
 }
 
-/// A set of buckets that events are applied to.
+/// What one compare-and-set of a key's events did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyWritten {
+    /// The key's value and revision afterwards, as this write saw them
+    /// (`None`: absent); worth caching.
+    pub after: Option<(Stored, u64)>,
+    /// Per event, in order: whether it changed the key (`false`: stale).
+    pub wrote: Vec<bool>,
+}
+
+/// A bucket key of one registry.
+pub type Slot = (RegistryName, String);
+
+/// The live buckets: `herald-<registry>` and `herald_clusters`.
 #[derive(Debug)]
 pub struct Target {
     js: jetstream::Context,
-    naming: Naming,
     settings: BucketSettings,
-    /// Only this registry, when set (replay of one registry).
-    only: Option<RegistryName>,
-    /// Whether control events update the clusters bucket.
-    track_clusters: bool,
     registries: BTreeMap<RegistryName, kv::Store>,
     clusters: Option<kv::Store>,
-    /// Replay only: every deployment key written so far, by registry. The
-    /// scratch buckets start empty and have no other writer, so this is
-    /// their exact content and spares a read per event.
-    written: Option<HashMap<(RegistryName, String), (bytes::Bytes, u64)>>,
+    /// The value and revision this projector last wrote under a key.
+    cache: LruCache<Slot, (Stored, u64)>,
 }
 
 impl Target {
-    /// The live buckets, as `run` writes them.
-    pub fn live(js: jetstream::Context, settings: BucketSettings) -> Self {
+    pub fn new(js: jetstream::Context, settings: BucketSettings, cache_keys: NonZeroUsize) -> Self {
         Self {
             js,
-            naming: Naming::Live,
             settings,
-            only: None,
-            track_clusters: true,
             registries: BTreeMap::new(),
             clusters: None,
-            written: None,
+            cache: LruCache::new(cache_keys),
         }
     }
 
-    /// Scratch buckets for a replay of `only` (or every registry).
-    pub fn scratch(
-        js: jetstream::Context,
-        prefix: &str,
-        settings: BucketSettings,
-        only: Option<RegistryName>,
-    ) -> Self {
-        Self {
-            js,
-            naming: Naming::Scratch {
-                prefix: prefix.to_owned(),
-            },
-            settings,
-            only,
-            track_clusters: false,
-            registries: BTreeMap::new(),
-            clusters: None,
-            written: Some(HashMap::new()),
+    /// The bucket of `registry`, opened (or created) on first use.
+    pub async fn store(&mut self, registry: &RegistryName) -> Result<kv::Store, BucketError> {
+        if let Some(store) = self.registries.get(registry) {
+            return Ok(store.clone());
+        }
+        let store =
+            buckets::open_or_create(&self.js, &bucket_name(registry), &self.settings).await?;
+        self.registries.insert(registry.clone(), store.clone());
+        Ok(store)
+    }
+
+    /// What the cache knows of a key, taken out while the key is written
+    /// (nothing else reads it meanwhile); `None`: it must be read.
+    pub fn take_known(&mut self, slot: &Slot) -> Option<(Stored, u64)> {
+        self.cache.pop(slot)
+    }
+
+    /// Records what a key holds after a write of it.
+    pub fn remember(&mut self, slot: Slot, after: Option<(Stored, u64)>) {
+        if let Some(after) = after {
+            self.cache.put(slot, after);
         }
     }
 
-    pub fn naming(&self) -> &Naming {
-        &self.naming
+    /// After a failed write: a bucket may have been deleted or recreated,
+    /// and whether the write landed is unknown. Opens the buckets afresh and
+    /// reads every key again.
+    pub fn reset(&mut self) {
+        self.registries.clear();
+        self.clusters = None;
+        self.cache.clear();
     }
 
-    /// The registries this target has written so far.
-    pub fn registries(&self) -> impl Iterator<Item = &RegistryName> {
-        self.registries.keys()
-    }
-
-    fn includes(&self, registry: &RegistryName) -> bool {
-        self.only.as_ref().is_none_or(|only| only == registry)
-    }
-
-    async fn registry(&mut self, registry: &RegistryName) -> Result<&kv::Store, BucketError> {
-        if !self.registries.contains_key(registry) {
-            let bucket = self.naming.bucket(registry);
-            let store = buckets::open_or_create(&self.js, &bucket, &self.settings).await?;
-            self.registries.insert(registry.clone(), store);
+    async fn clusters(&mut self) -> Result<kv::Store, BucketError> {
+        if let Some(store) = &self.clusters {
+            return Ok(store.clone());
         }
-        Ok(&self.registries[registry])
+        let store = buckets::open_or_create(&self.js, CLUSTERS_BUCKET, &self.settings).await?;
+        self.clusters = Some(store.clone());
+        Ok(store)
     }
 
-    async fn clusters(&mut self) -> Result<&kv::Store, BucketError> {
-        if self.clusters.is_none() {
-            let store = buckets::open_or_create(&self.js, CLUSTERS_BUCKET, &self.settings).await?;
-            self.clusters = Some(store);
-        }
-        Ok(self.clusters.as_ref().expect("opened above"))
-    }
-
-    /// The registries a sweep must visit. Live buckets may have been created
-    /// by another projector, so they are listed on the server each time.
-    async fn sweep_registries(&mut self) -> Result<Vec<RegistryName>, BucketError> {
-        if self.naming == Naming::Live {
-            for registry in buckets::registry_buckets(&self.js).await? {
-                if self.includes(&registry) {
-                    self.registry(&registry).await?;
-                }
-            }
-        }
-        Ok(self.registries.keys().cloned().collect())
-    }
-
-    /// Applies `event`, found at stream sequence `seq`.
-    pub async fn apply(&mut self, event: &Event, seq: u64) -> Result<Outcome, BucketError> {
-        let result = self.apply_once(event, seq).await;
+    /// Applies a control event (resync, heartbeat), found at stream
+    /// sequence `seq`: the cluster's liveness record and, after a completed
+    /// re-list, the sweep. The caller makes sure every event before it is
+    /// applied.
+    pub async fn apply_control(&mut self, event: &Event, seq: u64) -> Result<Outcome, BucketError> {
+        let result = self.apply_control_once(event, seq).await;
         if result.is_err() {
-            // A bucket may have been deleted or recreated: open them afresh next time.
-            self.registries.clear();
-            self.clusters = None;
-            if let Some(written) = self.written.as_mut() {
-                // Unknown whether the failed write landed: read from now on.
-                written.clear();
-                self.written = None;
-            }
+            self.reset();
         }
         result
     }
 
-    async fn apply_once(&mut self, event: &Event, seq: u64) -> Result<Outcome, BucketError> {
-        match &event.data {
-            EventData::Applied(record) => {
-                let key = DeploymentKey::new(record.cluster.clone(), record.object.clone());
-                self.fold_key(&record.registry, key.to_string(), |current| {
-                    fold_change(projection::fold_applied(
-                        stored(current).as_ref(),
-                        record,
-                        seq,
-                    ))
-                })
-                .await
-            }
-            EventData::Withdrawn(withdrawal) => {
-                let key = DeploymentKey::new(withdrawal.cluster.clone(), withdrawal.object.clone());
-                self.fold_key(&withdrawal.registry, key.to_string(), |current| {
-                    fold_change(projection::fold_withdrawn(
-                        stored(current).as_ref(),
-                        withdrawal,
-                        seq,
-                        event.time,
-                    ))
-                })
-                .await
-            }
-            EventData::CatalogApplied(record) => {
-                let key = CatalogKey::new(
-                    record.source.clone(),
-                    record.server_name.clone(),
-                    &record.version,
-                );
-                self.fold_key(&record.registry, key.to_string(), |current| {
-                    fold_change(projection::fold_catalog_applied(
-                        stored_catalog(current).as_ref(),
-                        record,
-                        seq,
-                    ))
-                })
-                .await
-            }
-            EventData::CatalogWithdrawn(withdrawal) => {
-                let key = CatalogKey::new(
-                    withdrawal.source.clone(),
-                    withdrawal.server_name.clone(),
-                    &withdrawal.version,
-                );
-                self.fold_key(&withdrawal.registry, key.to_string(), |current| {
-                    fold_change(projection::fold_catalog_withdrawn(
-                        stored_catalog(current).as_ref(),
-                        withdrawal,
-                        seq,
-                        event.time,
-                    ))
-                })
-                .await
-            }
-            EventData::ResyncCompleted(resync) => {
-                let wrote = self.fold_cluster(event, seq).await?;
-                let swept = self.sweep(resync, seq, event.time).await?;
-                Ok(Outcome {
-                    swept,
-                    written: swept + usize::from(wrote),
-                    stale: self.track_clusters && !wrote,
-                    ..Outcome::default()
-                })
-            }
-            EventData::ResyncStarted(_) | EventData::Heartbeat(_) => {
-                let wrote = self.fold_cluster(event, seq).await?;
-                Ok(Outcome {
-                    written: usize::from(wrote),
-                    stale: self.track_clusters && !wrote,
-                    ignored: !self.track_clusters,
-                    ..Outcome::default()
-                })
-            }
-        }
-    }
-
-    /// The shared path of deployment and catalog events: fold one key of
-    /// `registry` (when this target includes it) and say what happened.
-    async fn fold_key(
+    async fn apply_control_once(
         &mut self,
-        registry: &RegistryName,
-        key: String,
-        decide: impl FnMut(Option<&[u8]>) -> Change,
+        event: &Event,
+        seq: u64,
     ) -> Result<Outcome, BucketError> {
-        let mut outcome = Outcome::default();
-        if !self.includes(registry) {
-            outcome.ignored = true;
-            return Ok(outcome);
-        }
-        let wrote = self.write_deployment(registry, key, decide).await?;
-        outcome.written = usize::from(wrote);
-        outcome.stale = !wrote;
-        Ok(outcome)
-    }
-
-    /// Compare-and-set of one key (deployment or catalog entry); returns
-    /// whether it wrote.
-    async fn write_deployment(
-        &mut self,
-        registry: &RegistryName,
-        key: String,
-        decide: impl FnMut(Option<&[u8]>) -> Change,
-    ) -> Result<bool, BucketError> {
-        let cache_key = (registry.clone(), key);
-        let known = self.written.as_ref().map(|w| match w.get(&cache_key) {
-            Some((value, revision)) => Known::Value {
-                value: value.clone(),
-                revision: *revision,
-            },
-            None => Known::Absent,
-        });
-        let store = self.registry(registry).await?;
-        let written = compare_and_set(store, &cache_key.1, known, decide).await?;
-        if let (Some(cache), Some(value)) = (self.written.as_mut(), &written) {
-            cache.insert(cache_key, value.clone());
-        }
-        Ok(written.is_some())
+        let wrote = self.fold_cluster(event, seq).await?;
+        let swept = match &event.data {
+            EventData::ResyncCompleted(resync) => self.sweep(resync, seq, event.time).await?,
+            _ => 0,
+        };
+        Ok(Outcome {
+            swept,
+            stale: !wrote,
+        })
     }
 
     async fn fold_cluster(&mut self, event: &Event, seq: u64) -> Result<bool, BucketError> {
-        if !self.track_clusters {
-            return Ok(false);
-        }
         let Some(cluster) = event.cluster().cloned() else {
             return Ok(false);
         };
         let store = self.clusters().await?;
-        let written = compare_and_set(store, cluster.as_str(), None, |current| {
+        let written = compare_and_set(&store, cluster.as_str(), None, |current| {
             cluster_change(current, event, seq)
         })
         .await?;
@@ -300,7 +150,9 @@ impl Target {
     }
 
     /// Tombstones for every record of the resync's cluster and kind that the
-    /// re-list did not confirm; returns how many keys were written.
+    /// re-list did not confirm, in every registry (live buckets may have been
+    /// created by another projector, so they are listed each time); returns
+    /// how many keys were written.
     async fn sweep(
         &mut self,
         resync: &Resync,
@@ -309,75 +161,71 @@ impl Target {
     ) -> Result<usize, BucketError> {
         let prefix = DeploymentKey::prefix(&resync.cluster, resync.kind);
         let mut written = 0;
-        for registry in self.sweep_registries().await? {
-            let items = buckets::scan(self.registry(&registry).await?, &prefix).await?;
-            for item in items {
-                if sweep_change(Some(&item.value), resync, seq, time) == Change::Keep {
-                    continue;
-                }
-                // Decides again if the key changed since the scan.
-                let wrote = self
-                    .write_deployment(&registry, item.key.clone(), |current| {
-                        sweep_change(current, resync, seq, time)
-                    })
-                    .await?;
-                written += usize::from(wrote);
+        for registry in buckets::registry_buckets(&self.js).await? {
+            let store = self.store(&registry).await?;
+            for item in buckets::scan(&store, &prefix).await? {
+                // The scan read the value: no second read unless it changed since.
+                let known = Some((item.value, item.revision));
+                let result = compare_and_set(&store, &item.key, known, |current| {
+                    sweep_change(current, resync, seq, time)
+                })
+                .await?;
+                written += usize::from(result.is_some());
+                // Cached values of swept keys are out of date.
+                self.cache.pop(&(registry.clone(), item.key));
             }
         }
         Ok(written)
     }
 }
 
-/// The stored value in a bucket value; one that does not parse is treated
-/// as absent, so the event overwrites it instead of being stuck behind it.
-fn parse_stored<T: serde::de::DeserializeOwned>(value: Option<&[u8]>, what: &str) -> Option<T> {
-    match serde_json::from_slice(value?) {
-        Ok(stored) => Some(stored),
-        Err(err) => {
-            tracing::warn!(%err, "stored {what} does not parse; overwriting it");
-            None
+/// Folds `events` (one key's, in the order they arrived) into `key` of
+/// `store` with one compare-and-set, starting from `known` when the cache
+/// had it. When another writer got there first, reads and folds them all
+/// again.
+pub async fn write_key(
+    store: &kv::Store,
+    key: &str,
+    kind: KeyKind,
+    mut known: Option<(Stored, u64)>,
+    events: &[(&Event, u64)],
+) -> Result<KeyWritten, BucketError> {
+    for _ in 0..buckets::CAS_ATTEMPTS {
+        let (current, revision) = match known.take() {
+            Some((value, revision)) => (Some(value), Some(revision)),
+            None => match buckets::read(store, key).await? {
+                Some((bytes, revision)) => (Stored::parse(kind, &bytes), Some(revision)),
+                None => (None, None),
+            },
+        };
+        let (next, wrote) = fold::fold_all(events.iter().copied(), current.as_ref());
+        let Some(next) = next else {
+            let after = current.zip(revision);
+            return Ok(KeyWritten { after, wrote });
+        };
+        let bytes = Bytes::from(next.to_json());
+        if let Some(revision) = buckets::write_if(store, key, bytes, revision).await? {
+            return Ok(KeyWritten {
+                after: Some((next, revision)),
+                wrote,
+            });
         }
     }
+    Err(buckets::contended(store, key))
 }
 
-/// The stored deployment in a value (see [`parse_stored`]).
-pub fn stored(value: Option<&[u8]>) -> Option<StoredDeployment> {
-    parse_stored(value, "deployment")
-}
-
-/// The stored catalog entry in a value (see [`parse_stored`]).
-pub fn stored_catalog(value: Option<&[u8]>) -> Option<StoredCatalog> {
-    parse_stored(value, "catalog entry")
-}
-
-/// A fold's verdict as a bucket change.
-pub fn fold_change<T: serde::Serialize>(fold: Fold<T>) -> Change {
-    match fold {
-        Fold::Write(value) => Change::Put(
-            serde_json::to_vec(&value)
-                .expect("stored state always serializes")
-                .into(),
-        ),
-        Fold::Stale { .. } => Change::Keep,
-    }
-}
-
-/// The sweep's verdict on one stored value.
-pub fn sweep_change(
-    value: Option<&[u8]>,
-    resync: &Resync,
-    seq: u64,
-    time: DateTime<Utc>,
-) -> Change {
-    stored(value)
-        .and_then(|current| projection::sweep(&current, resync, seq, time))
+/// The sweep's verdict on one stored deployment value.
+fn sweep_change(value: Option<&[u8]>, resync: &Resync, seq: u64, time: DateTime<Utc>) -> Change {
+    value
+        .and_then(|v| Stored::parse(KeyKind::Deployment, v))
+        .and_then(|current| fold::sweep(&current, resync, seq, time))
         .map_or(Change::Keep, |tombstone| {
             Change::Put(tombstone.to_json().into())
         })
 }
 
 /// A control event folded into a cluster's liveness record.
-pub fn cluster_change(value: Option<&[u8]>, event: &Event, seq: u64) -> Change {
+fn cluster_change(value: Option<&[u8]>, event: &Event, seq: u64) -> Change {
     let current = value.and_then(|v| serde_json::from_slice::<ClusterState>(v).ok());
     match ClusterState::fold(current.as_ref(), event, seq) {
         Some(next) => Change::Put(

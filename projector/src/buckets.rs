@@ -12,7 +12,7 @@ use herald_core::names::registry_of_bucket;
 
 /// How many times a compare-and-set is retried when other writers keep
 /// changing the key in between; far more than two projectors ever need.
-const CAS_ATTEMPTS: usize = 32;
+pub const CAS_ATTEMPTS: usize = 32;
 /// Bound on one bucket scan; a scan of a healthy local bucket takes milliseconds.
 const SCAN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -207,82 +207,79 @@ pub enum Change {
     Keep,
 }
 
-/// What a caller already knows of a key, to spare the first read when it
-/// is the only writer (replay's scratch buckets).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Known {
-    Absent,
-    Value { value: Bytes, revision: u64 },
-}
-
-/// Reads `key` (or starts from `known`), asks `decide` what to write given
-/// its current value, and writes with compare-and-set on that revision.
-/// When another writer got there first, reads and decides again. Returns
-/// the value and revision written, or `None` when `decide` kept the key.
-pub async fn compare_and_set(
-    store: &kv::Store,
-    key: &str,
-    mut known: Option<Known>,
-    mut decide: impl FnMut(Option<&[u8]>) -> Change,
-) -> Result<Option<(Bytes, u64)>, BucketError> {
-    let read_err = |reason: String| BucketError::Read {
+/// The current value and revision of `key`; `None` when it is absent or
+/// deleted.
+pub async fn read(store: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>, BucketError> {
+    let entry = store.entry(key).await.map_err(|e| BucketError::Read {
         bucket: store.name.clone(),
         key: key.to_owned(),
-        reason,
-    };
+        reason: e.to_string(),
+    })?;
+    Ok(entry
+        .filter(|e| e.operation == kv::Operation::Put)
+        .map(|e| (e.value, e.revision)))
+}
+
+/// Writes `value` under `key` if the key is still at `revision` (`None`:
+/// absent; `create` also succeeds over a delete marker). Returns the new
+/// revision, or `None` when another writer got there first.
+pub async fn write_if(
+    store: &kv::Store,
+    key: &str,
+    value: Bytes,
+    revision: Option<u64>,
+) -> Result<Option<u64>, BucketError> {
     let write_err = |reason: String| BucketError::Write {
         bucket: store.name.clone(),
         key: key.to_owned(),
         reason,
     };
+    match revision {
+        None => match store.create(key, value).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(write_err(e.to_string())),
+        },
+        Some(revision) => match store.update(key, value, revision).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(write_err(e.to_string())),
+        },
+    }
+}
+
+/// Reads `key` (or starts from `known`, a value and revision the caller
+/// has just read), asks `decide` what to write given its current value,
+/// and writes with compare-and-set on that revision.
+/// When another writer got there first, reads and decides again. Returns
+/// the value and revision written, or `None` when `decide` kept the key.
+pub async fn compare_and_set(
+    store: &kv::Store,
+    key: &str,
+    mut known: Option<(Bytes, u64)>,
+    mut decide: impl FnMut(Option<&[u8]>) -> Change,
+) -> Result<Option<(Bytes, u64)>, BucketError> {
     for _ in 0..CAS_ATTEMPTS {
-        let current = match known.take() {
-            Some(known) => known,
-            None => match store
-                .entry(key)
-                .await
-                .map_err(|e| read_err(e.to_string()))?
-            {
-                Some(e) if e.operation == kv::Operation::Put => Known::Value {
-                    value: e.value,
-                    revision: e.revision,
-                },
-                // `create` also succeeds over a delete marker.
-                _ => Known::Absent,
-            },
-        };
-        let value = match &current {
-            Known::Absent => decide(None),
-            Known::Value { value, .. } => decide(Some(value)),
-        };
-        let Change::Put(value) = value else {
+        let (current, revision) = match known.take() {
+            Some(known) => Some(known),
+            None => read(store, key).await?,
+        }
+        .unzip();
+        let Change::Put(value) = decide(current.as_deref()) else {
             return Ok(None);
         };
-        let written = match current {
-            Known::Absent => store
-                .create(key, value.clone())
-                .await
-                .map_err(|e| match e.kind() {
-                    kv::CreateErrorKind::AlreadyExists => None,
-                    _ => Some(write_err(e.to_string())),
-                }),
-            Known::Value { revision, .. } => store
-                .update(key, value.clone(), revision)
-                .await
-                .map_err(|e| match e.kind() {
-                    kv::UpdateErrorKind::WrongLastRevision => None,
-                    _ => Some(write_err(e.to_string())),
-                }),
-        };
-        match written {
-            Ok(revision) => return Ok(Some((value, revision))),
-            Err(Some(error)) => return Err(error),
-            // Lost the race: decide again on what the winner wrote.
-            Err(None) => continue,
+        // `None`: lost the race; decide again on what the winner wrote.
+        if let Some(revision) = write_if(store, key, value.clone(), revision).await? {
+            return Ok(Some((value, revision)));
         }
     }
-    Err(BucketError::Contended {
+    Err(contended(store, key))
+}
+
+/// The error after [`CAS_ATTEMPTS`] lost races on one key.
+pub fn contended(store: &kv::Store, key: &str) -> BucketError {
+    BucketError::Contended {
         bucket: store.name.clone(),
         key: key.to_owned(),
-    })
+    }
 }

@@ -5,9 +5,12 @@
 //!
 //! - [`run`]: the durable pull consumer (`herald-projector run`), with
 //!   [`dead_letter`] for messages that cannot be applied and [`metrics`].
-//! - [`apply`]: the one function that applies an event to a set of buckets
-//!   (live or scratch), used by `run` and `replay` alike; the fold rules
-//!   themselves are `herald_core::projection` and `herald_core::cluster_state`.
+//! - [`fold`]: which key an event belongs to and what the key holds after
+//!   it, for `run` and `replay` alike; the rules themselves are
+//!   `herald_core::projection` and `herald_core::cluster_state`.
+//! - [`apply`]: the live buckets `run` writes (compare-and-set per key, a
+//!   cache of what it wrote, control events and sweeps); [`rebuild`]: the
+//!   same state folded in memory, what `replay` compares with them.
 //! - [`buckets`]: opening, listing, scanning buckets and the compare-and-set write.
 //! - [`catalog_sync`]: `catalog sync`, which imports a catalog source (file or
 //!   registry API over [`source_http`], official or ToolHive format) as
@@ -23,7 +26,9 @@ pub mod dead_letter;
 pub mod diff;
 pub mod events;
 pub mod filter;
+pub mod fold;
 pub mod metrics;
+pub mod rebuild;
 pub mod replay;
 pub mod run;
 pub mod source_http;

@@ -1,6 +1,7 @@
 //! herald-projector: parses flags and wires the parts of the library.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -153,6 +154,14 @@ struct RunArgs {
     /// How long the server waits for an ack before delivering again.
     #[arg(long, env = "HERALD_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     ack_wait: Duration,
+    /// Bucket writes of distinct keys in flight at once (1: one event at a
+    /// time). One key's events are always applied in order.
+    #[arg(long, env = "HERALD_MAX_IN_FLIGHT", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    max_in_flight: u16,
+    /// Keys whose last written value the projector remembers, so that
+    /// writing them again needs no read first (about 1 KB each).
+    #[arg(long, env = "HERALD_CACHE_KEYS", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    cache_keys: u32,
     /// Values kept per key in the registry buckets the projector creates.
     #[arg(long, env = "HERALD_BUCKET_HISTORY", default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..=64))]
     bucket_history: i64,
@@ -251,6 +260,11 @@ fn parse() -> Cli {
         }
     }
     cli
+}
+
+/// A count clap has already checked to be at least 1.
+fn nonzero(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
 
 fn since(s: &str) -> Result<DateTime<Utc>, String> {
@@ -399,6 +413,8 @@ async fn run(
         max_ack_pending: args.max_ack_pending,
         max_deliver: args.max_deliver,
         ack_wait: args.ack_wait,
+        max_in_flight: nonzero(usize::from(args.max_in_flight)),
+        cache_keys: nonzero(args.cache_keys as usize),
         buckets: BucketSettings {
             history: args.bucket_history,
             replicas: usize::from(args.bucket_replicas),

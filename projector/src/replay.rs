@@ -1,7 +1,7 @@
-//! `replay`: rebuilds registries from the event history into scratch
-//! buckets, with the same apply path as `run`, then prints how the live
-//! buckets differ. Writes the rebuilt state into the live buckets only with
-//! `--apply`; deletes the scratch buckets unless `--keep`.
+//! `replay`: rebuilds registries from the event history in memory, with the
+//! same fold as `run`, then prints how the live buckets differ. Writes the
+//! rebuilt state into the live buckets only with `--apply`, and into scratch
+//! buckets for a closer look only with `--keep`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -12,13 +12,15 @@ use futures::StreamExt;
 use herald_core::names::{EVENTS_WILDCARD, STREAM, bucket_name, registry_of_bucket};
 use herald_core::{Event, RegistryName};
 
-use crate::apply::Target;
 use crate::buckets::{self, BucketSettings, Item};
 use crate::diff::{KeyDiff, diff};
+use crate::rebuild::Rebuild;
 use crate::start::Start;
 
 /// Longest wait for the next message of the history before giving up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scratch bucket writes in flight at once (with `--keep`).
+const SCRATCH_IN_FLIGHT: usize = 64;
 /// Default prefix of scratch buckets: `herald_replay_<registry>`, which the
 /// API never takes for a registry bucket (those are `herald-<registry>`).
 pub const DEFAULT_SCRATCH_PREFIX: &str = "herald_replay_";
@@ -29,7 +31,7 @@ pub struct ReplayOptions {
     pub registry: Option<RegistryName>,
     pub start: Start,
     pub scratch_prefix: String,
-    /// Keep the scratch buckets afterwards.
+    /// Write the rebuilt state into scratch buckets and keep them.
     pub keep: bool,
     /// Write the rebuilt state into the live buckets.
     pub apply: bool,
@@ -90,6 +92,11 @@ async fn scratch_buckets(js: &jetstream::Context, prefix: &str) -> anyhow::Resul
         .collect())
 }
 
+/// The scratch bucket of `registry`.
+fn scratch_bucket(prefix: &str, registry: &RegistryName) -> String {
+    format!("{prefix}{registry}")
+}
+
 async fn items(js: &jetstream::Context, bucket: &str) -> anyhow::Result<Vec<Item>> {
     match buckets::open_existing(js, bucket).await {
         Some(store) => Ok(buckets::scan(&store, "").await?),
@@ -116,12 +123,7 @@ pub async fn replay<W: Write>(
         .await
         .with_context(|| format!("looking up stream {STREAM}"))?;
     let end = stream.info().await?.state.last_sequence;
-    let mut target = Target::scratch(
-        js.clone(),
-        &options.scratch_prefix,
-        scratch_settings(),
-        options.registry.clone(),
-    );
+    let mut rebuild = Rebuild::new(options.registry.clone());
     let mut report = ReplayReport::default();
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
@@ -148,12 +150,9 @@ pub async fn replay<W: Write>(
             report.range = Some((report.range.map_or(seq, |r| r.0), seq));
             match Event::decode_on(&message.subject, &message.payload) {
                 Ok(event) => {
-                    let outcome = target.apply(&event, seq).await?;
-                    if outcome.stale {
-                        report.stale += 1;
-                    } else if !outcome.ignored {
-                        report.applied += 1;
-                    }
+                    let folding = rebuild.apply(&event, seq);
+                    report.stale += usize::from(folding.stale);
+                    report.applied += usize::from(folding.applied);
                 }
                 Err(_) => report.undecodable += 1,
             }
@@ -178,7 +177,7 @@ pub async fn replay<W: Write>(
     }
 
     // Compare every registry in scope: rebuilt ones and live ones.
-    let mut registries: Vec<RegistryName> = target.registries().cloned().collect();
+    let mut registries: Vec<RegistryName> = rebuild.registries().cloned().collect();
     for registry in buckets::registry_buckets(js).await? {
         if options.registry.as_ref().is_none_or(|r| *r == registry) {
             registries.push(registry);
@@ -189,7 +188,7 @@ pub async fn replay<W: Write>(
     for registry in &registries {
         let live_bucket = bucket_name(registry);
         let live = items(js, &live_bucket).await?;
-        let rebuilt = items(js, &target.naming().bucket(registry)).await?;
+        let rebuilt = rebuild.items(registry);
         let diffs = diff(&live, &rebuilt);
         let count = |mark: char| diffs.iter().filter(|d| d.mark() == mark).count();
         writeln!(
@@ -203,6 +202,10 @@ pub async fn replay<W: Write>(
         )?;
         for d in &diffs {
             writeln!(out, "  {}", d.describe())?;
+        }
+        if options.keep && !rebuilt.is_empty() {
+            let bucket = scratch_bucket(&options.scratch_prefix, registry);
+            write_scratch(js, &bucket, &rebuilt).await?;
         }
         if options.apply && !diffs.is_empty() {
             let store =
@@ -235,14 +238,38 @@ pub async fn replay<W: Write>(
         )?;
     }
     if options.keep {
-        writeln!(out, "kept the scratch buckets {}*", options.scratch_prefix)?;
-    } else {
-        for registry in target.registries() {
-            buckets::delete(js, &target.naming().bucket(registry)).await?;
-        }
+        writeln!(
+            out,
+            "wrote the rebuilt state into the scratch buckets {}*",
+            options.scratch_prefix
+        )?;
     }
     out.flush()?;
     Ok(report)
+}
+
+/// Writes the rebuilt `items` into the (new, empty) scratch bucket `bucket`.
+async fn write_scratch(
+    js: &jetstream::Context,
+    bucket: &str,
+    items: &[Item],
+) -> anyhow::Result<()> {
+    let store = buckets::open_or_create(js, bucket, &scratch_settings()).await?;
+    let mut puts = futures::stream::iter(items)
+        .map(|item| {
+            let store = &store;
+            async move {
+                store
+                    .put(&item.key, item.value.clone())
+                    .await
+                    .with_context(|| format!("writing {} in bucket {bucket}", item.key))
+            }
+        })
+        .buffer_unordered(SCRATCH_IN_FLIGHT);
+    while let Some(put) = puts.next().await {
+        put?;
+    }
+    Ok(())
 }
 
 /// Writes one rebuilt key into its live bucket, unless the live key changed

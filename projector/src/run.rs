@@ -1,21 +1,31 @@
 //! `run`: the durable pull consumer on `HERALD_EVENTS` that folds every
 //! event into the buckets, dead-letters what cannot be applied, and stops
 //! on shutdown after finishing (and acknowledging) the batch in hand.
+//!
+//! Writes of distinct keys are kept in flight together (up to
+//! `max_in_flight`): one key's events are folded in the order they came, a
+//! control event waits until everything before it is applied, and each
+//! message is acknowledged once its key's write is.
 
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use herald_core::Event;
 use herald_core::names::{EVENTS_WILDCARD, STREAM};
 use herald_runtime::health::Readiness;
 use herald_runtime::stream::StreamArgs;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::Target;
-use crate::buckets::BucketSettings;
+use crate::apply::{self, KeyWritten, Slot, Target};
+use crate::buckets::{BucketError, BucketSettings};
 use crate::dead_letter::{self, APPLY_FAILED};
+use crate::fold::{self, KeyKind};
 use crate::metrics::Metrics;
 
 /// How long one pull request waits for messages before the next one.
@@ -44,6 +54,10 @@ pub struct RunConfig {
     pub max_deliver: i64,
     /// How long the server waits for an ack before redelivering.
     pub ack_wait: Duration,
+    /// Writes of distinct keys in flight at once.
+    pub max_in_flight: NonZeroUsize,
+    /// Keys whose last written value is remembered, sparing a read.
+    pub cache_keys: NonZeroUsize,
     pub buckets: BucketSettings,
     pub stream: StreamArgs,
 }
@@ -120,11 +134,14 @@ pub async fn run(
     tracing::info!(consumer = %config.consumer, "consuming {STREAM}");
     let mut projector = Projector {
         client: client.clone(),
-        target: Target::live(js, config.buckets),
+        target: Target::new(js, config.buckets, config.cache_keys),
         metrics,
         max_deliver: config.max_deliver,
         consumer: consumer.clone(),
         barrier_wait: config.ack_wait.min(BARRIER_WAIT),
+        max_in_flight: config.max_in_flight.get(),
+        in_flight: FuturesUnordered::new(),
+        busy: HashMap::new(),
     };
     while !shutdown.is_cancelled() {
         let batch = consumer
@@ -164,6 +181,7 @@ pub async fn run(
             }
         }
     }
+    projector.drain().await;
     // Acks are fire-and-forget publishes: make sure they left before exiting.
     client.flush().await.context("flushing acks")?;
     tracing::info!("projector stopped");
@@ -198,6 +216,22 @@ async fn watch_connection(
     }
 }
 
+/// A deployment or catalog event waiting for, or in, a write of its key.
+struct Pending {
+    message: jetstream::Message,
+    event: Event,
+    seq: u64,
+    delivered: i64,
+}
+
+/// A finished write of one key's events.
+struct KeyJob {
+    slot: Slot,
+    kind: KeyKind,
+    pending: Vec<Pending>,
+    result: Result<KeyWritten, BucketError>,
+}
+
 struct Projector {
     client: async_nats::Client,
     target: Target,
@@ -205,11 +239,19 @@ struct Projector {
     max_deliver: i64,
     consumer: consumer::PullConsumer,
     barrier_wait: Duration,
+    /// Writes of distinct keys in flight at once, at most.
+    max_in_flight: usize,
+    in_flight: FuturesUnordered<BoxFuture<'static, KeyJob>>,
+    /// Keys with a write in flight, and the events that arrived for them
+    /// since: they are folded together once it is done, so that one key's
+    /// events are applied in the order they came.
+    busy: HashMap<Slot, Vec<Pending>>,
 }
 
 impl Projector {
     /// Handles the messages of one pull; after `shutdown`, only those already
-    /// on their way. Returns how many there were.
+    /// on their way. Returns how many there were. Writes may still be in
+    /// flight when it returns (see [`Projector::drain`]).
     async fn consume(
         &mut self,
         batch: &mut consumer::pull::Batch,
@@ -226,6 +268,10 @@ impl Projector {
             } else {
                 tokio::select! {
                     () = shutdown.cancelled() => { draining = true; continue; }
+                    Some(job) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                        self.finish(job).await;
+                        continue;
+                    }
                     next = batch.next() => next,
                 }
             };
@@ -243,8 +289,10 @@ impl Projector {
         }
     }
 
-    /// Applies one message and acknowledges it, or dead-letters it, or asks
-    /// for a later redelivery when applying failed for a reason that may pass.
+    /// Decodes one message and hands it on: a key's event to the write of
+    /// its key, a control event (resync, heartbeat) applied once everything
+    /// before it is, a message that is not a usable event to the dead
+    /// letters.
     async fn handle(&mut self, message: jetstream::Message) {
         let (seq, delivered) = match message.info() {
             Ok(info) => {
@@ -268,30 +316,138 @@ impl Projector {
                 return;
             }
         };
-        let ty = event.event_type();
-        if event.data.registry().is_none() {
-            self.barrier(seq).await;
+        let slot = fold::slot(&event).map(|(registry, key, kind)| ((registry.clone(), key), kind));
+        let pending = Pending {
+            message,
+            event,
+            seq,
+            delivered,
+        };
+        match slot {
+            Some((slot, kind)) => self.enqueue(slot, kind, pending).await,
+            None => {
+                self.drain().await;
+                self.barrier(seq).await;
+                self.apply_control(pending).await;
+            }
         }
-        match self.target.apply(&event, seq).await {
+    }
+
+    /// Starts the write of `pending`'s key, or queues it behind the write
+    /// of that key in flight.
+    async fn enqueue(&mut self, slot: Slot, kind: KeyKind, pending: Pending) {
+        if let Some(waiting) = self.busy.get_mut(&slot) {
+            waiting.push(pending);
+            return;
+        }
+        while self.in_flight.len() >= self.max_in_flight {
+            let Some(job) = self.in_flight.next().await else {
+                break;
+            };
+            self.finish(job).await;
+        }
+        self.start(slot, kind, vec![pending]).await;
+    }
+
+    /// Starts one compare-and-set of `slot` folding all of `pending`.
+    async fn start(&mut self, slot: Slot, kind: KeyKind, pending: Vec<Pending>) {
+        let store = match self.target.store(&slot.0).await {
+            Ok(store) => store,
+            Err(err) => {
+                self.target.reset();
+                self.failed(pending, &err).await;
+                return;
+            }
+        };
+        let known = self.target.take_known(&slot);
+        self.busy.insert(slot.clone(), Vec::new());
+        self.in_flight.push(Box::pin(async move {
+            let events: Vec<_> = pending.iter().map(|p| (&p.event, p.seq)).collect();
+            let result = apply::write_key(&store, &slot.1, kind, known, &events).await;
+            KeyJob {
+                slot,
+                kind,
+                pending,
+                result,
+            }
+        }));
+    }
+
+    /// Acknowledges (or retries) the events of a finished write, then
+    /// starts the next write of its key when events came for it meanwhile.
+    async fn finish(&mut self, job: KeyJob) {
+        let KeyJob {
+            slot,
+            kind,
+            pending,
+            result,
+        } = job;
+        let waiting = self.busy.remove(&slot).unwrap_or_default();
+        match result {
+            Ok(written) => {
+                for (p, wrote) in pending.iter().zip(written.wrote) {
+                    let ty = p.event.event_type();
+                    if wrote {
+                        self.metrics.applied(ty, p.seq);
+                    } else {
+                        self.metrics.stale(ty);
+                        tracing::debug!(seq = p.seq, %ty, "stale event skipped");
+                    }
+                    ack(&p.message, AckKind::Ack).await;
+                }
+                self.target.remember(slot.clone(), written.after);
+            }
+            Err(err) => {
+                self.target.reset();
+                self.failed(pending, &err).await;
+            }
+        }
+        if !waiting.is_empty() {
+            self.start(slot, kind, waiting).await;
+        }
+    }
+
+    /// Finishes every write in flight.
+    async fn drain(&mut self) {
+        while let Some(job) = self.in_flight.next().await {
+            self.finish(job).await;
+        }
+    }
+
+    /// Applies a control event; every event before it is applied.
+    async fn apply_control(&mut self, pending: Pending) {
+        let ty = pending.event.event_type();
+        match self.target.apply_control(&pending.event, pending.seq).await {
             Ok(outcome) => {
                 if outcome.stale {
                     self.metrics.stale(ty);
-                    tracing::debug!(seq, %ty, "stale event skipped");
-                } else if !outcome.ignored {
-                    self.metrics.applied(ty, seq);
+                    tracing::debug!(seq = pending.seq, %ty, "stale event skipped");
+                } else {
+                    self.metrics.applied(ty, pending.seq);
                     self.metrics.swept(outcome.swept);
                 }
-                ack(&message, AckKind::Ack).await;
+                ack(&pending.message, AckKind::Ack).await;
             }
-            Err(err) if delivered >= self.max_deliver => {
+            Err(err) => self.failed(vec![pending], &err).await,
+        }
+    }
+
+    /// Events whose write failed: dead-lettered after every allowed
+    /// delivery, otherwise asked to be redelivered later, when the reason
+    /// (a server or bucket in trouble) may have passed.
+    async fn failed(&mut self, pending: Vec<Pending>, err: &BucketError) {
+        for p in pending {
+            let ty = p.event.event_type();
+            let (seq, delivered) = (p.seq, p.delivered);
+            if delivered >= self.max_deliver {
                 tracing::error!(seq, %ty, %err, delivered, "giving up on an event after every allowed delivery");
                 let reason = format!("not applied after {delivered} deliveries: {err}");
-                self.dead_letter(&message, seq, APPLY_FAILED, &reason).await;
-            }
-            Err(err) => {
+                self.dead_letter(&p.message, seq, APPLY_FAILED, &reason)
+                    .await;
+            } else {
                 let delay = redelivery_delay(delivered);
                 tracing::warn!(seq, %ty, %err, delivered, ?delay, "applying failed; asking for a redelivery");
-                ack(&message, AckKind::Nak(Some(delay))).await;
+                ack(&p.message, AckKind::Nak(Some(delay))).await;
             }
         }
     }
@@ -302,7 +458,7 @@ impl Projector {
     /// events need no such order, their folds compare sequences. Bounded: a
     /// projector that died with events in hand delays a sweep by at most
     /// `barrier_wait`.
-    async fn barrier(&self, seq: u64) {
+    async fn barrier(&mut self, seq: u64) {
         let deadline = tokio::time::Instant::now() + self.barrier_wait;
         // Our own acks are fire-and-forget: send them before asking.
         let _ = self.client.flush().await;
@@ -323,7 +479,7 @@ impl Projector {
     /// Publishes a dead letter and acks the original; leaves the original
     /// unacknowledged (so it comes back) when the dead letter is not stored.
     async fn dead_letter(
-        &self,
+        &mut self,
         message: &jetstream::Message,
         seq: u64,
         code: &'static str,

@@ -1,0 +1,164 @@
+//! One key's events folded into its value: which key a deployment or catalog
+//! event belongs to, and what the key holds after it. `run` folds onto
+//! bucket bytes under compare-and-set and `replay` onto values held in
+//! memory, both through [`fold`], so the two cannot disagree. The rules
+//! themselves are `herald_core::projection`'s.
+
+use chrono::{DateTime, Utc};
+use herald_core::event::Resync;
+use herald_core::names::{CatalogKey, DeploymentKey};
+use herald_core::projection::{self, Fold, StoredCatalog, StoredDeployment};
+use herald_core::{Event, EventData, RegistryName};
+
+/// The value under a registry bucket key.
+// Built and consumed in place: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    Deployment(StoredDeployment),
+    Catalog(StoredCatalog),
+}
+
+/// Which of the two a key holds; deployment and catalog keys never overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Deployment,
+    Catalog,
+}
+
+impl Stored {
+    /// The value as stored in a bucket.
+    pub fn to_json(&self) -> Vec<u8> {
+        match self {
+            Stored::Deployment(d) => d.to_json(),
+            Stored::Catalog(c) => c.to_json(),
+        }
+    }
+
+    /// A bucket value; one that does not parse is treated as absent, so the
+    /// next event overwrites it instead of being stuck behind it.
+    pub fn parse(kind: KeyKind, value: &[u8]) -> Option<Self> {
+        let parsed = match kind {
+            KeyKind::Deployment => StoredDeployment::from_json(value).map(Stored::Deployment),
+            KeyKind::Catalog => StoredCatalog::from_json(value).map(Stored::Catalog),
+        };
+        match parsed {
+            Ok(stored) => Some(stored),
+            Err(err) => {
+                tracing::warn!(%err, ?kind, "stored value does not parse; overwriting it");
+                None
+            }
+        }
+    }
+
+    /// The stream sequence of the event it comes from.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Stored::Deployment(d) => d.seq,
+            Stored::Catalog(c) => c.seq,
+        }
+    }
+}
+
+/// The registry and bucket key a deployment or catalog event folds into;
+/// `None` for control events, which concern a whole cluster.
+pub fn slot(event: &Event) -> Option<(&RegistryName, String, KeyKind)> {
+    match &event.data {
+        EventData::Applied(r) => Some((
+            &r.registry,
+            DeploymentKey::new(r.cluster.clone(), r.object.clone()).to_string(),
+            KeyKind::Deployment,
+        )),
+        EventData::Withdrawn(w) => Some((
+            &w.registry,
+            DeploymentKey::new(w.cluster.clone(), w.object.clone()).to_string(),
+            KeyKind::Deployment,
+        )),
+        EventData::CatalogApplied(r) => Some((
+            &r.registry,
+            CatalogKey::new(r.source.clone(), r.server_name.clone(), &r.version).to_string(),
+            KeyKind::Catalog,
+        )),
+        EventData::CatalogWithdrawn(w) => Some((
+            &w.registry,
+            CatalogKey::new(w.source.clone(), w.server_name.clone(), &w.version).to_string(),
+            KeyKind::Catalog,
+        )),
+        EventData::ResyncStarted(_) | EventData::ResyncCompleted(_) | EventData::Heartbeat(_) => {
+            None
+        }
+    }
+}
+
+/// The key's value after `event` (found at stream sequence `seq`), or
+/// `None` when the event is stale (what is stored is as new or newer) or
+/// is not a key's event.
+pub fn fold(event: &Event, seq: u64, current: Option<&Stored>) -> Option<Stored> {
+    let deployment = match current {
+        Some(Stored::Deployment(d)) => Some(d),
+        _ => None,
+    };
+    let catalog = match current {
+        Some(Stored::Catalog(c)) => Some(c),
+        _ => None,
+    };
+    match &event.data {
+        EventData::Applied(record) => {
+            written(projection::fold_applied(deployment, record, seq)).map(Stored::Deployment)
+        }
+        EventData::Withdrawn(withdrawal) => written(projection::fold_withdrawn(
+            deployment, withdrawal, seq, event.time,
+        ))
+        .map(Stored::Deployment),
+        EventData::CatalogApplied(record) => {
+            written(projection::fold_catalog_applied(catalog, record, seq)).map(Stored::Catalog)
+        }
+        EventData::CatalogWithdrawn(withdrawal) => written(projection::fold_catalog_withdrawn(
+            catalog, withdrawal, seq, event.time,
+        ))
+        .map(Stored::Catalog),
+        EventData::ResyncStarted(_) | EventData::ResyncCompleted(_) | EventData::Heartbeat(_) => {
+            None
+        }
+    }
+}
+
+fn written<T>(fold: Fold<T>) -> Option<T> {
+    match fold {
+        Fold::Write(value) => Some(value),
+        Fold::Stale { .. } => None,
+    }
+}
+
+/// Folds `events` (one key's, in the order they arrived) onto `current`.
+/// Returns the value to write (`None` when every event was stale) and, per
+/// event, whether it changed the key.
+pub fn fold_all<'a>(
+    events: impl IntoIterator<Item = (&'a Event, u64)>,
+    current: Option<&Stored>,
+) -> (Option<Stored>, Vec<bool>) {
+    let mut next: Option<Stored> = None;
+    let wrote = events
+        .into_iter()
+        .map(
+            |(event, seq)| match fold(event, seq, next.as_ref().or(current)) {
+                Some(value) => {
+                    next = Some(value);
+                    true
+                }
+                None => false,
+            },
+        )
+        .collect();
+    (next, wrote)
+}
+
+/// After `resync.completed` (sequence `seq`, published at `time`): the
+/// tombstone for a deployment of that cluster and kind that the re-list did
+/// not confirm, or `None` when the value stays.
+pub fn sweep(current: &Stored, resync: &Resync, seq: u64, time: DateTime<Utc>) -> Option<Stored> {
+    match current {
+        Stored::Deployment(d) => projection::sweep(d, resync, seq, time).map(Stored::Deployment),
+        Stored::Catalog(_) => None,
+    }
+}
