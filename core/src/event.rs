@@ -223,6 +223,18 @@ impl EventData {
         }
     }
 
+    /// The body's format version (`v`).
+    fn format_version(&self) -> u32 {
+        match self {
+            EventData::Applied(r) => r.v,
+            EventData::Withdrawn(w) => w.v,
+            EventData::ResyncStarted(r) | EventData::ResyncCompleted(r) => r.v,
+            EventData::Heartbeat(h) => h.v,
+            EventData::CatalogApplied(r) => r.v,
+            EventData::CatalogWithdrawn(w) => w.v,
+        }
+    }
+
     fn to_value(&self) -> Value {
         let v = match self {
             EventData::Applied(r) => serde_json::to_value(r),
@@ -463,23 +475,8 @@ impl Event {
 }
 
 fn decode_data(ty: EventType, data: &RawValue) -> Result<EventData, DecodeError> {
-    let invalid = |reason: String| DecodeError::InvalidData { ty, reason };
-    /// Only the format version, read before the rest: a newer format may not parse.
-    #[derive(Deserialize)]
-    struct Versioned {
-        #[serde(default)]
-        v: Option<Value>,
-    }
-    let v = serde_json::from_str::<Versioned>(data.get())
-        .ok()
-        .and_then(|d| d.v)
-        .and_then(|v| v.as_u64())
-        .ok_or_else(|| invalid("missing format version \"v\"".to_owned()))?;
-    if v > u64::from(RECORD_VERSION) {
-        return Err(DecodeError::NewerFormat { ty, v });
-    }
-    fn parse<T: serde::de::DeserializeOwned>(data: &RawValue) -> Result<T, String> {
-        serde_json::from_str(data.get()).map_err(|e| e.to_string())
+    fn parse<T: serde::de::DeserializeOwned>(data: &RawValue) -> Result<T, serde_json::Error> {
+        serde_json::from_str(data.get())
     }
     let decoded = match ty {
         EventType::DeploymentApplied => parse(data).map(|r| EventData::Applied(Box::new(r))),
@@ -490,7 +487,35 @@ fn decode_data(ty: EventType, data: &RawValue) -> Result<EventData, DecodeError>
         EventType::CatalogApplied => parse(data).map(|r| EventData::CatalogApplied(Box::new(r))),
         EventType::CatalogWithdrawn => parse(data).map(EventData::CatalogWithdrawn),
     };
-    decoded.map_err(invalid)
+    // The format version is only read apart when needed: a newer format may
+    // not parse at all, and then the version says why.
+    let v = match &decoded {
+        Ok(data) => u64::from(data.format_version()),
+        Err(_) => format_version(data).ok_or_else(|| DecodeError::InvalidData {
+            ty,
+            reason: "missing format version \"v\"".to_owned(),
+        })?,
+    };
+    if v > u64::from(RECORD_VERSION) {
+        return Err(DecodeError::NewerFormat { ty, v });
+    }
+    decoded.map_err(|e| DecodeError::InvalidData {
+        ty,
+        reason: e.to_string(),
+    })
+}
+
+/// The `v` of an event body that did not parse.
+fn format_version(data: &RawValue) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        #[serde(default)]
+        v: Option<Value>,
+    }
+    serde_json::from_str::<Versioned>(data.get())
+        .ok()?
+        .v?
+        .as_u64()
 }
 
 /// `<cluster>/<what it is about>/<type>/<epoch or time>`: readable in

@@ -286,9 +286,10 @@ fn stream_args() -> StreamArgs {
     }
 }
 
-/// Small, so that the tests run into both limits.
+/// Small, so that the tests run into both limits: writes wait for a free
+/// slot, and cached values are evicted (the histories have up to 48 keys).
 const IN_FLIGHT: NonZeroUsize = NonZeroUsize::new(8).unwrap();
-const CACHE_KEYS: NonZeroUsize = NonZeroUsize::new(64).unwrap();
+const CACHE_KEYS: NonZeroUsize = NonZeroUsize::new(16).unwrap();
 
 fn run_config(consumer: &str, batch: usize, ack_wait: Duration) -> RunConfig {
     RunConfig {
@@ -1112,6 +1113,32 @@ async fn replay_rebuilds_the_live_buckets_and_shows_a_tampered_key() -> anyhow::
             .all(|b| !b.starts_with("herald_replay_")),
         "scratch buckets are deleted"
     );
+
+    // --keep leaves the rebuilt state in scratch buckets: the live state.
+    let kept = ReplayOptions {
+        keep: true,
+        ..options.clone()
+    };
+    replay(&js, &kept, &mut Vec::new()).await?;
+    for registry in ["default", "team-a"] {
+        let json = |items: Vec<buckets::Item>| {
+            items
+                .into_iter()
+                .map(|i| Ok((i.key, serde_json::from_slice::<Value>(&i.value)?)))
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        let live = js.get_key_value(format!("herald-{registry}")).await?;
+        let scratch = js
+            .get_key_value(format!("herald_replay_{registry}"))
+            .await?;
+        let live = json(buckets::scan(&live, "").await?)?;
+        assert!(!live.is_empty(), "{registry}");
+        assert_eq!(
+            live,
+            json(buckets::scan(&scratch, "").await?)?,
+            "{registry}"
+        );
+    }
 
     // Tamper with one key behind the projector's back.
     let live = js.get_key_value("herald-default").await?;

@@ -2,7 +2,7 @@
 //! `replay` folds the stream into, one event at a time and with no round
 //! trip, before it compares the result with the live buckets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use herald_core::names::DeploymentKey;
 use herald_core::{Event, EventData, RegistryName};
@@ -26,7 +26,8 @@ pub struct Folding {
 pub struct Rebuild {
     /// Only this registry, when set.
     only: Option<RegistryName>,
-    registries: BTreeMap<RegistryName, BTreeMap<String, Stored>>,
+    /// Hashed, not ordered: looked up once per event, listed in order once.
+    registries: BTreeMap<RegistryName, HashMap<String, Stored>>,
 }
 
 impl Rebuild {
@@ -67,10 +68,8 @@ impl Rebuild {
         let prefix = DeploymentKey::prefix(&resync.cluster, resync.kind);
         let mut swept = 0;
         for keys in self.registries.values_mut() {
-            for (_, value) in keys
-                .range_mut(prefix.clone()..)
-                .take_while(|(key, _)| key.starts_with(&prefix))
-            {
+            // Sweeps are rare (a watcher's re-list); a full pass is cheap.
+            for (_, value) in keys.iter_mut().filter(|(key, _)| key.starts_with(&prefix)) {
                 if let Some(tombstone) = fold::sweep(value, resync, seq, event.time) {
                     *value = tombstone;
                     swept += 1;
@@ -95,7 +94,8 @@ impl Rebuild {
     /// A registry's keys in key order, as bucket items; the revision is the
     /// stream sequence each value comes from.
     pub fn items(&self, registry: &RegistryName) -> Vec<Item> {
-        self.registries
+        let mut items: Vec<Item> = self
+            .registries
             .get(registry)
             .into_iter()
             .flatten()
@@ -104,6 +104,8 @@ impl Rebuild {
                 value: value.to_json().into(),
                 revision: value.seq(),
             })
-            .collect()
+            .collect();
+        items.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        items
     }
 }
