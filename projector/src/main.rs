@@ -60,8 +60,8 @@ enum Command {
     Run(RunArgs),
     /// Print events from the stream, filtered; a table, or JSON lines with --json.
     Events(EventsArgs),
-    /// Rebuild registries from the history into scratch buckets and print how
-    /// the live buckets differ.
+    /// Rebuild registries from the history (in memory) and print how the
+    /// live buckets differ.
     Replay(ReplayArgs),
     /// Show the stream, the consumer, the buckets and the clusters.
     Status,
@@ -220,11 +220,12 @@ struct ReplayArgs {
     registry: Option<RegistryName>,
     #[command(flatten)]
     start: StartArgs,
-    /// Prefix of the scratch buckets (`<prefix><registry>`); must not look
-    /// like a registry bucket (`herald-…`).
+    /// Prefix of the scratch buckets `--keep` writes (`<prefix><registry>`);
+    /// must not look like a registry bucket (`herald-…`).
     #[arg(long, env = "HERALD_SCRATCH_PREFIX", default_value = DEFAULT_SCRATCH_PREFIX, value_parser = scratch_prefix)]
     scratch_prefix: String,
-    /// Keep the scratch buckets afterwards (to inspect them).
+    /// Write the rebuilt state into scratch buckets and keep them (to
+    /// inspect them).
     #[arg(long, env = "HERALD_KEEP")]
     keep: bool,
     /// Write the rebuilt state into the live buckets (only keys that differ,
