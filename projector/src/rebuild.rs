@@ -11,18 +11,19 @@ use crate::buckets::Item;
 use crate::fold::{self, Stored};
 
 /// What folding one event did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Folding {
-    /// The event changed a key (or, for a resync, swept some).
-    pub applied: bool,
-    /// The event was older than what is held, or a duplicate.
-    pub stale: bool,
-    /// Tombstones written by a sweep.
-    pub swept: usize,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folding {
+    /// It changed a key, or it was a completed resync (which sweeps).
+    Applied,
+    /// It was older than what is held, or a duplicate.
+    Stale,
+    /// It concerns no registry being rebuilt (another registry, cluster
+    /// liveness).
+    Ignored,
 }
 
 /// Every registry's keys, as `run` would have written them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Rebuild {
     /// Only this registry, when set.
     only: Option<RegistryName>,
@@ -42,53 +43,38 @@ impl Rebuild {
     pub fn apply(&mut self, event: &Event, seq: u64) -> Folding {
         if let Some((registry, key, _)) = fold::slot(event) {
             if self.only.as_ref().is_some_and(|only| only != registry) {
-                return Folding::default();
+                return Folding::Ignored;
             }
             let keys = self.registries.entry(registry.clone()).or_default();
-            let current = keys.get(&key);
-            return match fold::fold(event, seq, current) {
+            return match fold::fold(event, seq, keys.get(&key)) {
                 Some(next) => {
                     keys.insert(key, next);
-                    Folding {
-                        applied: true,
-                        ..Folding::default()
-                    }
+                    Folding::Applied
                 }
-                None => Folding {
-                    stale: true,
-                    ..Folding::default()
-                },
+                None => Folding::Stale,
             };
         }
         // Cluster liveness is not rebuilt (it lives in no registry bucket);
         // a completed resync sweeps what its re-list did not confirm.
         let EventData::ResyncCompleted(resync) = &event.data else {
-            return Folding::default();
+            return Folding::Ignored;
         };
         let prefix = DeploymentKey::prefix(&resync.cluster, resync.kind);
-        let mut swept = 0;
         for keys in self.registries.values_mut() {
             // Sweeps are rare (a watcher's re-list); a full pass is cheap.
             for (_, value) in keys.iter_mut().filter(|(key, _)| key.starts_with(&prefix)) {
                 if let Some(tombstone) = fold::sweep(value, resync, seq, event.time) {
                     *value = tombstone;
-                    swept += 1;
                 }
             }
         }
-        Folding {
-            applied: true,
-            stale: false,
-            swept,
-        }
+        Folding::Applied
     }
 
-    /// The registries that have at least one key.
+    /// The registries rebuilt (every one has a key: a first event always
+    /// writes).
     pub fn registries(&self) -> impl Iterator<Item = &RegistryName> {
-        self.registries
-            .iter()
-            .filter(|(_, keys)| !keys.is_empty())
-            .map(|(registry, _)| registry)
+        self.registries.keys()
     }
 
     /// A registry's keys in key order, as bucket items; the revision is the

@@ -14,7 +14,7 @@ use herald_core::{Event, RegistryName};
 
 use crate::buckets::{self, BucketSettings, Item};
 use crate::diff::{KeyDiff, diff};
-use crate::rebuild::Rebuild;
+use crate::rebuild::{Folding, Rebuild};
 use crate::start::Start;
 
 /// Longest wait for the next message of the history before giving up.
@@ -72,7 +72,8 @@ pub fn check_scratch_prefix(prefix: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Scratch buckets are in memory: they are rebuilt in seconds and dropped.
+/// Scratch buckets (`--keep`) are in memory: a copy for a look, rebuilt in
+/// seconds, not worth a disk.
 fn scratch_settings() -> BucketSettings {
     BucketSettings {
         history: 1,
@@ -149,11 +150,11 @@ pub async fn replay<W: Write>(
             }
             report.range = Some((report.range.map_or(seq, |r| r.0), seq));
             match Event::decode_on(&message.subject, &message.payload) {
-                Ok(event) => {
-                    let folding = rebuild.apply(&event, seq);
-                    report.stale += usize::from(folding.stale);
-                    report.applied += usize::from(folding.applied);
-                }
+                Ok(event) => match rebuild.apply(&event, seq) {
+                    Folding::Applied => report.applied += 1,
+                    Folding::Stale => report.stale += 1,
+                    Folding::Ignored => {}
+                },
                 Err(_) => report.undecodable += 1,
             }
             if seq >= end || pending == 0 {

@@ -108,9 +108,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     readiness.register(READY_NATS, "not connected yet");
     readiness.register(READY_CONSUMER, "consumer not bound yet");
-    tokio::spawn(watch_connection(
+    tokio::spawn(herald_runtime::nats::watch_connection(
         client.clone(),
         readiness.clone(),
+        READY_NATS,
         shutdown.clone(),
     ));
     let js = jetstream::new(client.clone());
@@ -196,24 +197,6 @@ async fn ensure_and_bind(
     config.stream.ensure(js).await?;
     config.stream.ensure_dead_letters(js).await?;
     bind_consumer(js, config).await
-}
-
-/// Keeps the `nats` readiness condition in step with the connection.
-async fn watch_connection(
-    client: async_nats::Client,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-) {
-    loop {
-        match client.connection_state() {
-            async_nats::connection::State::Connected => readiness.set_ready(READY_NATS),
-            other => readiness.set_not_ready(READY_NATS, format!("NATS connection is {other}")),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
 }
 
 /// A deployment or catalog event waiting for, or in, a write of its key.

@@ -154,3 +154,25 @@ impl NatsArgs {
             .with_context(|| format!("connecting to NATS at {}", self.nats_url))
     }
 }
+
+/// Keeps the readiness `condition` in step with the NATS connection, also
+/// when nothing is published, until `shutdown`.
+pub async fn watch_connection(
+    client: async_nats::Client,
+    readiness: crate::health::Readiness,
+    condition: &'static str,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use async_nats::connection::State;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match client.connection_state() {
+            State::Connected => readiness.set_ready(condition),
+            state => readiness.set_not_ready(condition, format!("NATS connection is {state}")),
+        }
+    }
+}

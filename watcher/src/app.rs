@@ -104,7 +104,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         outbox.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(watch_connection(nats, readiness.clone(), shutdown.clone()));
+    tasks.spawn(herald_runtime::nats::watch_connection(
+        nats,
+        readiness.clone(),
+        READY_CONNECTION,
+        shutdown.clone(),
+    ));
     tracing::info!(cluster = %policy.cluster, namespaces = ?settings.namespaces, "herald-watcher started");
 
     shutdown.cancelled().await;
@@ -122,24 +127,4 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     health_stop.cancel();
     let _ = health_task.await;
     Ok(())
-}
-
-/// Keeps the connection condition current even when nothing is published.
-async fn watch_connection(
-    nats: async_nats::Client,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-) {
-    use async_nats::connection::State;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match nats.connection_state() {
-            State::Connected => readiness.set_ready(READY_CONNECTION),
-            state => readiness.set_not_ready(READY_CONNECTION, format!("NATS is {state:?}")),
-        }
-    }
 }

@@ -41,8 +41,8 @@ struct Tracked {
 }
 
 #[derive(Debug)]
+/// An open resync; its epoch is the tracker's.
 struct Bracket {
-    epoch: u64,
     /// Namespaces (`None`: all) still listing, with the objects known in them
     /// before the list and not returned by it yet.
     listing: BTreeMap<Option<String>, BTreeSet<ObjectRef>>,
@@ -57,6 +57,35 @@ pub struct Tracker {
     objects: HashMap<ObjectRef, Tracked>,
     epoch: u64,
     bracket: Option<Bracket>,
+}
+
+/// A `withdrawn` event for `prev`, the record last advertised for an
+/// object, at the version `seen` of it (`None`: the object went unobserved,
+/// `prev`'s version is the last one known).
+fn withdrawn(
+    prev: &DeploymentRecord,
+    seen: Option<&Identity>,
+    epoch: u64,
+    reason: WithdrawReason,
+    message: Option<String>,
+    now: DateTime<Utc>,
+) -> Effect {
+    let (uid, resource_version) = match seen {
+        Some(id) => (&id.uid, &id.resource_version),
+        None => (&prev.uid, &prev.resource_version),
+    };
+    let data = EventData::Withdrawn(Withdrawal {
+        v: RECORD_VERSION,
+        cluster: prev.cluster.clone(),
+        registry: prev.registry.clone(),
+        object: prev.object.clone(),
+        uid: uid.clone(),
+        resource_version: resource_version.clone(),
+        epoch,
+        reason,
+        message,
+    });
+    Effect::Publish(Event::new(data, now))
 }
 
 fn in_namespace(object: &ObjectRef, ns: &Option<String>) -> bool {
@@ -93,7 +122,6 @@ impl Tracker {
             let epoch = self.clock.next();
             self.epoch = epoch;
             self.bracket = Some(Bracket {
-                epoch,
                 listing: BTreeMap::new(),
             });
             let started = EventData::ResyncStarted(self.resync(epoch, None));
@@ -147,22 +175,10 @@ impl Tracker {
             epoch: self.epoch,
         };
         let decision = mapping::decide(self.kind, object, &self.policy, seen);
-        let cluster = self.policy.cluster.clone();
         let tracked = self.objects.entry(id.object.clone()).or_default();
         let mut effects = Vec::new();
-        let withdraw = |record: &DeploymentRecord, reason, message| {
-            let data = EventData::Withdrawn(Withdrawal {
-                v: RECORD_VERSION,
-                cluster: cluster.clone(),
-                registry: record.registry.clone(),
-                object: id.object.clone(),
-                uid: id.uid.clone(),
-                resource_version: id.resource_version.clone(),
-                epoch: seen.epoch,
-                reason,
-                message,
-            });
-            Effect::Publish(Event::new(data, now))
+        let withdraw = |prev: &DeploymentRecord, reason, message| {
+            withdrawn(prev, Some(&id), seen.epoch, reason, message, now)
         };
         match decision {
             Decision::Advertise(record) => {
@@ -221,18 +237,8 @@ impl Tracker {
         tracked
             .advertised
             .map(|prev| {
-                let data = EventData::Withdrawn(Withdrawal {
-                    v: RECORD_VERSION,
-                    cluster: self.policy.cluster.clone(),
-                    registry: prev.registry.clone(),
-                    object: id.object.clone(),
-                    uid: id.uid.clone(),
-                    resource_version: id.resource_version.clone(),
-                    epoch: self.epoch,
-                    reason: WithdrawReason::Deleted,
-                    message: None,
-                });
-                Effect::Publish(Event::new(data, now))
+                let reason = WithdrawReason::Deleted;
+                withdrawn(&prev, Some(&id), self.epoch, reason, None, now)
             })
             .into_iter()
             .collect()
@@ -241,6 +247,7 @@ impl Tracker {
     /// The list of `namespace` is complete. Returns the effects and whether
     /// the bracket closed (every namespace of this kind listed).
     pub fn end_list(&mut self, namespace: Option<&str>, now: DateTime<Utc>) -> (Vec<Effect>, bool) {
+        let epoch = self.epoch;
         let Some(bracket) = &mut self.bracket else {
             return (Vec::new(), false);
         };
@@ -248,7 +255,6 @@ impl Tracker {
             .listing
             .remove(&namespace.map(str::to_owned))
             .unwrap_or_default();
-        let epoch = bracket.epoch;
         let closed = bracket.listing.is_empty();
         let mut effects = Vec::new();
         for object in missing {
@@ -256,18 +262,8 @@ impl Tracker {
                 continue;
             };
             if let Some(prev) = tracked.advertised {
-                let data = EventData::Withdrawn(Withdrawal {
-                    v: RECORD_VERSION,
-                    cluster: self.policy.cluster.clone(),
-                    registry: prev.registry.clone(),
-                    object,
-                    uid: prev.uid.clone(),
-                    resource_version: prev.resource_version.clone(),
-                    epoch,
-                    reason: WithdrawReason::Deleted,
-                    message: None,
-                });
-                effects.push(Effect::Publish(Event::new(data, now)));
+                let reason = WithdrawReason::Deleted;
+                effects.push(withdrawn(&prev, None, epoch, reason, None, now));
             }
         }
         if closed {
