@@ -7,14 +7,12 @@
 //! importer's job; [`check_entry`] enforces what the merge relies on.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::ids::{IdError, RegistryName, ServerName, excerpt, is_dns_label};
+use crate::ids::{RegistryName, ServerName, excerpt};
 use crate::mapping::{semver_image_tag, validate_url};
 use crate::merge::SERVER_SCHEMA;
 use crate::rejection::UrlSource;
@@ -201,7 +199,7 @@ fn convert_toolhive(
     let version = text("version")
         .map(str::to_owned)
         .or_else(|| image.and_then(semver_image_tag))
-        .unwrap_or_else(|| "1.0.0".to_owned());
+        .unwrap_or_else(|| crate::annotations::DEFAULT_VERSION.to_owned());
     let mut server = Map::new();
     server.insert("$schema".into(), json!(SERVER_SCHEMA));
     server.insert("name".into(), json!(format!("{namespace}/{short}")));
@@ -315,52 +313,7 @@ fn inputs(list: Option<&Value>) -> Vec<Value> {
         .collect()
 }
 
-/// The identity of one catalog source (a lowercase DNS label, like a
-/// cluster id). It names the source's keys in a bucket, so two sources
-/// never overwrite each other's entries.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct SourceId(String);
-
-impl SourceId {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for SourceId {
-    type Err = IdError;
-    fn from_str(s: &str) -> Result<Self, IdError> {
-        if is_dns_label(s) {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(IdError {
-                what: "catalog source id",
-                value: excerpt(s, 80),
-                reason: "must be a lowercase DNS label: 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit",
-            })
-        }
-    }
-}
-
-impl TryFrom<String> for SourceId {
-    type Error = IdError;
-    fn try_from(s: String) -> Result<Self, IdError> {
-        s.parse()
-    }
-}
-
-impl From<SourceId> for String {
-    fn from(id: SourceId) -> String {
-        id.0
-    }
-}
-
-impl fmt::Display for SourceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::ids::SourceId;
 
 /// The body of a `catalog.applied` event and the value stored for a live
 /// catalog entry. Versioned like the deployment record.

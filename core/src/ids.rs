@@ -117,6 +117,13 @@ dns_label_id!(
     RegistryName,
     "registry name"
 );
+dns_label_id!(
+    /// The identity of one catalog source (a lowercase DNS label, like a
+    /// cluster id). It names the source's keys in a bucket, so two sources
+    /// never overwrite each other's entries.
+    SourceId,
+    "catalog source id"
+);
 
 impl RegistryName {
     /// The registry every watcher and API uses when none is named.

@@ -91,12 +91,6 @@ pub fn decide(kind: Kind, object: &Value, policy: &WatcherPolicy, seen: Observat
     }
 }
 
-/// The registry an object targets, when it opted in and names a valid one.
-/// A watcher uses it to tell a move between registries from other changes.
-pub fn target_registry(object: &Value, policy: &WatcherPolicy) -> Option<RegistryName> {
-    registry_of(object, policy).ok()
-}
-
 enum Outcome {
     NotOptedIn,
     Rejected(Rejection),

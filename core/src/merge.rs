@@ -204,6 +204,15 @@ pub fn merge_registry<'a>(
     entries
 }
 
+/// A string field of a catalog record's official `_meta`, read in place.
+fn official<'a>(r: &'a CatalogRecord, field: &str) -> Option<&'a str> {
+    r.meta
+        .as_ref()?
+        .get(OFFICIAL_META_KEY)?
+        .get(field)?
+        .as_str()
+}
+
 /// The catalog's view of an entry, with the deployed entry merged into it.
 /// A catalog document that does not read as `server.json` (the importer
 /// validated it, so only a hand-written bucket value) is left out.
@@ -211,7 +220,7 @@ fn merge_listed(listed: &Listed<'_>, deployed: Option<ServerResponse>) -> Option
     let details: Vec<(&CatalogRecord, DateTime<Utc>, ServerDetail)> = listed
         .iter()
         .filter_map(|(r, changed)| {
-            let detail = serde_json::from_value::<ServerDetail>(r.server.clone()).ok()?;
+            let detail = ServerDetail::deserialize(&r.server).ok()?;
             Some((*r, *changed, detail))
         })
         .collect();
@@ -227,17 +236,8 @@ fn merge_listed(listed: &Listed<'_>, deployed: Option<ServerResponse>) -> Option
             }
         }
     }
-    let official = |r: &CatalogRecord| {
-        r.meta
-            .as_ref()
-            .and_then(|m| m.get(OFFICIAL_META_KEY))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
-    let first_official = official(first);
     let published = |r: &CatalogRecord, changed: DateTime<Utc>| {
-        official(r)["publishedAt"]
-            .as_str()
+        official(r, "publishedAt")
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map_or(changed, |t| t.with_timezone(&Utc))
     };
@@ -299,10 +299,7 @@ fn merge_listed(listed: &Listed<'_>, deployed: Option<ServerResponse>) -> Option
         server,
         meta: ResponseMeta {
             official: OfficialMeta {
-                status: first_official["status"]
-                    .as_str()
-                    .unwrap_or("active")
-                    .to_owned(),
+                status: official(first, "status").unwrap_or("active").to_owned(),
                 published_at: published_at.min(updated_at),
                 updated_at,
                 is_latest: false,
@@ -435,7 +432,7 @@ pub fn compare_versions(
 
 /// Sets `isLatest` on exactly one entry per server name. Entries arrive
 /// sorted by name, so each name's versions are adjacent.
-pub fn mark_latest(entries: &mut [ServerResponse]) {
+fn mark_latest(entries: &mut [ServerResponse]) {
     for group in entries.chunk_by_mut(|a, b| a.server.name == b.server.name) {
         let latest = (0..group.len())
             .max_by(|&i, &j| {

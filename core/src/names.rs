@@ -72,20 +72,6 @@ pub enum EventSubject {
 }
 
 impl EventSubject {
-    pub fn cluster(&self) -> Option<&ClusterId> {
-        match self {
-            EventSubject::Deployment { cluster, .. } | EventSubject::Cluster { cluster } => {
-                Some(cluster)
-            }
-            EventSubject::Catalog { .. } => None,
-        }
-    }
-
-    /// The subjects one cluster's watcher publishes to (for NATS permissions).
-    pub fn cluster_wildcard(cluster: &ClusterId) -> String {
-        format!("{EVENTS_PREFIX}.{cluster}.>")
-    }
-
     pub fn parse(subject: &str) -> Result<EventSubject, NameError> {
         const WHAT: &str = "event subject";
         let rest = subject
