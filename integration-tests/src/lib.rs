@@ -12,7 +12,8 @@
 //!   ready on /readyz, restartable;
 //! - [`storm`]: seeded random changes to MCPServers, run while a fault is injected;
 //! - [`oracle`]: what `herald-api` must serve given the clusters' objects, and the check
-//!   that it does (nothing lost, nothing phantom).
+//!   that it does (nothing lost, nothing phantom);
+//! - [`large_stack`]: async tests on a thread with a stack big enough for kube's futures.
 //!
 //! Conventions:
 //! - every server gets free loopback ports and its own folder under the system temp
@@ -30,6 +31,7 @@
 pub mod dir;
 pub mod herald;
 pub mod kube;
+pub mod large_stack;
 pub mod nats;
 pub mod oracle;
 pub mod ports;

@@ -4,7 +4,6 @@
 //! phantom) and prints a `RELIABILITY` line with its figures.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use herald_core::{ClusterId, Kind, RegistryName, WatcherPolicy};
 use herald_integration_tests::dir::TestDir;
 use herald_integration_tests::herald::HeraldProcess;
 use herald_integration_tests::kube::KubeApi;
+use herald_integration_tests::large_stack::run_on_large_stack as run;
 use herald_integration_tests::nats::NatsServer;
 use herald_integration_tests::oracle::{
     ClusterUnderTest, EntryView, assert_converges, expected_view,
@@ -33,19 +33,6 @@ const CLUSTER: &str = "east";
 const REGISTRIES: [&str; 3] = ["default", "team-a", "team-b"];
 const NAMESPACES: [&str; 3] = ["team", "payments", "search"];
 const PACE: Duration = Duration::from_millis(5);
-
-fn run<F: Future<Output = anyhow::Result<()>> + 'static>(test: fn() -> F) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .stack_size(16 << 20)
-        .spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(test())
-        })?
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
 
 struct Env {
     // Herald processes before the servers they use.

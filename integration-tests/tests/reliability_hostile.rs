@@ -5,7 +5,6 @@
 //! credentials cannot publish cluster B's events). Each test ends with the oracle.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -16,6 +15,7 @@ use herald_core::{ClusterId, Kind, RegistryName, WatcherPolicy};
 use herald_integration_tests::dir::TestDir;
 use herald_integration_tests::herald::HeraldProcess;
 use herald_integration_tests::kube::KubeApi;
+use herald_integration_tests::large_stack::run_on_large_stack as run;
 use herald_integration_tests::nats::NatsServer;
 use herald_integration_tests::oracle::{ClusterUnderTest, assert_converges, served_view};
 use herald_integration_tests::storm::{Rng, Storm, StormTarget, seed};
@@ -29,19 +29,6 @@ const CONVERGE: Duration = Duration::from_secs(45);
 const CLUSTER: &str = "east";
 const REGISTRIES: [&str; 2] = ["default", "team-a"];
 const PACE: Duration = Duration::from_millis(5);
-
-fn run<F: Future<Output = anyhow::Result<()>> + 'static>(test: fn() -> F) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .stack_size(16 << 20)
-        .spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(test())
-        })?
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
 
 fn registries() -> anyhow::Result<BTreeSet<RegistryName>> {
     REGISTRIES.iter().map(|r| Ok(r.parse()?)).collect()

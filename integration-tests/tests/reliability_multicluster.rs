@@ -4,7 +4,6 @@
 //! storm across the three clusters converges to what the oracle computes.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -14,6 +13,7 @@ use herald_core::{ClusterId, Kind, RegistryName, WatcherPolicy};
 use herald_integration_tests::dir::TestDir;
 use herald_integration_tests::herald::HeraldProcess;
 use herald_integration_tests::kube::KubeApi;
+use herald_integration_tests::large_stack::run_on_large_stack as run;
 use herald_integration_tests::nats::NatsServer;
 use herald_integration_tests::oracle::{ClusterUnderTest, assert_converges, served_view};
 use herald_integration_tests::storm::{Storm, StormTarget, seed};
@@ -26,19 +26,6 @@ const START: Duration = Duration::from_secs(60);
 const CONVERGE: Duration = Duration::from_secs(30);
 const CLUSTERS: [&str; 3] = ["alpha", "beta", "gamma"];
 const REGISTRIES: [&str; 3] = ["default", "team-a", "team-b"];
-
-fn run<F: Future<Output = anyhow::Result<()>> + 'static>(test: fn() -> F) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .stack_size(16 << 20)
-        .spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(test())
-        })?
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
 
 struct Env {
     // Herald processes before the servers they use.

@@ -4,7 +4,6 @@
 //! with the convergence oracle and prints a `RELIABILITY` line.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use herald_core::names::STREAM;
@@ -12,6 +11,7 @@ use herald_core::{ClusterId, RegistryName, WatcherPolicy};
 use herald_integration_tests::dir::TestDir;
 use herald_integration_tests::herald::HeraldProcess;
 use herald_integration_tests::kube::KubeApi;
+use herald_integration_tests::large_stack::run_on_large_stack as run;
 use herald_integration_tests::nats::{NatsCluster, NatsServer};
 use herald_integration_tests::oracle::{ClusterUnderTest, assert_converges};
 use herald_integration_tests::ports::free_port;
@@ -24,19 +24,6 @@ const CLUSTER: &str = "edge";
 const REGISTRIES: [&str; 2] = ["default", "team-a"];
 const NAMESPACES: [&str; 2] = ["team", "payments"];
 const PACE: Duration = Duration::from_millis(5);
-
-fn run<F: Future<Output = anyhow::Result<()>> + 'static>(test: fn() -> F) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .stack_size(16 << 20)
-        .spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(test())
-        })?
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
 
 fn registries() -> anyhow::Result<BTreeSet<RegistryName>> {
     REGISTRIES.iter().map(|r| Ok(r.parse()?)).collect()

@@ -20,6 +20,7 @@ use herald_core::object::{Kind, ObjectRef, TOOLHIVE_GROUP};
 use herald_core::record::{DeploymentRecord, Phase, RemoteTransport};
 use herald_integration_tests::dir::TestDir;
 use herald_integration_tests::kube::KubeApi;
+use herald_integration_tests::large_stack::run_on_large_stack as run;
 use herald_integration_tests::nats::NatsServer;
 use herald_integration_tests::ports::free_port;
 use herald_integration_tests::process::ChildProcess;
@@ -351,21 +352,6 @@ fn object_ref(kind: Kind, ns: &str, name: &str) -> ObjectRef {
 
 // ---------------------------------------------------------------------------------------
 // Tests
-
-/// Runs an async test on a thread with a larger stack: kube and NATS client futures
-/// overflow a test thread's default 2 MiB in debug builds.
-fn run<F: Future<Output = anyhow::Result<()>> + 'static>(test: fn() -> F) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .stack_size(16 << 20)
-        .spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(test())
-        })?
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
 
 /// Creation in both CRD eras and each kind, readiness later, opt-out, a move between
 /// registries, deletion, rejections (new and of an advertised object), metrics and
