@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -50,8 +51,10 @@ pub type Slot = (RegistryName, String);
 pub struct Target {
     js: jetstream::Context,
     settings: BucketSettings,
-    registries: BTreeMap<RegistryName, kv::Store>,
-    clusters: Option<kv::Store>,
+    /// Shared, not cloned per write: a `kv::Store` carries its stream's
+    /// whole configuration.
+    registries: BTreeMap<RegistryName, Arc<kv::Store>>,
+    clusters: Option<Arc<kv::Store>>,
     /// The value and revision this projector last wrote under a key.
     cache: LruCache<Slot, (Stored, u64)>,
 }
@@ -68,13 +71,14 @@ impl Target {
     }
 
     /// The bucket of `registry`, opened (or created) on first use.
-    pub async fn store(&mut self, registry: &RegistryName) -> Result<kv::Store, BucketError> {
+    pub async fn store(&mut self, registry: &RegistryName) -> Result<Arc<kv::Store>, BucketError> {
         if let Some(store) = self.registries.get(registry) {
-            return Ok(store.clone());
+            return Ok(Arc::clone(store));
         }
         let store =
             buckets::open_or_create(&self.js, &bucket_name(registry), &self.settings).await?;
-        self.registries.insert(registry.clone(), store.clone());
+        let store = Arc::new(store);
+        self.registries.insert(registry.clone(), Arc::clone(&store));
         Ok(store)
     }
 
@@ -100,12 +104,13 @@ impl Target {
         self.cache.clear();
     }
 
-    async fn clusters(&mut self) -> Result<kv::Store, BucketError> {
+    async fn clusters(&mut self) -> Result<Arc<kv::Store>, BucketError> {
         if let Some(store) = &self.clusters {
-            return Ok(store.clone());
+            return Ok(Arc::clone(store));
         }
         let store = buckets::open_or_create(&self.js, CLUSTERS_BUCKET, &self.settings).await?;
-        self.clusters = Some(store.clone());
+        let store = Arc::new(store);
+        self.clusters = Some(Arc::clone(&store));
         Ok(store)
     }
 
@@ -138,7 +143,7 @@ impl Target {
     }
 
     async fn fold_cluster(&mut self, event: &Event, seq: u64) -> Result<bool, BucketError> {
-        let Some(cluster) = event.cluster().cloned() else {
+        let Some(cluster) = event.cluster() else {
             return Ok(false);
         };
         let store = self.clusters().await?;
@@ -170,9 +175,11 @@ impl Target {
                     sweep_change(current, resync, seq, time)
                 })
                 .await?;
-                written += usize::from(result.is_some());
-                // Cached values of swept keys are out of date.
-                self.cache.pop(&(registry.clone(), item.key));
+                if result.is_some() {
+                    written += 1;
+                    // The cached value of a swept key is out of date.
+                    self.cache.pop(&(registry.clone(), item.key));
+                }
             }
         }
         Ok(written)

@@ -165,8 +165,8 @@ pub async fn replay<W: Write>(
     match report.range {
         Some((first, last)) => writeln!(
             out,
-            "replayed {STREAM} {first}..={last} into {}*: {} applied, {} stale, {} not usable",
-            options.scratch_prefix, report.applied, report.stale, report.undecodable
+            "replayed {STREAM} {first}..={last}: {} applied, {} stale, {} not usable",
+            report.applied, report.stale, report.undecodable
         )?,
         None => writeln!(out, "replayed nothing: no events from the start point")?,
     }

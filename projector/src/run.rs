@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{self, KeyWritten, Slot, Target};
 use crate::buckets::{BucketError, BucketSettings};
 use crate::dead_letter::{self, APPLY_FAILED};
-use crate::fold::{self, KeyKind};
+use crate::fold::{self, KeyKind, Stored};
 use crate::metrics::Metrics;
 
 /// How long one pull request waits for messages before the next one.
@@ -329,11 +329,19 @@ impl Projector {
             };
             self.finish(job).await;
         }
-        self.start(slot, kind, vec![pending]).await;
+        let known = self.target.take_known(&slot);
+        self.start(slot, kind, vec![pending], known).await;
     }
 
-    /// Starts one compare-and-set of `slot` folding all of `pending`.
-    async fn start(&mut self, slot: Slot, kind: KeyKind, pending: Vec<Pending>) {
+    /// Starts one compare-and-set of `slot` folding all of `pending`, from
+    /// `known` (the key's value and revision) when there is one.
+    async fn start(
+        &mut self,
+        slot: Slot,
+        kind: KeyKind,
+        pending: Vec<Pending>,
+        known: Option<(Stored, u64)>,
+    ) {
         let store = match self.target.store(&slot.0).await {
             Ok(store) => store,
             Err(err) => {
@@ -342,7 +350,6 @@ impl Projector {
                 return;
             }
         };
-        let known = self.target.take_known(&slot);
         self.busy.insert(slot.clone(), Vec::new());
         self.in_flight.push(Box::pin(async move {
             let events: Vec<_> = pending.iter().map(|p| (&p.event, p.seq)).collect();
@@ -366,7 +373,7 @@ impl Projector {
             result,
         } = job;
         let waiting = self.busy.remove(&slot).unwrap_or_default();
-        match result {
+        let after = match result {
             Ok(written) => {
                 for (p, wrote) in pending.iter().zip(written.wrote) {
                     let ty = p.event.event_type();
@@ -378,15 +385,19 @@ impl Projector {
                     }
                     ack(&p.message, AckKind::Ack).await;
                 }
-                self.target.remember(slot.clone(), written.after);
+                written.after
             }
             Err(err) => {
                 self.target.reset();
                 self.failed(pending, &err).await;
+                None
             }
-        }
-        if !waiting.is_empty() {
-            self.start(slot, kind, waiting).await;
+        };
+        // The next write of the key starts from this one's result.
+        if waiting.is_empty() {
+            self.target.remember(slot, after);
+        } else {
+            self.start(slot, kind, waiting, after).await;
         }
     }
 
