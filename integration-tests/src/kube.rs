@@ -13,7 +13,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use herald_core::Kind;
+use herald_core::object::TOOLHIVE_GROUP;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::{ApiResource, GroupVersionKind};
 
 use crate::dir::TestDir;
 use crate::ports::{free_port, retry_on_port_conflict};
@@ -32,6 +35,12 @@ pub struct KubeApi {
     spec: Spec,
     client: kube::Client,
     dir: TestDir,
+}
+
+/// The API resource of a ToolHive kind, at its first (storage) version.
+pub fn api_resource(kind: Kind) -> ApiResource {
+    let gvk = GroupVersionKind::gvk(TOOLHIVE_GROUP, kind.versions()[0], kind.as_str());
+    ApiResource::from_gvk_with_plural(&gvk, kind.plural())
 }
 
 impl std::fmt::Debug for KubeApi {
@@ -122,11 +131,6 @@ impl KubeApi {
 
     pub fn apiserver_process(&self) -> &ChildProcess {
         &self.apiserver
-    }
-
-    /// For signals other than stop and kill (e.g. SIGSTOP to freeze the API server).
-    pub fn apiserver_process_mut(&mut self) -> &mut ChildProcess {
-        &mut self.apiserver
     }
 
     /// Graceful shutdown of the API server, then etcd.

@@ -115,11 +115,6 @@ impl NatsServer {
         self.spec.port
     }
 
-    /// The HTTP monitoring endpoint (`/varz`, `/jsz`, `/healthz`, …).
-    pub fn monitor_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.spec.monitor_port)
-    }
-
     /// The unique `server_name` of this server.
     pub fn name(&self) -> &str {
         &self.spec.name
@@ -136,11 +131,6 @@ impl NatsServer {
     /// JetStream on a new client connection. Panics if the server is down.
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(self.client().await)
-    }
-
-    /// The JetStream store folder (kept across restarts).
-    pub fn store_dir(&self) -> PathBuf {
-        self.dir.join("jetstream")
     }
 
     /// The test folder of this server (store, config, log).

@@ -13,13 +13,12 @@ use anyhow::{Context, anyhow};
 use chrono::Utc;
 use herald_core::mapping::{Decision, Observation, decide};
 use herald_core::merge::{ServerResponse, merge};
-use herald_core::object::TOOLHIVE_GROUP;
 use herald_core::projection::{Fold, fold_applied};
 use herald_core::{Kind, RegistryName, WatcherPolicy};
 use kube::api::{Api, DynamicObject, ListParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::Value;
 
+use crate::kube::api_resource;
 use crate::timeout::eventually;
 
 /// One cluster as the oracle sees it: its API and its watcher's policy.
@@ -104,11 +103,6 @@ impl EntryView {
         Self::from_json(&serde_json::to_value(entry).expect("responses serialize"))
             .expect("merged entries have a name and version")
     }
-}
-
-fn api_resource(kind: Kind) -> ApiResource {
-    let gvk = GroupVersionKind::gvk(TOOLHIVE_GROUP, kind.versions()[0], kind.as_str());
-    ApiResource::from_gvk_with_plural(&gvk, kind.plural())
 }
 
 /// The view `herald-api` must serve for these clusters, computed with core.

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use herald_core::Kind;
 use herald_core::annotations as ann;
-use herald_core::object::TOOLHIVE_GROUP;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::core::ApiResource;
 use serde_json::json;
+
+use crate::kube::api_resource;
 
 /// xorshift64*: good enough to pick test operations, reproducible from its seed.
 #[derive(Debug, Clone)]
@@ -119,12 +120,7 @@ impl std::fmt::Debug for Storm {
 }
 
 fn mcpserver() -> ApiResource {
-    let kind = Kind::ALL
-        .into_iter()
-        .find(|k| k.as_str() == "MCPServer")
-        .expect("MCPServer is a kind");
-    let gvk = GroupVersionKind::gvk(TOOLHIVE_GROUP, kind.versions()[0], kind.as_str());
-    ApiResource::from_gvk_with_plural(&gvk, kind.plural())
+    api_resource(Kind::MCPServer)
 }
 
 impl Storm {

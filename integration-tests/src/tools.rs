@@ -31,10 +31,6 @@ impl Tools {
         Ok(Self { bin })
     }
 
-    pub fn bin_dir(&self) -> &Path {
-        &self.bin
-    }
-
     pub fn nats_server(&self) -> anyhow::Result<PathBuf> {
         self.binary("nats-server")
     }

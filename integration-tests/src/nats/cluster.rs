@@ -174,18 +174,9 @@ impl NatsCluster {
         &self.nodes[i]
     }
 
-    pub fn node_mut(&mut self, i: usize) -> &mut NatsServer {
-        &mut self.nodes[i]
-    }
-
     /// SIGKILL node `i`.
     pub fn kill_node(&mut self, i: usize) {
         self.nodes[i].kill();
-    }
-
-    /// SIGTERM node `i` and wait for it to exit.
-    pub fn stop_node(&mut self, i: usize) {
-        self.nodes[i].stop();
     }
 
     /// Starts node `i` again with its ports and store; returns once it has rejoined
