@@ -124,6 +124,17 @@ fn mcpserver() -> ApiResource {
 }
 
 impl Storm {
+    /// One `RELIABILITY` line on stderr: what a reliability test did, for
+    /// `docs/reliability.md`.
+    pub fn report(&self, test: &str, faults: usize, entries: usize, started: std::time::Instant) {
+        eprintln!(
+            "RELIABILITY {test}: changes={} faults={faults} entries_compared={entries} duration={:.1}s stats={:?}",
+            self.stats.changes(),
+            started.elapsed().as_secs_f64(),
+            self.stats,
+        );
+    }
+
     pub fn new(
         seed: u64,
         targets: Vec<StormTarget>,

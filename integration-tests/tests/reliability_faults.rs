@@ -109,15 +109,6 @@ fn registries() -> anyhow::Result<BTreeSet<RegistryName>> {
     REGISTRIES.iter().map(|r| Ok(r.parse()?)).collect()
 }
 
-fn report(test: &str, storm: &Storm, faults: usize, entries: usize, started: Instant) {
-    eprintln!(
-        "RELIABILITY {test}: changes={} faults={faults} entries_compared={entries} duration={:.1}s stats={:?}",
-        storm.stats.changes(),
-        started.elapsed().as_secs_f64(),
-        storm.stats,
-    );
-}
-
 #[test]
 fn nats_killed_and_restarted_during_a_storm() -> anyhow::Result<()> {
     run(nats_killed_and_restarted_steps)
@@ -143,13 +134,7 @@ async fn nats_killed_and_restarted_steps() -> anyhow::Result<()> {
         storm.run(20, PACE).await?;
     }
     let converged = env.converge().await?;
-    report(
-        "nats-kill-restart",
-        &storm,
-        faults,
-        converged.entries,
-        started,
-    );
+    storm.report("nats-kill-restart", faults, converged.entries, started);
     Ok(())
 }
 
@@ -189,7 +174,7 @@ async fn projector_sigkilled_mid_batch_steps() -> anyhow::Result<()> {
     eprintln!(
         "projector killed after applying {applied_before_kill} events of a backlog up to sequence {backlog_end}"
     );
-    report("projector-sigkill", &storm, 2, converged.entries, started);
+    storm.report("projector-sigkill", 2, converged.entries, started);
     Ok(())
 }
 
@@ -285,13 +270,7 @@ async fn watcher_sigkilled_mid_resync_steps() -> anyhow::Result<()> {
     eprintln!(
         "watcher killed after {published} new events ({applied} deployment.applied, {completed} of 3 resync brackets completed) of a resync of {BULK}+ objects; {DELETED} deleted while down"
     );
-    report(
-        "watcher-sigkill-mid-resync",
-        &storm,
-        2,
-        converged.entries,
-        started,
-    );
+    storm.report("watcher-sigkill-mid-resync", 2, converged.entries, started);
     Ok(())
 }
 
@@ -447,9 +426,8 @@ async fn api_restarted_with_sse_steps() -> anyhow::Result<()> {
     for task in tasks {
         task.abort();
     }
-    report(
+    storm.report(
         "api-restart-sse",
-        &storm,
         faults,
         converged.entries + 2 * expected.len(),
         started,

@@ -49,15 +49,6 @@ fn storm(kube: &KubeApi, seed_default: u64) -> Storm {
     )
 }
 
-fn report(test: &str, storm: &Storm, faults: usize, entries: usize, started: Instant) {
-    eprintln!(
-        "RELIABILITY {test}: changes={} faults={faults} entries_compared={entries} duration={:.1}s stats={:?}",
-        storm.stats.changes(),
-        started.elapsed().as_secs_f64(),
-        storm.stats,
-    );
-}
-
 #[test]
 fn three_node_cluster_loses_a_node_and_gets_it_back() -> anyhow::Result<()> {
     run(three_node_cluster_steps)
@@ -127,13 +118,7 @@ async fn three_node_cluster_steps() -> anyhow::Result<()> {
     storm.run(20, PACE).await?;
     let converged =
         assert_converges(CONVERGE, &clusters(&kube)?, api.base(), &registries()?).await?;
-    report(
-        "nats-cluster-node-kill",
-        &storm,
-        1,
-        converged.entries,
-        started,
-    );
+    storm.report("nats-cluster-node-kill", 1, converged.entries, started);
     drop((api, projector, watcher));
     Ok(())
 }
@@ -189,9 +174,8 @@ async fn leaf_node_steps() -> anyhow::Result<()> {
     storm.run(20, PACE).await?;
     let converged =
         assert_converges(CONVERGE, &clusters(&kube)?, api.base(), &registries()?).await?;
-    report(
+    storm.report(
         "leaf-link-cut",
-        &storm,
         1,
         first.entries + converged.entries,
         started,
