@@ -60,10 +60,8 @@ impl Registries {
             bounds,
             readiness,
         };
-        registries.write().views.insert(
-            default,
-            SharedView(Arc::new(RwLock::new(RegistryView::new(bounds)))),
-        );
+        let view = registries.fresh_view();
+        registries.write().views.insert(default, view);
         registries
     }
 
@@ -82,14 +80,6 @@ impl Registries {
     /// The view of a registry the API serves, if any.
     pub fn get(&self, registry: &RegistryName) -> Option<SharedView> {
         self.read().views.get(registry).cloned()
-    }
-
-    pub fn all(&self) -> Vec<(RegistryName, SharedView)> {
-        self.read()
-            .views
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
     }
 
     /// Records a found bucket; when it is new, returns its view and the

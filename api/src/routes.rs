@@ -84,11 +84,9 @@ fn list_response(
 ) -> Result<Response, Problem> {
     let view = app.view(params.get("registry").map(String::as_str))?;
     let list_params = ListParams::parse(query)?;
-    let body = {
-        let view = view.read();
-        let page = list(&view, &list_params, deployed_only);
-        server_list_json(&page.entries, page.next_cursor.as_deref())
-    };
+    // The page holds its entries: the body is built after the lock is let go.
+    let page = list(&view.read(), &list_params, deployed_only);
+    let body = server_list_json(&page.entries, page.next_cursor.as_deref());
     Ok(etag::json_response(headers, body))
 }
 
@@ -113,8 +111,7 @@ async fn server_path(
     } else {
         return Err(Problem::no_route());
     };
-    let view = view.read();
-    let mut versions = view.versions(name);
+    let mut versions = view.read().versions(name);
     if versions.is_empty() {
         return Err(Problem::not_found(
             "serverName",

@@ -169,25 +169,10 @@ impl RegistryView {
     /// Applies the value of one key at `revision` (`None`: absent).
     /// Returns the number of entry changes it caused.
     pub fn apply(&mut self, key: &str, value: Option<StoredDeployment>, revision: u64) -> usize {
-        let value = value.filter(|v| v.live().is_some());
-        let old_name = self
-            .deployments
-            .get(key)
-            .and_then(StoredDeployment::live)
-            .map(|r| r.server_name.to_string());
-        let new_name = value
-            .as_ref()
-            .and_then(StoredDeployment::live)
-            .map(|r| r.server_name.to_string());
-        match value {
-            Some(v) => {
-                self.deployments.insert(key.to_owned(), v);
-            }
-            None => {
-                self.deployments.remove(key);
-            }
-        }
-        self.reindex(key, old_name, new_name, revision)
+        let (old, new) = replace_live(&mut self.deployments, key, value, |d| {
+            d.live().map(|r| r.server_name.to_string())
+        });
+        self.reindex(key, old, new, revision)
     }
 
     /// Applies the value of one catalog key at `revision` (`None`: absent).
@@ -198,25 +183,10 @@ impl RegistryView {
         value: Option<StoredCatalog>,
         revision: u64,
     ) -> usize {
-        let value = value.filter(|v| v.live().is_some());
-        let old_name = self
-            .catalog
-            .get(key)
-            .and_then(StoredCatalog::live)
-            .map(|r| r.server_name.to_string());
-        let new_name = value
-            .as_ref()
-            .and_then(StoredCatalog::live)
-            .map(|r| r.server_name.to_string());
-        match value {
-            Some(v) => {
-                self.catalog.insert(key.to_owned(), v);
-            }
-            None => {
-                self.catalog.remove(key);
-            }
-        }
-        self.reindex(key, old_name, new_name, revision)
+        let (old, new) = replace_live(&mut self.catalog, key, value, |c| {
+            c.live().map(|r| r.server_name.to_string())
+        });
+        self.reindex(key, old, new, revision)
     }
 
     /// Moves `key` from its old server name to its new one and recomputes
@@ -336,6 +306,22 @@ impl RegistryView {
         };
         (rx, start)
     }
+}
+
+/// Keeps `value` under `key` when it is live (`name` gives its server name),
+/// removes the key otherwise; returns the server names before and after.
+fn replace_live<T>(
+    map: &mut HashMap<String, T>,
+    key: &str,
+    value: Option<T>,
+    name: impl Fn(&T) -> Option<String>,
+) -> (Option<String>, Option<String>) {
+    let new = value.as_ref().and_then(&name);
+    let old = match (value, &new) {
+        (Some(value), Some(_)) => map.insert(key.to_owned(), value),
+        _ => map.remove(key),
+    };
+    (old.as_ref().and_then(&name), new)
 }
 
 #[cfg(test)]

@@ -35,10 +35,6 @@ impl Readiness {
         self.lock().insert(name, Some(why.into()));
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.lock().values().all(Option::is_none)
-    }
-
     /// `None` when ready, else one line per failing condition.
     pub fn report(&self) -> Option<String> {
         let failing: Vec<String> = self

@@ -97,21 +97,20 @@ impl NatsArgs {
         if self.nats_tls_cert.is_some() != self.nats_tls_key.is_some() {
             bail!("--nats-tls-cert and --nats-tls-key go together");
         }
-        let mut opts = async_nats::ConnectOptions::new()
+        let base = match &self.nats_creds {
+            Some(path) => {
+                let creds = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading NATS credentials file {}", path.display()))?;
+                async_nats::ConnectOptions::with_credentials(&creds)
+                    .context("parsing the NATS credentials file")?
+            }
+            None => async_nats::ConnectOptions::new(),
+        };
+        let mut opts = base
             .name(name)
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None);
-        if let Some(path) = &self.nats_creds {
-            let creds = std::fs::read_to_string(path)
-                .with_context(|| format!("reading NATS credentials file {}", path.display()))?;
-            opts = async_nats::ConnectOptions::with_credentials(&creds)
-                .context("parsing the NATS credentials file")?
-                .name(name)
-                .retry_on_initial_connect()
-                .connection_timeout(Duration::from_secs(5))
-                .max_reconnects(None);
-        }
         if let Some(path) = &self.nats_nkey {
             let seed = std::fs::read_to_string(path)
                 .with_context(|| format!("reading nkey seed file {}", path.display()))?;

@@ -1,6 +1,6 @@
 //! The event stream `HERALD_EVENTS`: created when missing, checked when
 //! present. Existing data is never deleted or truncated; a setting that
-//! differs is reported, and only settings that are safe to raise are updated.
+//! differs is reported and left as it is.
 
 use std::time::Duration;
 
@@ -45,12 +45,9 @@ impl StreamArgs {
         }
         let wanted = self.config();
         match js.get_stream(STREAM).await {
-            Ok(mut existing) => {
-                let info = existing
-                    .info()
-                    .await
-                    .context("reading stream info")?
-                    .clone();
+            Ok(existing) => {
+                // `get_stream` has just read the info.
+                let info = existing.cached_info().clone();
                 let have = &info.config;
                 if !have.subjects.iter().any(|s| s == EVENTS_WILDCARD) {
                     bail!(
@@ -79,12 +76,13 @@ impl StreamArgs {
                         if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
                 ) =>
             {
-                let mut created = js
+                // Another process may create it at the same moment.
+                let created = js
                     .get_or_create_stream(wanted)
                     .await
                     .with_context(|| format!("creating stream {STREAM}"))?;
                 tracing::info!("created stream {STREAM}");
-                Ok(created.info().await.context("reading stream info")?.clone())
+                Ok(created.cached_info().clone())
             }
             Err(err) => Err(anyhow::Error::new(err).context(format!("looking up stream {STREAM}"))),
         }
