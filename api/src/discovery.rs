@@ -6,24 +6,25 @@
 //! value of every key (with its revision), then every change; the bucket is
 //! *loaded* once the initial values are in.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use herald_core::RegistryName;
-use herald_core::names::{CatalogKey, DeploymentKey, bucket_name, registry_of_bucket};
-use herald_core::projection::{StoredCatalog, StoredDeployment};
+use herald_core::names::{BucketKey, bucket_name};
+use herald_core::stored::StoredValue;
+use herald_runtime::retry::{Backoff, RetryPolicy};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::registries::{Registries, SharedView};
 
+/// Pauses between restarts of a bucket watch.
+const WATCH_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(10));
 /// JetStream's advisory subject for created streams.
 const STREAM_CREATED: &str = "$JS.EVENT.ADVISORY.STREAM.CREATED.>";
-/// JetStream names a KV bucket's stream `KV_<bucket>`.
-const KV_STREAM_PREFIX: &str = "KV_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -79,7 +80,7 @@ pub async fn run(
         }
     }
     loop {
-        match list_registries(&js).await {
+        match herald_runtime::buckets::registry_buckets(&js).await {
             Ok(found) => {
                 for registry in &found {
                     if let Some((view, stop)) = registries.found_bucket(registry, &shutdown) {
@@ -110,21 +111,6 @@ pub async fn run(
     }
 }
 
-async fn list_registries(js: &jetstream::Context) -> anyhow::Result<BTreeSet<RegistryName>> {
-    let mut names = js.stream_names();
-    let mut found = BTreeSet::new();
-    while let Some(name) = names.next().await {
-        let name = name?;
-        if let Some(registry) = name
-            .strip_prefix(KV_STREAM_PREFIX)
-            .and_then(registry_of_bucket)
-        {
-            found.insert(registry);
-        }
-    }
-    Ok(found)
-}
-
 async fn watch_forever(
     js: jetstream::Context,
     registry: RegistryName,
@@ -133,7 +119,7 @@ async fn watch_forever(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(WATCH_RETRY);
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -141,12 +127,15 @@ async fn watch_forever(
         };
         if let Err(err) = result {
             tracing::warn!(%registry, %err, "bucket watch failed; restarting it");
+            // A watch that ended after working is a new failure, not the
+            // next of a series.
+            if matches!(err, WatchError::Ended { .. }) {
+                backoff.reset();
+            }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+        if !backoff.pause(&shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -185,35 +174,24 @@ async fn watch_once(
             bucket: bucket.clone(),
             source,
         })?;
-        if CatalogKey::parse(&entry.key).is_ok() {
-            let value = match entry.operation {
-                kv::Operation::Put => match StoredCatalog::from_json(&entry.value) {
-                    Ok(v) => Some(v),
-                    Err(err) => {
-                        tracing::warn!(%registry, key = %entry.key, %err, "undecodable value; treating the catalog entry as absent");
-                        None
-                    }
-                },
-                kv::Operation::Delete | kv::Operation::Purge => None,
-            };
-            let changes = view
-                .write()
-                .apply_catalog(&entry.key, value, entry.revision);
-            metrics.changes(registry, changes);
-        } else if DeploymentKey::parse(&entry.key).is_ok() {
-            let value = match entry.operation {
-                kv::Operation::Put => match StoredDeployment::from_json(&entry.value) {
-                    Ok(v) => Some(v),
-                    Err(err) => {
-                        tracing::warn!(%registry, key = %entry.key, %err, "undecodable value; treating the deployment as absent");
-                        None
-                    }
-                },
-                kv::Operation::Delete | kv::Operation::Purge => None,
-            };
-            let changes = view.write().apply(&entry.key, value, entry.revision);
-            metrics.changes(registry, changes);
-        }
+        // Keys that are not Herald's are none of the view's business.
+        let Ok(key) = BucketKey::parse(&entry.key) else {
+            continue;
+        };
+        let value = match entry.operation {
+            kv::Operation::Put => match StoredValue::decode(&entry.key, &entry.value) {
+                Ok(v) => Some(v),
+                Err(err) => {
+                    tracing::warn!(%registry, %err, "undecodable value; treating the key as absent");
+                    None
+                }
+            },
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
+        let changes = view
+            .write()
+            .apply(&entry.key, key.kind(), value, entry.revision);
+        metrics.changes(registry, changes);
         metrics.view_size(registry, &view.read());
         if !loaded && (entry.delta == 0 || entry.revision >= last_sequence) {
             loaded = true;

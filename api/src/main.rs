@@ -35,7 +35,7 @@ struct Cli {
     cors_origins: Vec<HeaderValue>,
 
     /// Interval between SSE keep-alive comments (e.g. `15s`, `500ms`).
-    #[arg(long, env = "HERALD_SSE_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "HERALD_SSE_KEEPALIVE", default_value = "15s", value_parser = herald_runtime::duration::positive)]
     sse_keepalive: Duration,
 
     /// Most SSE subscribers served at once; more are answered with 503.
@@ -54,7 +54,7 @@ struct Cli {
 
     /// How often to list buckets to find new registries (new streams are
     /// also noticed at once through JetStream advisories when permitted).
-    #[arg(long, env = "HERALD_DISCOVERY_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "HERALD_DISCOVERY_INTERVAL", default_value = "10s", value_parser = herald_runtime::duration::positive)]
     discovery_interval: Duration,
 
     #[command(flatten)]
@@ -75,28 +75,6 @@ fn url_like(raw: &str) -> Option<&str> {
         .strip_prefix("https://")
         .or_else(|| raw.strip_prefix("http://"))?;
     (!rest.is_empty() && !rest.contains('/')).then_some(raw)
-}
-
-fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let (number, unit) = raw
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((raw, "s"), |i| raw.split_at(i));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{raw:?} is not a duration like 15s or 500ms"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{raw:?}: unit must be ms, s or m")),
-    }
-    .and_then(|d| {
-        if d.is_zero() {
-            Err("must be more than zero".to_owned())
-        } else {
-            Ok(d)
-        }
-    })
 }
 
 #[tokio::main]

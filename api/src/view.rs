@@ -13,7 +13,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use herald_core::merge::{self, ServerResponse};
-use herald_core::projection::{StoredCatalog, StoredDeployment};
+use herald_core::names::KeyKind;
+use herald_core::stored::{StoredCatalog, StoredDeployment, StoredValue};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -166,23 +167,40 @@ impl RegistryView {
             .collect()
     }
 
-    /// Applies the value of one key at `revision` (`None`: absent).
-    /// Returns the number of entry changes it caused.
-    pub fn apply(&mut self, key: &str, value: Option<StoredDeployment>, revision: u64) -> usize {
+    /// Applies the value of one bucket key of `kind` at `revision`
+    /// (`None`: absent). Returns the number of entry changes it caused.
+    pub fn apply(
+        &mut self,
+        key: &str,
+        kind: KeyKind,
+        value: Option<StoredValue>,
+        revision: u64,
+    ) -> usize {
+        match (kind, value) {
+            (KeyKind::Deployment, Some(StoredValue::Deployment(d))) => {
+                self.apply_deployment(key, Some(d), revision)
+            }
+            (KeyKind::Catalog, Some(StoredValue::Catalog(c))) => {
+                self.apply_catalog(key, Some(c), revision)
+            }
+            (KeyKind::Deployment, _) => self.apply_deployment(key, None, revision),
+            (KeyKind::Catalog, _) => self.apply_catalog(key, None, revision),
+        }
+    }
+
+    fn apply_deployment(
+        &mut self,
+        key: &str,
+        value: Option<StoredDeployment>,
+        revision: u64,
+    ) -> usize {
         let (old, new) = replace_live(&mut self.deployments, key, value, |d| {
             d.live().map(|r| r.server_name.to_string())
         });
         self.reindex(key, old, new, revision)
     }
 
-    /// Applies the value of one catalog key at `revision` (`None`: absent).
-    /// Returns the number of entry changes it caused.
-    pub fn apply_catalog(
-        &mut self,
-        key: &str,
-        value: Option<StoredCatalog>,
-        revision: u64,
-    ) -> usize {
+    fn apply_catalog(&mut self, key: &str, value: Option<StoredCatalog>, revision: u64) -> usize {
         let (old, new) = replace_live(&mut self.catalog, key, value, |c| {
             c.live().map(|r| r.server_name.to_string())
         });
@@ -381,18 +399,39 @@ mod tests {
     fn changes_are_per_entry_and_resumable_within_the_ring() {
         let mut view = RegistryView::new(bounds());
         let (k1, v1) = stored("eu-1", "io.x/srv", "1.0.0", 1);
-        view.apply(&k1, Some(v1), 1);
+        view.apply(
+            &k1,
+            KeyKind::Deployment,
+            Some(StoredValue::Deployment(v1)),
+            1,
+        );
         view.finish_load();
         assert!(matches!(view.subscribe(Some(0)).1, Start::Snapshot(_)));
         assert!(matches!(view.subscribe(Some(1)).1, Start::Resume(ref b) if b.is_empty()));
 
         // A newer version flips isLatest on the older one: two upserts.
         let (k2, v2) = stored("us-1", "io.x/srv", "2.0.0", 2);
-        assert_eq!(view.apply(&k2, Some(v2.clone()), 2), 2);
+        assert_eq!(
+            view.apply(
+                &k2,
+                KeyKind::Deployment,
+                Some(StoredValue::Deployment(v2.clone())),
+                2
+            ),
+            2
+        );
         // The same value again changes nothing.
-        assert_eq!(view.apply(&k2, Some(v2), 3), 0);
+        assert_eq!(
+            view.apply(
+                &k2,
+                KeyKind::Deployment,
+                Some(StoredValue::Deployment(v2)),
+                3
+            ),
+            0
+        );
         // Removing the newer version: one delete, one upsert (isLatest back).
-        assert_eq!(view.apply(&k2, None, 4), 2);
+        assert_eq!(view.apply(&k2, KeyKind::Deployment, None, 4), 2);
         let Start::Resume(batches) = view.subscribe(Some(1)).1 else {
             panic!("position 1 is still in the ring");
         };
@@ -402,7 +441,12 @@ mod tests {
         );
         // The ring holds two batches: a third pushes position 2 out.
         let (k3, v3) = stored("ap-1", "io.x/other", "1.0.0", 5);
-        view.apply(&k3, Some(v3), 5);
+        view.apply(
+            &k3,
+            KeyKind::Deployment,
+            Some(StoredValue::Deployment(v3)),
+            5,
+        );
         assert!(matches!(view.subscribe(Some(1)).1, Start::Snapshot(_)));
         assert!(matches!(view.subscribe(Some(2)).1, Start::Resume(ref b) if b.len() == 2));
         assert!(matches!(view.subscribe(Some(99)).1, Start::Snapshot(ref s) if s.position == 5));

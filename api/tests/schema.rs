@@ -13,19 +13,18 @@ use herald_api::query::server_list_json;
 use herald_api::routes::OPENAPI;
 use herald_api::view::Entry;
 use herald_core::merge::merge;
-use herald_core::projection::{Fold, StoredDeployment, fold_applied};
+use herald_core::projection::{Fold, fold_applied};
 use herald_core::record::{
     DeploymentRecord, Header, Phase, RECORD_VERSION, Remote, RemoteTransport,
 };
+use herald_core::stored::StoredDeployment;
 use herald_core::{Kind, ObjectRef};
 use serde_json::{Value, json};
 
 fn spec_dir() -> PathBuf {
     std::env::var_os("HERALD_REGISTRY_SPEC")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/registry-spec")
-        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spec/registry"))
 }
 
 fn read_json(name: &str) -> Value {

@@ -1,27 +1,33 @@
-//! Herald's pure core: everything the watcher, projector and API must agree
-//! on, with no I/O and no async runtime.
+//! Herald's pure core: everything the watcher, projector, importer and API
+//! must agree on, with no I/O and no async runtime.
 //!
-//! Layout, in the order data flows:
+//! Layout, from the bottom up (a module uses only modules above it here):
 //!
-//! - [`ids`], [`object`]: validated identifiers (`ClusterId`, `RegistryName`,
-//!   `ServerName`) and the identity of a watched ToolHive object.
-//! - [`annotations`], [`policy`], [`mapping`], [`rejection`]: from a ToolHive
-//!   object (as JSON) and the watcher's policy to a decision: advertise a
-//!   [`record::DeploymentRecord`], skip, or reject with a reason.
-//! - [`event`], [`names`]: the wire contract: CloudEvents on JetStream,
-//!   subjects, buckets and keys.
-//! - [`projection`], [`cluster_state`]: folding events into stored state,
+//! - [`ids`], [`object`], [`annotations`]: validated identifiers
+//!   (`ClusterId`, `RegistryName`, `ServerName`, `SourceId`), the identity
+//!   of a watched ToolHive object, and the annotation keys.
+//! - [`record`], [`catalog_record`]: the plain records events carry — a
+//!   deployment (and its withdrawal), a catalog entry.
+//! - [`names`]: subjects, streams, buckets and bucket keys.
+//! - [`rejection`], [`validate`]: why a value is refused, and the checks
+//!   shared by every place a value enters.
+//! - [`event`]: the wire contract, CloudEvents on JetStream.
+//! - [`stored`]: what a registry bucket holds under each key.
+//! - [`policy`], [`mapping`]: from a ToolHive object (as JSON) and the
+//!   watcher's policy to a decision: advertise a record, skip, or reject.
+//! - [`projection`], [`cluster_state`]: folding events into stored values,
 //!   idempotently and order-safely.
-//! - [`catalog`]: catalog sources (official list, ToolHive `registry.json`)
-//!   as `server.json` entries, and the catalog record their events carry.
 //! - [`merge`]: stored deployments and catalog entries → `server.json`
 //!   entries for the API.
+//! - [`import`]: catalog documents (official list, ToolHive
+//!   `registry.json`) → catalog entries.
 
 pub mod annotations;
-pub mod catalog;
+pub mod catalog_record;
 pub mod cluster_state;
 pub mod event;
 pub mod ids;
+pub mod import;
 pub mod mapping;
 pub mod merge;
 pub mod names;
@@ -30,11 +36,13 @@ pub mod policy;
 pub mod projection;
 pub mod record;
 pub mod rejection;
+pub mod stored;
+pub mod validate;
 
-pub use event::{Event, EventData, EventType, WithdrawReason};
+pub use event::{Event, EventData, EventType};
 pub use ids::{ClusterId, RegistryName, ServerName};
 pub use mapping::{Decision, Observation};
 pub use object::{Kind, ObjectRef};
 pub use policy::WatcherPolicy;
-pub use record::DeploymentRecord;
+pub use record::{DeploymentRecord, WithdrawReason};
 pub use rejection::Rejection;

@@ -24,12 +24,14 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::annotations as ann;
-use crate::event::WithdrawReason;
 use crate::ids::{RegistryName, ServerName, excerpt};
 use crate::object::{Kind, ObjectRef};
 use crate::policy::WatcherPolicy;
-use crate::record::{DeploymentRecord, Header, Phase, RECORD_VERSION, Remote, RemoteTransport};
+use crate::record::{
+    DeploymentRecord, Header, Phase, RECORD_VERSION, Remote, RemoteTransport, WithdrawReason,
+};
 use crate::rejection::{Rejection, UrlSource};
+use crate::validate::{semver_image_tag, validate_url};
 
 /// When and in which list epoch the watcher saw the object.
 #[derive(Debug, Clone, Copy)]
@@ -368,15 +370,6 @@ fn is_version_range(v: &str) -> bool {
         || v.split('.').any(|part| matches!(part, "x" | "X" | "*"))
 }
 
-/// The tag of `registry/repo:tag[@digest]` when it is semver (`v` allowed).
-pub fn semver_image_tag(image: &str) -> Option<String> {
-    let without_digest = image.split('@').next()?;
-    let last_segment = without_digest.rsplit('/').next()?;
-    let (_, tag) = last_segment.rsplit_once(':')?;
-    let bare = tag.strip_prefix('v').unwrap_or(tag);
-    semver::Version::parse(bare).ok().map(|v| v.to_string())
-}
-
 /// The object's own transport string and the remote type clients use.
 fn transport(kind: Kind, object: &Value) -> Result<(String, RemoteTransport), Rejection> {
     let default = match kind {
@@ -444,39 +437,6 @@ fn url(
         proxy_port(object)?
     );
     validate_url(&derived, UrlSource::Derived)
-}
-
-/// Checks a URL without ever echoing it: it may carry credentials.
-pub fn validate_url(raw: &str, source: UrlSource) -> Result<String, Rejection> {
-    let invalid = |reason: &str| Rejection::InvalidUrl {
-        origin: source,
-        reason: reason.to_owned(),
-    };
-    if raw.is_empty() {
-        return Err(invalid("it is empty"));
-    }
-    if raw.len() > 2048 {
-        return Err(invalid("it is longer than 2048 characters"));
-    }
-    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid("it contains white space or control characters"));
-    }
-    let parsed = url::Url::parse(raw).map_err(|e| invalid(&format!("it does not parse ({e})")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(invalid(&format!(
-            "scheme {:?} is not http or https",
-            excerpt(parsed.scheme(), 20)
-        )));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(invalid(
-            "it contains user credentials, which are never advertised",
-        ));
-    }
-    if parsed.host().is_none() {
-        return Err(invalid("it has no host"));
-    }
-    Ok(raw.to_owned())
 }
 
 /// Any client authentication configured on the object means a bearer token.

@@ -27,14 +27,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::catalog::{CatalogRecord, SourceId};
-use crate::ids::{ClusterId, ServerName};
+use crate::catalog_record::CatalogRecord;
+use crate::ids::{ClusterId, ServerName, SourceId};
 use crate::object::Kind;
-use crate::projection::{StoredCatalog, StoredDeployment};
 use crate::record::{DeploymentRecord, Header, Phase, Remote};
+use crate::stored::{StoredCatalog, StoredDeployment};
 
 /// `$schema` of every emitted `server.json`.
-pub const SERVER_SCHEMA: &str =
+pub const SERVER_SCHEMA_URL: &str =
     "https://static.modelcontextprotocol.io/schemas/2025-12-11/server.schema.json";
 /// The official registry's `_meta` key.
 pub const OFFICIAL_META_KEY: &str = "io.modelcontextprotocol.registry/official";
@@ -228,7 +228,7 @@ fn merge_listed(listed: &Listed<'_>, deployed: Option<ServerResponse>) -> Option
         return deployed;
     };
     let mut server = base.clone();
-    server.schema = SERVER_SCHEMA.to_owned();
+    server.schema = SERVER_SCHEMA_URL.to_owned();
     for (_, _, other) in &details[1..] {
         for remote in &other.remotes {
             if !server.remotes.iter().any(|r| r.url == remote.url) {
@@ -356,7 +356,7 @@ fn merge_group(group: &[(&DeploymentRecord, DateTime<Utc>)]) -> ServerResponse {
         .expect("groups are never empty");
     ServerResponse {
         server: ServerDetail {
-            schema: SERVER_SCHEMA.to_owned(),
+            schema: SERVER_SCHEMA_URL.to_owned(),
             name: first.server_name.clone(),
             description: first.description.clone(),
             version: first.version.clone(),

@@ -5,8 +5,7 @@
 
 use std::fmt;
 
-use crate::catalog::SourceId;
-use crate::ids::{ClusterId, RegistryName, ServerName, excerpt};
+use crate::ids::{ClusterId, RegistryName, ServerName, SourceId, excerpt};
 use crate::object::{Kind, ObjectRef};
 
 /// The stream that holds every event: the replay history.
@@ -281,6 +280,67 @@ impl fmt::Display for CatalogKey {
             encode_token(self.name.as_str()),
             encode_token(&self.version)
         )
+    }
+}
+
+/// Which kind of value a registry bucket key holds; deployment and catalog
+/// keys never overlap (their first tokens differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    Deployment,
+    Catalog,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Deployment => "deployment",
+            KeyKind::Catalog => "catalog entry",
+        }
+    }
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Any key of a registry bucket.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BucketKey {
+    Deployment(DeploymentKey),
+    Catalog(CatalogKey),
+}
+
+impl BucketKey {
+    /// Parses a key by its first token: `deployment.…` or `catalog.…`.
+    pub fn parse(key: &str) -> Result<BucketKey, NameError> {
+        match key.split_once('.').map(|(first, _)| first) {
+            Some(DEPLOYMENT_KEY_PREFIX) => DeploymentKey::parse(key).map(BucketKey::Deployment),
+            Some(CATALOG_KEY_PREFIX) => CatalogKey::parse(key).map(BucketKey::Catalog),
+            _ => Err(NameError::new(
+                "bucket key",
+                key,
+                "is neither a deployment.… nor a catalog.… key",
+            )),
+        }
+    }
+
+    pub fn kind(&self) -> KeyKind {
+        match self {
+            BucketKey::Deployment(_) => KeyKind::Deployment,
+            BucketKey::Catalog(_) => KeyKind::Catalog,
+        }
+    }
+}
+
+impl fmt::Display for BucketKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BucketKey::Deployment(k) => k.fmt(f),
+            BucketKey::Catalog(k) => k.fmt(f),
+        }
     }
 }
 

@@ -23,7 +23,7 @@ pub struct WatcherPolicy {
 }
 
 impl WatcherPolicy {
-    /// The defaults of DESIGN.md: default registry `default`, Running or
+    /// The defaults of docs/design.md: default registry `default`, Running or
     /// Ready advertised, derived URLs allowed, every namespace allowed.
     pub fn new(cluster: ClusterId) -> Self {
         Self {

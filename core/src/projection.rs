@@ -9,71 +9,11 @@
 //! `applied` resurrect it.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
-use crate::catalog::{CatalogRecord, CatalogWithdrawal};
-use crate::event::{Resync, WithdrawReason, Withdrawal};
-use crate::names::{CatalogKey, DeploymentKey};
-use crate::record::{DeploymentRecord, RECORD_VERSION};
-
-/// The value under a deployment key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StoredDeployment {
-    pub v: u32,
-    /// Stream sequence of the event this state comes from.
-    pub seq: u64,
-    /// When what clients see of this deployment last changed.
-    pub changed_at: DateTime<Utc>,
-    #[serde(flatten)]
-    pub state: DeploymentState,
-}
-
-/// Advertised, or withdrawn (a tombstone).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum DeploymentState {
-    Live(Box<DeploymentRecord>),
-    Withdrawn(Withdrawal),
-}
-
-impl StoredDeployment {
-    pub fn live(&self) -> Option<&DeploymentRecord> {
-        match &self.state {
-            DeploymentState::Live(r) => Some(r),
-            DeploymentState::Withdrawn(_) => None,
-        }
-    }
-
-    pub fn key(&self) -> DeploymentKey {
-        match &self.state {
-            DeploymentState::Live(r) => DeploymentKey::new(r.cluster.clone(), r.object.clone()),
-            DeploymentState::Withdrawn(w) => {
-                DeploymentKey::new(w.cluster.clone(), w.object.clone())
-            }
-        }
-    }
-
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("stored state always serializes")
-    }
-
-    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
-    }
-}
-
-/// A stored value that remembers the stream sequence it comes from: what
-/// makes every fold here order-safe.
-pub trait Sequenced {
-    fn seq(&self) -> u64;
-}
-
-impl Sequenced for StoredDeployment {
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-}
+use crate::catalog_record::{CatalogRecord, CatalogWithdrawal};
+use crate::event::Resync;
+use crate::record::{DeploymentRecord, RECORD_VERSION, WithdrawReason, Withdrawal};
+use crate::stored::{CatalogState, DeploymentState, Sequenced, StoredCatalog, StoredDeployment};
 
 /// What to do with a key holding a `T` (a deployment unless said otherwise).
 // Returned and consumed at once: boxing the large variant would buy nothing.
@@ -175,62 +115,6 @@ pub fn sweep(
             )),
         }),
     })
-}
-
-/// The value under a catalog key (`names::CatalogKey`): the same seq and
-/// tombstone scheme as deployments, so catalog events are order-safe too.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StoredCatalog {
-    pub v: u32,
-    /// Stream sequence of the event this state comes from.
-    pub seq: u64,
-    /// When what clients see of this entry last changed.
-    pub changed_at: DateTime<Utc>,
-    #[serde(flatten)]
-    pub state: CatalogState,
-}
-
-/// Listed by its source, or withdrawn (a tombstone).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum CatalogState {
-    Listed(Box<CatalogRecord>),
-    Withdrawn(CatalogWithdrawal),
-}
-
-impl StoredCatalog {
-    pub fn live(&self) -> Option<&CatalogRecord> {
-        match &self.state {
-            CatalogState::Listed(r) => Some(r),
-            CatalogState::Withdrawn(_) => None,
-        }
-    }
-
-    pub fn key(&self) -> CatalogKey {
-        match &self.state {
-            CatalogState::Listed(r) => {
-                CatalogKey::new(r.source.clone(), r.server_name.clone(), &r.version)
-            }
-            CatalogState::Withdrawn(w) => {
-                CatalogKey::new(w.source.clone(), w.server_name.clone(), &w.version)
-            }
-        }
-    }
-
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("stored state always serializes")
-    }
-
-    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
-    }
-}
-
-impl Sequenced for StoredCatalog {
-    fn seq(&self) -> u64 {
-        self.seq
-    }
 }
 
 /// A `catalog.applied` event with stream sequence `seq`.

@@ -242,3 +242,52 @@ impl fmt::Display for Phase {
         f.write_str(self.as_str())
     }
 }
+
+/// Why a deployment stopped being advertised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WithdrawReason {
+    /// The object was deleted.
+    Deleted,
+    /// The opt-in annotation was removed or is no longer `"true"`.
+    OptedOut,
+    /// The object left the advertised phases.
+    NotReady,
+    /// The object can no longer be advertised; the watcher logged why.
+    Rejected,
+    /// The object now targets another registry.
+    Moved,
+    /// A re-list of the cluster did not confirm it (deleted while unobserved).
+    Unconfirmed,
+}
+
+impl WithdrawReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WithdrawReason::Deleted => "deleted",
+            WithdrawReason::OptedOut => "opted_out",
+            WithdrawReason::NotReady => "not_ready",
+            WithdrawReason::Rejected => "rejected",
+            WithdrawReason::Moved => "moved",
+            WithdrawReason::Unconfirmed => "unconfirmed",
+        }
+    }
+}
+
+/// The body of a `deployment.withdrawn` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Withdrawal {
+    pub v: u32,
+    pub cluster: ClusterId,
+    pub registry: RegistryName,
+    #[serde(flatten)]
+    pub object: ObjectRef,
+    pub uid: String,
+    pub resource_version: String,
+    pub epoch: u64,
+    pub reason: WithdrawReason,
+    /// A readable explanation, e.g. the rejection reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

@@ -7,18 +7,19 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use herald_core::catalog::{
-    CatalogRecord, CatalogWithdrawal, TOOLHIVE_META_KEY, check_entry, parse_official_page,
-    parse_toolhive_registry,
+use herald_core::catalog_record::{CatalogRecord, CatalogWithdrawal};
+use herald_core::import::{
+    TOOLHIVE_META_KEY, check_entry, parse_official_page, parse_toolhive_registry,
 };
 use herald_core::merge::merge_registry;
 use herald_core::projection::{
-    CatalogFold, Fold, StoredCatalog, fold_applied, fold_catalog_applied, fold_catalog_withdrawn,
+    CatalogFold, Fold, fold_applied, fold_catalog_applied, fold_catalog_withdrawn,
 };
+use herald_core::stored::StoredCatalog;
 use serde_json::{Value, json};
 
 fn spec_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/registry-spec/server-json-examples")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/registry/server-json-examples")
 }
 
 fn documents(folder: &str) -> Vec<(String, Value)> {
@@ -37,7 +38,7 @@ fn documents(folder: &str) -> Vec<(String, Value)> {
 }
 
 fn validators() -> Vec<jsonschema::Validator> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/registry-spec");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/registry");
     [
         "server.schema.2025-09-16.json",
         "server.schema.2025-12-11.json",

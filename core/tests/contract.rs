@@ -4,9 +4,11 @@
 mod common;
 
 use common::*;
-use herald_core::catalog::{CatalogRecord, CatalogWithdrawal, check_entry};
-use herald_core::event::{DecodeError, Heartbeat, Resync, Withdrawal};
+use herald_core::catalog_record::{CatalogRecord, CatalogWithdrawal};
+use herald_core::event::{DecodeError, Heartbeat, Resync};
+use herald_core::import::check_entry;
 use herald_core::names::EventSubject;
+use herald_core::record::Withdrawal;
 use herald_core::{Event, EventData, EventType, Kind, WithdrawReason};
 use serde_json::{Value, json};
 
@@ -110,7 +112,7 @@ fn catalog_events_have_their_own_subject_source_and_stable_ids() {
         event.id
     );
     later.server["description"] = json!("Search the whole web");
-    later.digest = herald_core::catalog::digest(&later.server, later.meta.as_ref());
+    later.digest = herald_core::catalog_record::digest(&later.server, later.meta.as_ref());
     assert_ne!(
         Event::new(EventData::CatalogApplied(later), seen_at()).id,
         event.id

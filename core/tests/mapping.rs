@@ -1,14 +1,15 @@
-//! Every rule of the mapping (DESIGN.md "Opting in" and "What the watcher
+//! Every rule of the mapping (docs/design.md "Opting in" and "What the watcher
 //! reads"), each with a test that fails when the rule is broken.
 
 mod common;
 
 use common::*;
 use herald_core::annotations as ann;
-use herald_core::event::WithdrawReason;
-use herald_core::mapping::{Decision, semver_image_tag};
+use herald_core::mapping::Decision;
 use herald_core::policy::{NamespacePolicy, RegistryRule};
+use herald_core::record::WithdrawReason;
 use herald_core::record::{DeploymentRecord, Phase, RemoteTransport};
+use herald_core::validate::semver_image_tag;
 use herald_core::{Kind, Rejection};
 use serde_json::{Value, json};
 

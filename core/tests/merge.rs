@@ -8,8 +8,9 @@ use chrono::Duration;
 use common::*;
 use herald_core::DeploymentRecord;
 use herald_core::merge::{ServerResponse, compare_versions, merge};
-use herald_core::projection::{Fold, StoredDeployment, fold_applied};
+use herald_core::projection::{Fold, fold_applied};
 use herald_core::record::Header;
+use herald_core::stored::StoredDeployment;
 use serde_json::Value;
 
 fn stored(records: &[DeploymentRecord]) -> Vec<StoredDeployment> {
@@ -24,7 +25,7 @@ fn stored(records: &[DeploymentRecord]) -> Vec<StoredDeployment> {
 }
 
 fn schema_validators() -> Vec<(String, jsonschema::Validator)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/registry-spec");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/registry");
     [
         "server.schema.2025-09-16.json",
         "server.schema.2025-12-11.json",
@@ -230,7 +231,7 @@ fn every_advertised_fixture_merges_into_valid_server_json() {
 #[test]
 fn the_schema_check_itself_catches_invalid_documents() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/registry-spec/server-json-examples/invalid");
+        .join("../spec/registry/server-json-examples/invalid");
     let validators = schema_validators();
     let (_, newest) = &validators[1];
     for file in std::fs::read_dir(dir).unwrap() {

@@ -6,8 +6,10 @@ mod common;
 use chrono::Duration;
 use common::*;
 use herald_core::cluster_state::ClusterState;
-use herald_core::event::{Heartbeat, Resync, Withdrawal};
-use herald_core::projection::{Fold, StoredDeployment, fold_applied, fold_withdrawn, sweep};
+use herald_core::event::{Heartbeat, Resync};
+use herald_core::projection::{Fold, fold_applied, fold_withdrawn, sweep};
+use herald_core::record::Withdrawal;
+use herald_core::stored::StoredDeployment;
 use herald_core::{DeploymentRecord, Event, EventData, Kind, WithdrawReason};
 
 fn write(fold: Fold) -> StoredDeployment {
@@ -120,7 +122,7 @@ fn a_sweep_removes_only_unconfirmed_records_of_that_cluster_and_kind() {
     )
     .expect("unconfirmed");
     assert_eq!(swept.seq, 20);
-    let herald_core::projection::DeploymentState::Withdrawn(w) = &swept.state else {
+    let herald_core::stored::DeploymentState::Withdrawn(w) = &swept.state else {
         panic!()
     };
     assert_eq!(w.reason, WithdrawReason::Unconfirmed);

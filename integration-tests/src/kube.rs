@@ -1,5 +1,5 @@
 //! A real Kubernetes API server on loopback: etcd plus our `kube-apiserver` build (see
-//! TOOLING.md), with the ToolHive CRDs of `deploy/crds/` installed.
+//! `scripts/test-deps`), with the ToolHive CRDs of `deploy/crds/` installed.
 //!
 //! That server serves only `apiextensions.k8s.io` and custom resources (no namespaces,
 //! Events or Services) and treats every request as coming from `system:masters`, so the

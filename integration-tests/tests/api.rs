@@ -10,12 +10,13 @@ use async_nats::jetstream::{self, kv};
 use chrono::{TimeZone as _, Utc};
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
-use herald_core::event::Withdrawal;
 use herald_core::names::{DeploymentKey, bucket_name};
-use herald_core::projection::{Fold, StoredDeployment, fold_applied, fold_withdrawn};
+use herald_core::projection::{Fold, fold_applied, fold_withdrawn};
+use herald_core::record::Withdrawal;
 use herald_core::record::{
     DeploymentRecord, Header, Phase, RECORD_VERSION, Remote, RemoteTransport,
 };
+use herald_core::stored::StoredDeployment;
 use herald_core::{Kind, ObjectRef, WithdrawReason};
 use herald_integration_tests::dir::TestDir;
 use herald_integration_tests::nats::NatsServer;

@@ -13,7 +13,7 @@ use anyhow::{Context as _, ensure};
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use chrono::{TimeZone as _, Utc};
-use herald_core::event::Withdrawal;
+use herald_core::record::Withdrawal;
 use herald_core::record::{DeploymentRecord, Phase, RECORD_VERSION, Remote, RemoteTransport};
 use herald_core::{Event, EventData, Kind, ObjectRef, WithdrawReason};
 use herald_integration_tests::dir::TestDir;
@@ -35,7 +35,7 @@ const PAGE: usize = 5;
 // ---------------------------------------------------------------- the examples
 
 fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/registry-spec/server-json-examples")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/registry/server-json-examples")
 }
 
 fn documents(folder: &str) -> anyhow::Result<Vec<Value>> {

@@ -13,10 +13,11 @@ use async_nats::jetstream::{self, kv};
 use chrono::{DateTime, TimeZone, Utc};
 use futures::StreamExt as _;
 use herald_core::cluster_state::ClusterState;
-use herald_core::event::{Heartbeat, Resync, Withdrawal};
+use herald_core::event::{Heartbeat, Resync};
 use herald_core::names::{CLUSTERS_BUCKET, DeploymentKey, STREAM, bucket_name};
-use herald_core::projection::{DeploymentState, StoredDeployment};
+use herald_core::record::Withdrawal;
 use herald_core::record::{Phase, Remote, RemoteTransport};
+use herald_core::stored::{DeploymentState, StoredDeployment};
 use herald_core::{
     ClusterId, DeploymentRecord, Event, EventData, Kind, ObjectRef, RegistryName, WithdrawReason,
 };
@@ -28,12 +29,13 @@ use herald_integration_tests::timeout::{eventually, within};
 use herald_integration_tests::tools::herald_binary;
 use herald_projector::CancellationToken;
 use herald_projector::apply::{self, KeyWritten};
-use herald_projector::buckets::{self, BucketSettings};
 use herald_projector::fold;
 use herald_projector::metrics::{Metrics, Registry};
 use herald_projector::replay::{ReplayOptions, replay};
 use herald_projector::run::{RunConfig, run};
 use herald_projector::start::Start;
+use herald_projector::writes::{self, BucketSettings};
+use herald_runtime::buckets;
 use herald_runtime::health::Readiness;
 use herald_runtime::stream::StreamArgs;
 use serde_json::Value;
@@ -310,7 +312,7 @@ fn run_config(consumer: &str, batch: usize, ack_wait: Duration) -> RunConfig {
 async fn write_one(js: &jetstream::Context, event: &Event, seq: u64) -> anyhow::Result<KeyWritten> {
     let (registry, key, kind) = fold::slot(event).context("a key's event")?;
     let store =
-        buckets::open_or_create(js, &bucket_name(registry), &BucketSettings::default()).await?;
+        writes::open_or_create(js, &bucket_name(registry), &BucketSettings::default()).await?;
     Ok(apply::write_key(&store, &key, kind, None, &[(event, seq)]).await?)
 }
 
@@ -499,7 +501,7 @@ async fn applies_events_in_order_into_one_bucket_per_registry() -> anyhow::Resul
     );
     assert_eq!(
         buckets::registry_buckets(&js).await?,
-        vec![registry("default"), registry("team-a")]
+        [registry("default"), registry("team-a")].into()
     );
 
     let text = metrics_text(&prometheus);

@@ -252,7 +252,7 @@ impl Reader {
         }
     }
 
-    async fn withdrawn(&mut self) -> anyhow::Result<herald_core::event::Withdrawal> {
+    async fn withdrawn(&mut self) -> anyhow::Result<herald_core::record::Withdrawal> {
         match self.next().await?.data {
             EventData::Withdrawn(w) => Ok(w),
             other => bail!("expected deployment.withdrawn, got {other:?}"),

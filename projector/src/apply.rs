@@ -21,8 +21,12 @@ use herald_core::names::{CLUSTERS_BUCKET, DeploymentKey, bucket_name};
 use herald_core::{Event, EventData, RegistryName};
 use lru::LruCache;
 
-use crate::buckets::{self, BucketError, BucketSettings, Change, compare_and_set};
-use crate::fold::{self, KeyKind, Stored};
+use herald_runtime::buckets;
+
+use crate::fold;
+use crate::writes::{self, BucketError, BucketSettings, Change, compare_and_set};
+use herald_core::names::KeyKind;
+use herald_core::stored::StoredValue;
 
 /// What a control event did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,7 +42,7 @@ pub struct Outcome {
 pub struct KeyWritten {
     /// The key's value and revision afterwards, as this write saw them
     /// (`None`: absent); worth caching.
-    pub after: Option<(Stored, u64)>,
+    pub after: Option<(StoredValue, u64)>,
     /// Per event, in order: whether it changed the key (`false`: stale).
     pub wrote: Vec<bool>,
 }
@@ -56,7 +60,7 @@ pub struct Target {
     registries: BTreeMap<RegistryName, Arc<kv::Store>>,
     clusters: Option<Arc<kv::Store>>,
     /// The value and revision this projector last wrote under a key.
-    cache: LruCache<Slot, (Stored, u64)>,
+    cache: LruCache<Slot, (StoredValue, u64)>,
 }
 
 impl Target {
@@ -76,7 +80,7 @@ impl Target {
             return Ok(Arc::clone(store));
         }
         let store =
-            buckets::open_or_create(&self.js, &bucket_name(registry), &self.settings).await?;
+            writes::open_or_create(&self.js, &bucket_name(registry), &self.settings).await?;
         let store = Arc::new(store);
         self.registries.insert(registry.clone(), Arc::clone(&store));
         Ok(store)
@@ -84,12 +88,12 @@ impl Target {
 
     /// What the cache knows of a key, taken out while the key is written
     /// (nothing else reads it meanwhile); `None`: it must be read.
-    pub fn take_known(&mut self, slot: &Slot) -> Option<(Stored, u64)> {
+    pub fn take_known(&mut self, slot: &Slot) -> Option<(StoredValue, u64)> {
         self.cache.pop(slot)
     }
 
     /// Records what a key holds after a write of it.
-    pub fn remember(&mut self, slot: Slot, after: Option<(Stored, u64)>) {
+    pub fn remember(&mut self, slot: Slot, after: Option<(StoredValue, u64)>) {
         if let Some(after) = after {
             self.cache.put(slot, after);
         }
@@ -108,7 +112,7 @@ impl Target {
         if let Some(store) = &self.clusters {
             return Ok(Arc::clone(store));
         }
-        let store = buckets::open_or_create(&self.js, CLUSTERS_BUCKET, &self.settings).await?;
+        let store = writes::open_or_create(&self.js, CLUSTERS_BUCKET, &self.settings).await?;
         let store = Arc::new(store);
         self.clusters = Some(Arc::clone(&store));
         Ok(store)
@@ -194,14 +198,14 @@ pub async fn write_key(
     store: &kv::Store,
     key: &str,
     kind: KeyKind,
-    mut known: Option<(Stored, u64)>,
+    mut known: Option<(StoredValue, u64)>,
     events: &[(&Event, u64)],
 ) -> Result<KeyWritten, BucketError> {
-    for _ in 0..buckets::CAS_ATTEMPTS {
+    for _ in 0..writes::CAS_ATTEMPTS {
         let (current, revision) = match known.take() {
             Some((value, revision)) => (Some(value), Some(revision)),
-            None => match buckets::read(store, key).await? {
-                Some((bytes, revision)) => (Stored::parse(kind, &bytes), Some(revision)),
+            None => match writes::read(store, key).await? {
+                Some((bytes, revision)) => (fold::decode_or_absent(kind, &bytes), Some(revision)),
                 None => (None, None),
             },
         };
@@ -211,20 +215,20 @@ pub async fn write_key(
             return Ok(KeyWritten { after, wrote });
         };
         let bytes = Bytes::from(next.to_json());
-        if let Some(revision) = buckets::write_if(store, key, bytes, revision).await? {
+        if let Some(revision) = writes::write_if(store, key, bytes, revision).await? {
             return Ok(KeyWritten {
                 after: Some((next, revision)),
                 wrote,
             });
         }
     }
-    Err(buckets::contended(store, key))
+    Err(writes::contended(store, key))
 }
 
 /// The sweep's verdict on one stored deployment value.
 fn sweep_change(value: Option<&[u8]>, resync: &Resync, seq: u64, time: DateTime<Utc>) -> Change {
     value
-        .and_then(|v| Stored::parse(KeyKind::Deployment, v))
+        .and_then(|v| fold::decode_or_absent(KeyKind::Deployment, v))
         .and_then(|current| fold::sweep(&current, resync, seq, time))
         .map_or(Change::Keep, |tombstone| {
             Change::Put(tombstone.to_json().into())

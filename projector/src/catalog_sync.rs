@@ -18,6 +18,8 @@
 //! but blind to deletions, so they withdraw nothing; every
 //! `--full-sync-every`-th sync is a full listing that does.
 
+use herald_runtime::buckets;
+
 use crate::source_http::SourceClient;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -27,12 +29,12 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
-use herald_core::catalog::{
-    self, CatalogEntry, CatalogRecord, CatalogWithdrawal, EntryError, SourceId,
-};
+use herald_core::catalog_record::{CatalogEntry, CatalogRecord, CatalogWithdrawal};
+use herald_core::ids::SourceId;
+use herald_core::import::{self, EntryError};
 use herald_core::names::{CatalogKey, bucket_name};
-use herald_core::projection::StoredCatalog;
 use herald_core::record::RECORD_VERSION;
+use herald_core::stored::StoredCatalog;
 use herald_core::{Event, EventData, RegistryName};
 use herald_runtime::health::Readiness;
 use prometheus_client::metrics::counter::Counter;
@@ -41,10 +43,10 @@ use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::buckets::{self, BucketError};
+use crate::writes::BucketError;
 
 /// The server.json schema entries must satisfy (the newest the API emits).
-const SERVER_SCHEMA: &str = include_str!("../schemas/server.schema.2025-12-11.json");
+const SERVER_SCHEMA: &str = include_str!("../../spec/registry/server.schema.2025-12-11.json");
 /// Entries per page asked of a registry API (the official maximum).
 const PAGE_LIMIT: &str = "100";
 /// Pages followed at most, so a server that keeps returning a cursor
@@ -129,6 +131,8 @@ pub enum SyncError {
     Document { location: String, reason: String },
     #[error(transparent)]
     Bucket(#[from] BucketError),
+    #[error(transparent)]
+    Buckets(#[from] herald_runtime::buckets::ReadError),
     #[error("publishing {id}: {reason}")]
     Publish { id: String, reason: String },
     #[error("the server.json schema does not compile: {0}")]
@@ -474,7 +478,7 @@ impl Syncer {
                 query.push(("updated_since", s));
             }
             let bytes = self.get(&url, &query).await?;
-            let page = catalog::parse_official_page(&bytes).map_err(|e| SyncError::Document {
+            let page = import::parse_official_page(&bytes).map_err(|e| SyncError::Document {
                 location: url.clone(),
                 reason: e.to_string(),
             })?;
@@ -503,7 +507,7 @@ impl Syncer {
         bytes: &[u8],
     ) -> Result<Vec<Result<CatalogEntry, EntryError>>, SyncError> {
         let location = self.options.location.to_string();
-        let document = |e: catalog::CatalogError| SyncError::Document {
+        let document = |e: import::CatalogError| SyncError::Document {
             location: location.clone(),
             reason: e.to_string(),
         };
@@ -524,10 +528,10 @@ impl Syncer {
         };
         match format {
             Format::ToolHive => {
-                catalog::parse_toolhive_registry(bytes, &self.options.toolhive_namespace)
+                import::parse_toolhive_registry(bytes, &self.options.toolhive_namespace)
                     .map_err(document)
             }
-            _ => catalog::parse_official_page(bytes)
+            _ => import::parse_official_page(bytes)
                 .map(|page| page.entries)
                 .map_err(document),
         }

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use herald_core::projection::{DeploymentState, StoredCatalog, StoredDeployment};
+use herald_core::stored::StoredValue;
 use serde_json::Value;
 
-use crate::buckets::Item;
+use herald_runtime::buckets::Item;
 
 /// One key that differs.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,15 +44,15 @@ impl KeyDiff {
     pub fn describe(&self) -> String {
         match self {
             KeyDiff::Added { key, rebuilt } => {
-                format!("+ {key}  rebuilt: {}", describe_value(&rebuilt.value))
+                format!("+ {key}  rebuilt: {}", describe_value(key, &rebuilt.value))
             }
             KeyDiff::Removed { key, live } => {
-                format!("- {key}  live: {}", describe_value(&live.value))
+                format!("- {key}  live: {}", describe_value(key, &live.value))
             }
             KeyDiff::Changed { key, live, rebuilt } => format!(
                 "~ {key}  live: {}  rebuilt: {}",
-                describe_value(&live.value),
-                describe_value(&rebuilt.value)
+                describe_value(key, &live.value),
+                describe_value(key, &rebuilt.value)
             ),
         }
     }
@@ -100,28 +100,11 @@ pub fn diff(live: &[Item], rebuilt: &[Item]) -> Vec<KeyDiff> {
         .collect()
 }
 
-/// A short description of a stored deployment value.
-pub fn describe_value(value: &[u8]) -> String {
-    match StoredDeployment::from_json(value) {
-        Ok(stored) => match &stored.state {
-            DeploymentState::Live(r) => format!(
-                "seq {} live {} {} {}",
-                stored.seq, r.server_name, r.version, r.remote.url
-            ),
-            DeploymentState::Withdrawn(w) => {
-                format!("seq {} withdrawn {}", stored.seq, w.reason.as_str())
-            }
-        },
-        Err(_) => match StoredCatalog::from_json(value) {
-            Ok(stored) => match stored.live() {
-                Some(r) => format!(
-                    "seq {} listed {} {} by {} ({})",
-                    stored.seq, r.server_name, r.version, r.source, r.digest
-                ),
-                None => format!("seq {} withdrawn from its catalog", stored.seq),
-            },
-            Err(_) => format!("unreadable value ({} bytes)", value.len()),
-        },
+/// A short description of the value under `key`.
+pub fn describe_value(key: &str, value: &[u8]) -> String {
+    match StoredValue::decode(key, value) {
+        Ok(stored) => stored.describe(),
+        Err(err) => format!("unreadable value ({} bytes): {err}", value.len()),
     }
 }
 

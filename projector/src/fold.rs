@@ -6,56 +6,20 @@
 
 use chrono::{DateTime, Utc};
 use herald_core::event::Resync;
-use herald_core::names::{CatalogKey, DeploymentKey};
-use herald_core::projection::{self, Fold, StoredCatalog, StoredDeployment};
+use herald_core::names::{CatalogKey, DeploymentKey, KeyKind};
+use herald_core::projection::{self, Fold};
+use herald_core::stored::StoredValue;
 use herald_core::{Event, EventData, RegistryName};
 
-/// The value under a registry bucket key.
-// Built and consumed in place: boxing the larger variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
-pub enum Stored {
-    Deployment(StoredDeployment),
-    Catalog(StoredCatalog),
-}
-
-/// Which of the two a key holds; deployment and catalog keys never overlap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyKind {
-    Deployment,
-    Catalog,
-}
-
-impl Stored {
-    /// The value as stored in a bucket.
-    pub fn to_json(&self) -> Vec<u8> {
-        match self {
-            Stored::Deployment(d) => d.to_json(),
-            Stored::Catalog(c) => c.to_json(),
-        }
-    }
-
-    /// A bucket value; one that does not parse is treated as absent, so the
-    /// next event overwrites it instead of being stuck behind it.
-    pub fn parse(kind: KeyKind, value: &[u8]) -> Option<Self> {
-        let parsed = match kind {
-            KeyKind::Deployment => StoredDeployment::from_json(value).map(Stored::Deployment),
-            KeyKind::Catalog => StoredCatalog::from_json(value).map(Stored::Catalog),
-        };
-        match parsed {
-            Ok(stored) => Some(stored),
-            Err(err) => {
-                tracing::warn!(%err, ?kind, "stored value does not parse; overwriting it");
-                None
-            }
-        }
-    }
-
-    /// The stream sequence of the event it comes from.
-    pub fn seq(&self) -> u64 {
-        match self {
-            Stored::Deployment(d) => d.seq,
-            Stored::Catalog(c) => c.seq,
+/// A stored value read back for folding; one that does not decode is
+/// treated as absent, so the next event overwrites it instead of being
+/// stuck behind it.
+pub fn decode_or_absent(kind: KeyKind, value: &[u8]) -> Option<StoredValue> {
+    match StoredValue::decode_as(kind, value) {
+        Ok(stored) => Some(stored),
+        Err(err) => {
+            tracing::warn!(%err, %kind, "stored value does not decode; overwriting it");
+            None
         }
     }
 }
@@ -93,30 +57,31 @@ pub fn slot(event: &Event) -> Option<(&RegistryName, String, KeyKind)> {
 /// The key's value after `event` (found at stream sequence `seq`), or
 /// `None` when the event is stale (what is stored is as new or newer) or
 /// is not a key's event.
-pub fn fold(event: &Event, seq: u64, current: Option<&Stored>) -> Option<Stored> {
+pub fn fold(event: &Event, seq: u64, current: Option<&StoredValue>) -> Option<StoredValue> {
     let deployment = match current {
-        Some(Stored::Deployment(d)) => Some(d),
+        Some(StoredValue::Deployment(d)) => Some(d),
         _ => None,
     };
     let catalog = match current {
-        Some(Stored::Catalog(c)) => Some(c),
+        Some(StoredValue::Catalog(c)) => Some(c),
         _ => None,
     };
     match &event.data {
         EventData::Applied(record) => {
-            written(projection::fold_applied(deployment, record, seq)).map(Stored::Deployment)
+            written(projection::fold_applied(deployment, record, seq)).map(StoredValue::Deployment)
         }
         EventData::Withdrawn(withdrawal) => written(projection::fold_withdrawn(
             deployment, withdrawal, seq, event.time,
         ))
-        .map(Stored::Deployment),
+        .map(StoredValue::Deployment),
         EventData::CatalogApplied(record) => {
-            written(projection::fold_catalog_applied(catalog, record, seq)).map(Stored::Catalog)
+            written(projection::fold_catalog_applied(catalog, record, seq))
+                .map(StoredValue::Catalog)
         }
         EventData::CatalogWithdrawn(withdrawal) => written(projection::fold_catalog_withdrawn(
             catalog, withdrawal, seq, event.time,
         ))
-        .map(Stored::Catalog),
+        .map(StoredValue::Catalog),
         EventData::ResyncStarted(_) | EventData::ResyncCompleted(_) | EventData::Heartbeat(_) => {
             None
         }
@@ -135,9 +100,9 @@ fn written<T>(fold: Fold<T>) -> Option<T> {
 /// event, whether it changed the key.
 pub fn fold_all<'a>(
     events: impl IntoIterator<Item = (&'a Event, u64)>,
-    current: Option<&Stored>,
-) -> (Option<Stored>, Vec<bool>) {
-    let mut next: Option<Stored> = None;
+    current: Option<&StoredValue>,
+) -> (Option<StoredValue>, Vec<bool>) {
+    let mut next: Option<StoredValue> = None;
     let wrote = events
         .into_iter()
         .map(
@@ -156,9 +121,16 @@ pub fn fold_all<'a>(
 /// After `resync.completed` (sequence `seq`, published at `time`): the
 /// tombstone for a deployment of that cluster and kind that the re-list did
 /// not confirm, or `None` when the value stays.
-pub fn sweep(current: &Stored, resync: &Resync, seq: u64, time: DateTime<Utc>) -> Option<Stored> {
+pub fn sweep(
+    current: &StoredValue,
+    resync: &Resync,
+    seq: u64,
+    time: DateTime<Utc>,
+) -> Option<StoredValue> {
     match current {
-        Stored::Deployment(d) => projection::sweep(d, resync, seq, time).map(Stored::Deployment),
-        Stored::Catalog(_) => None,
+        StoredValue::Deployment(d) => {
+            projection::sweep(d, resync, seq, time).map(StoredValue::Deployment)
+        }
+        StoredValue::Catalog(_) => None,
     }
 }

@@ -11,7 +11,7 @@
 //! - [`apply`]: the live buckets `run` writes (compare-and-set per key, a
 //!   cache of what it wrote, control events and sweeps); [`rebuild`]: the
 //!   same state folded in memory, what `replay` compares with them.
-//! - [`buckets`]: opening, listing, scanning buckets and the compare-and-set write.
+//! - [`writes`]: opening or creating buckets and the compare-and-set write.
 //! - [`catalog_sync`]: `catalog sync`, which imports a catalog source (file or
 //!   registry API over [`source_http`], official or ToolHive format) as
 //!   catalog events that `apply` folds into the registry buckets beside the
@@ -20,7 +20,6 @@
 //!   (with [`diff`]) and [`status`]; [`table`] aligns their output.
 
 pub mod apply;
-pub mod buckets;
 pub mod catalog_sync;
 pub mod dead_letter;
 pub mod diff;
@@ -35,6 +34,7 @@ pub mod source_http;
 pub mod start;
 pub mod status;
 pub mod table;
+pub mod writes;
 
 /// The shutdown token `run` and `events` take, re-exported so that callers
 /// such as tests need no direct dependency on tokio-util.

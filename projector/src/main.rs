@@ -11,9 +11,8 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use herald_core::catalog::SourceId;
+use herald_core::ids::SourceId;
 use herald_core::{ClusterId, EventType, RegistryName};
-use herald_projector::buckets::BucketSettings;
 use herald_projector::catalog_sync::{CatalogMetrics, Format, Location, SyncOptions, Syncer};
 use herald_projector::events::EventsOptions;
 use herald_projector::filter::{EventFilter, ObjectFilter, parse_type};
@@ -21,6 +20,7 @@ use herald_projector::metrics::Metrics;
 use herald_projector::replay::{DEFAULT_SCRATCH_PREFIX, ReplayOptions, check_scratch_prefix};
 use herald_projector::run::RunConfig;
 use herald_projector::start::{Start, parse_since};
+use herald_projector::writes::BucketSettings;
 use herald_runtime::health::{self, Readiness};
 use herald_runtime::logging::LogArgs;
 use herald_runtime::nats::NatsArgs;
@@ -114,7 +114,7 @@ struct CatalogSyncArgs {
     )]
     toolhive_namespace: String,
     /// Sync again after this long (`5m`, `1h`); without it, sync once and exit.
-    #[arg(long, env = "HERALD_INTERVAL", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HERALD_INTERVAL", value_parser = herald_runtime::duration::positive)]
     interval: Option<Duration>,
     /// With --interval and --url: every n-th sync lists the whole source and
     /// withdraws entries it no longer has; the ones between ask only for
@@ -152,7 +152,7 @@ struct RunArgs {
     #[arg(long, env = "HERALD_MAX_DELIVER", default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=100))]
     max_deliver: i64,
     /// How long the server waits for an ack before delivering again.
-    #[arg(long, env = "HERALD_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HERALD_ACK_WAIT", default_value = "30s", value_parser = herald_runtime::duration::positive)]
     ack_wait: Duration,
     /// Bucket writes of distinct keys in flight at once (1: one event at a
     /// time). One key's events are always applied in order.

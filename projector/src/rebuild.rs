@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use herald_core::names::DeploymentKey;
 use herald_core::{Event, EventData, RegistryName};
 
-use crate::buckets::Item;
-use crate::fold::{self, Stored};
+use crate::fold;
+use herald_core::stored::StoredValue;
+use herald_runtime::buckets::Item;
 
 /// What folding one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +29,7 @@ pub struct Rebuild {
     /// Only this registry, when set.
     only: Option<RegistryName>,
     /// Hashed, not ordered: looked up once per event, listed in order once.
-    registries: BTreeMap<RegistryName, HashMap<String, Stored>>,
+    registries: BTreeMap<RegistryName, HashMap<String, StoredValue>>,
 }
 
 impl Rebuild {

@@ -12,10 +12,14 @@ use futures::StreamExt;
 use herald_core::names::{EVENTS_WILDCARD, STREAM, bucket_name, registry_of_bucket};
 use herald_core::{Event, RegistryName};
 
-use crate::buckets::{self, BucketSettings, Item};
+use herald_runtime::buckets;
+
+use herald_runtime::buckets::Item;
+
 use crate::diff::{KeyDiff, diff};
 use crate::rebuild::{Folding, Rebuild};
 use crate::start::Start;
+use crate::writes::{self, BucketSettings};
 
 /// Longest wait for the next message of the history before giving up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -117,7 +121,7 @@ pub async fn replay<W: Write>(
     }
     // Leftovers of an earlier `--keep` would mix into this rebuild.
     for bucket in scratch_buckets(js, &options.scratch_prefix).await? {
-        buckets::delete(js, &bucket).await?;
+        writes::delete(js, &bucket).await?;
     }
     let mut stream = js
         .get_stream(STREAM)
@@ -210,7 +214,7 @@ pub async fn replay<W: Write>(
         }
         if options.apply && !diffs.is_empty() {
             let store =
-                buckets::open_or_create(js, &live_bucket, &BucketSettings::default()).await?;
+                writes::open_or_create(js, &live_bucket, &BucketSettings::default()).await?;
             for d in &diffs {
                 match write_back(&store, d).await {
                     Ok(()) => report.written += 1,
@@ -255,7 +259,7 @@ async fn write_scratch(
     bucket: &str,
     items: &[Item],
 ) -> anyhow::Result<()> {
-    let store = buckets::open_or_create(js, bucket, &scratch_settings()).await?;
+    let store = writes::open_or_create(js, bucket, &scratch_settings()).await?;
     let mut puts = futures::stream::iter(items)
         .map(|item| {
             let store = &store;

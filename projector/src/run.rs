@@ -19,14 +19,17 @@ use futures::stream::FuturesUnordered;
 use herald_core::Event;
 use herald_core::names::{EVENTS_WILDCARD, STREAM};
 use herald_runtime::health::Readiness;
+use herald_runtime::retry::{Backoff, RetryPolicy};
 use herald_runtime::stream::StreamArgs;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, KeyWritten, Slot, Target};
-use crate::buckets::{BucketError, BucketSettings};
 use crate::dead_letter::{self, APPLY_FAILED};
-use crate::fold::{self, KeyKind, Stored};
+use crate::fold;
 use crate::metrics::Metrics;
+use crate::writes::{BucketError, BucketSettings};
+use herald_core::names::KeyKind;
+use herald_core::stored::StoredValue;
 
 /// How long one pull request waits for messages before the next one.
 const PULL_EXPIRY: Duration = Duration::from_secs(1);
@@ -36,7 +39,7 @@ const DRAIN_WAIT: Duration = Duration::from_millis(100);
 /// Longest wait for the events before a control event to be acknowledged.
 const BARRIER_WAIT: Duration = Duration::from_secs(5);
 /// Pause before retrying when the server does not answer pulls.
-const RETRY_PAUSE: Duration = Duration::from_secs(1);
+const RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(250), Duration::from_secs(5));
 
 pub const READY_NATS: &str = "nats";
 pub const READY_CONSUMER: &str = "consumer";
@@ -115,6 +118,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let js = jetstream::new(client.clone());
+    let mut backoff = Backoff::new(RETRY);
     let mut consumer = loop {
         match ensure_and_bind(&js, &config).await {
             Ok(consumer) => break consumer,
@@ -124,9 +128,8 @@ pub async fn run(
                     err = format!("{err:#}"),
                     "cannot bind the consumer yet; retrying"
                 );
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(RETRY_PAUSE) => continue,
+                if !backoff.pause(&shutdown).await {
+                    return Ok(());
                 }
             }
         }
@@ -152,13 +155,15 @@ pub async fn run(
             .messages()
             .await;
         let mut batch = match batch {
-            Ok(batch) => batch,
+            Ok(batch) => {
+                backoff.reset();
+                batch
+            }
             Err(err) => {
                 tracing::warn!(%err, "pull request failed; binding the consumer again");
                 readiness.set_not_ready(READY_CONSUMER, format!("pull failed: {err}"));
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(RETRY_PAUSE) => {}
+                if !backoff.pause(&shutdown).await {
+                    break;
                 }
                 // The consumer (or the stream) may have been deleted.
                 match ensure_and_bind(&jetstream::new(client.clone()), &config).await {
@@ -340,7 +345,7 @@ impl Projector {
         slot: Slot,
         kind: KeyKind,
         pending: Vec<Pending>,
-        known: Option<(Stored, u64)>,
+        known: Option<(StoredValue, u64)>,
     ) {
         let store = match self.target.store(&slot.0).await {
             Ok(store) => store,

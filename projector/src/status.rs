@@ -8,9 +8,10 @@ use async_nats::jetstream;
 use chrono::{DateTime, SecondsFormat, Utc};
 use herald_core::cluster_state::ClusterState;
 use herald_core::names::{CLUSTERS_BUCKET, STREAM, bucket_name};
-use herald_core::projection::{StoredCatalog, StoredDeployment};
+use herald_core::stored::StoredValue;
 
-use crate::buckets;
+use herald_runtime::buckets;
+
 use crate::start::from_nats_time;
 use crate::table;
 
@@ -26,15 +27,12 @@ pub struct KeyCounts {
 pub fn count_keys(items: &[buckets::Item]) -> KeyCounts {
     let mut counts = KeyCounts::default();
     for item in items {
-        match StoredDeployment::from_json(&item.value) {
-            Ok(stored) if stored.live().is_some() => counts.live += 1,
+        // Catalog entries count like deployments: listed or tombstone.
+        match StoredValue::decode(&item.key, &item.value) {
+            Ok(StoredValue::Deployment(d)) if d.live().is_some() => counts.live += 1,
+            Ok(StoredValue::Catalog(c)) if c.live().is_some() => counts.live += 1,
             Ok(_) => counts.tombstones += 1,
-            // Catalog entries count like deployments: listed or tombstone.
-            Err(_) => match StoredCatalog::from_json(&item.value) {
-                Ok(stored) if stored.live().is_some() => counts.live += 1,
-                Ok(_) => counts.tombstones += 1,
-                Err(_) => counts.other += 1,
-            },
+            Err(_) => counts.other += 1,
         }
     }
     counts

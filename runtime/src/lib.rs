@@ -3,12 +3,18 @@
 //!
 //! - [`nats`]: NATS connection and auth/TLS flags (`--nats-url`, …).
 //! - [`logging`]: `--log-format text|json` and the tracing subscriber.
+//! - [`duration`]: duration flags, read with humantime.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on one listener.
+//! - [`retry`]: backoff with jitter and a cap, for every retry loop.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
+//! - [`buckets`]: listing, opening and scanning Herald's KV buckets.
 //! - [`stream`]: the `HERALD_EVENTS` stream: ensure it exists, compatibly.
 
+pub mod buckets;
+pub mod duration;
 pub mod health;
 pub mod logging;
 pub mod nats;
+pub mod retry;
 pub mod shutdown;
 pub mod stream;

@@ -42,14 +42,14 @@ struct Cli {
     #[arg(long, env = "HERALD_DENY_UNLISTED_REGISTRIES")]
     deny_unlisted_registries: bool,
     /// How often to publish a cluster.heartbeat event.
-    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = parse_interval)]
+    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = herald_runtime::duration::positive)]
     heartbeat_interval: Duration,
     /// How often to look again for a kind the cluster does not serve (so that
     /// installing the ToolHive operator later needs no restart).
-    #[arg(long, env = "HERALD_KIND_RECHECK_INTERVAL", default_value = "30s", value_parser = parse_interval)]
+    #[arg(long, env = "HERALD_KIND_RECHECK_INTERVAL", default_value = "30s", value_parser = herald_runtime::duration::positive)]
     kind_recheck_interval: Duration,
     /// On SIGTERM, how long to keep publishing pending events before exiting.
-    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = herald_runtime::duration::positive)]
     shutdown_timeout: Duration,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HERALD_HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
@@ -72,14 +72,6 @@ fn parse_registry(s: &str) -> Result<RegistryName, String> {
 
 fn parse_rule(s: &str) -> Result<RegistryRule, String> {
     s.parse()
-}
-
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    if d.is_zero() {
-        return Err("must be greater than zero".to_owned());
-    }
-    Ok(d)
 }
 
 impl Cli {

@@ -143,7 +143,8 @@ mod tests {
     use super::*;
     use herald_core::ClusterId;
     use herald_core::WithdrawReason;
-    use herald_core::event::{Resync, Withdrawal};
+    use herald_core::event::Resync;
+    use herald_core::record::Withdrawal;
 
     fn withdrawal(name: &str, registry: &str, rv: &str) -> Event {
         let data = EventData::Withdrawn(Withdrawal {

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use backoff::ExponentialBackoff;
 use herald_core::event::Event;
 use herald_runtime::health::Readiness;
+use herald_runtime::retry::{self, RetryPolicy};
 use herald_runtime::stream::StreamArgs;
 
 use crate::metrics::Metrics;
@@ -25,14 +25,7 @@ const BACKLOG: usize = 1000;
 /// One attempt: the publish and its ack.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn retry_policy() -> ExponentialBackoff {
-    ExponentialBackoff {
-        initial_interval: Duration::from_millis(100),
-        max_interval: Duration::from_secs(5),
-        max_elapsed_time: None,
-        ..ExponentialBackoff::default()
-    }
-}
+const RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Why one publish attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,25 +49,16 @@ pub struct Publisher {
 impl Publisher {
     /// Ensures the stream, then publishes until the outbox is closed and empty.
     pub async fn run(self) {
-        let ensured = backoff::future::retry_notify(
-            retry_policy(),
-            || async {
-                self.stream
-                    .ensure(&self.js)
-                    .await
-                    .map_err(backoff::Error::transient)
-            },
-            |err: anyhow::Error, _| {
+        retry::until_ok(
+            RETRY,
+            || self.stream.ensure(&self.js),
+            |err: &anyhow::Error, _| {
                 self.readiness
                     .set_not_ready(READY_NATS, format!("ensuring the stream: {err:#}"));
                 tracing::warn!("ensuring the event stream failed, retrying: {err:#}");
             },
         )
         .await;
-        if let Err(err) = ensured {
-            tracing::error!("could not ensure the event stream: {err:#}");
-            return;
-        }
         self.readiness.set_ready(READY_NATS);
         while let Some(event) = self.outbox.pop().await {
             self.publish(&event).await;
@@ -97,32 +81,25 @@ impl Publisher {
             };
             match tokio::time::timeout(ATTEMPT_TIMEOUT, sent).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(backoff::Error::transient(PublishError::from(e))),
-                Err(_) => Err(backoff::Error::transient(PublishError::Timeout(
-                    ATTEMPT_TIMEOUT,
-                ))),
+                Ok(Err(e)) => Err(PublishError::from(e)),
+                Err(_) => Err(PublishError::Timeout(ATTEMPT_TIMEOUT)),
             }
         };
-        let notify = |err: PublishError, _| {
+        let notify = |err: &PublishError, _| {
             self.metrics.publish_failed();
             self.readiness
                 .set_not_ready(READY_NATS, format!("publishing to NATS fails: {err}"));
             tracing::warn!(id = %event.id, %subject, "publish failed, retrying: {err}");
         };
-        // Transient errors only, with no elapsed-time limit: this returns Ok.
-        if backoff::future::retry_notify(retry_policy(), attempt, notify)
-            .await
-            .is_ok()
-        {
-            self.metrics.published(event.event_type());
-            let pending = self.outbox.len();
-            if pending > BACKLOG {
-                self.readiness
-                    .set_not_ready(READY_NATS, format!("{pending} events wait to be published"));
-            } else {
-                self.readiness.set_ready(READY_NATS);
-            }
-            tracing::debug!(id = %event.id, %subject, "published");
+        retry::until_ok(RETRY, attempt, notify).await;
+        self.metrics.published(event.event_type());
+        let pending = self.outbox.len();
+        if pending > BACKLOG {
+            self.readiness
+                .set_not_ready(READY_NATS, format!("{pending} events wait to be published"));
+        } else {
+            self.readiness.set_ready(READY_NATS);
         }
+        tracing::debug!(id = %event.id, %subject, "published");
     }
 }

@@ -17,9 +17,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use herald_core::event::{Event, EventData, Resync, Withdrawal};
+use herald_core::event::{Event, EventData, Resync};
 use herald_core::mapping::{self, Decision, Identity, Observation};
 use herald_core::object::{Kind, ObjectRef};
+use herald_core::record::Withdrawal;
 use herald_core::record::{DeploymentRecord, RECORD_VERSION};
 use herald_core::{Rejection, WatcherPolicy, WithdrawReason};
 use serde_json::Value;

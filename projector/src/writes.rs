@@ -1,20 +1,13 @@
-//! The KV buckets the projector writes: opening or creating them, listing
-//! Herald's registry buckets, scanning keys under a prefix, and the
-//! compare-and-set write every change goes through.
+//! Writing the KV buckets, which only the projector does: opening or
+//! creating them, deleting scratch buckets, and the compare-and-set write
+//! every change goes through. Reading is `herald_runtime::buckets`.
 
-use std::time::Duration;
-
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
-use futures::StreamExt;
-use herald_core::RegistryName;
-use herald_core::names::registry_of_bucket;
 
 /// How many times a compare-and-set is retried when other writers keep
 /// changing the key in between; far more than two projectors ever need.
 pub const CAS_ATTEMPTS: usize = 32;
-/// Bound on one bucket scan; a scan of a healthy local bucket takes milliseconds.
-const SCAN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings of the buckets the projector creates.
 #[derive(Debug, Clone, Copy)]
@@ -56,10 +49,8 @@ pub enum BucketError {
         "{key} in bucket {bucket} kept changing: gave up after {CAS_ATTEMPTS} compare-and-set attempts"
     )]
     Contended { bucket: String, key: String },
-    #[error("scanning bucket {bucket}: {reason}")]
-    Scan { bucket: String, reason: String },
-    #[error("listing buckets: {0}")]
-    List(String),
+    #[error(transparent)]
+    Reading(#[from] herald_runtime::buckets::ReadError),
     #[error("deleting bucket {bucket}: {reason}")]
     Delete { bucket: String, reason: String },
 }
@@ -96,34 +87,6 @@ pub async fn open_or_create(
     }
 }
 
-/// Opens an existing bucket; `None` when it does not exist.
-pub async fn open_existing(js: &jetstream::Context, bucket: &str) -> Option<kv::Store> {
-    js.get_key_value(bucket).await.ok()
-}
-
-/// The names of every KV bucket on the server.
-pub async fn bucket_names(js: &jetstream::Context) -> Result<Vec<String>, BucketError> {
-    let mut names = js.stream_names();
-    let mut buckets = Vec::new();
-    while let Some(name) = names.next().await {
-        let name = name.map_err(|e| BucketError::List(e.to_string()))?;
-        if let Some(bucket) = name.strip_prefix("KV_") {
-            buckets.push(bucket.to_owned());
-        }
-    }
-    buckets.sort();
-    Ok(buckets)
-}
-
-/// The registries that have a live bucket `herald-<registry>`.
-pub async fn registry_buckets(js: &jetstream::Context) -> Result<Vec<RegistryName>, BucketError> {
-    Ok(bucket_names(js)
-        .await?
-        .iter()
-        .filter_map(|b| registry_of_bucket(b))
-        .collect())
-}
-
 /// Deletes a bucket; succeeds when it did not exist.
 pub async fn delete(js: &jetstream::Context, bucket: &str) -> Result<(), BucketError> {
     if js.get_key_value(bucket).await.is_err() {
@@ -136,66 +99,6 @@ pub async fn delete(js: &jetstream::Context, bucket: &str) -> Result<(), BucketE
             bucket: bucket.to_owned(),
             reason: e.to_string(),
         })
-}
-
-/// One key's current value in a bucket.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Item {
-    pub key: String,
-    pub value: Bytes,
-    pub revision: u64,
-}
-
-/// The current value of every key that starts with `prefix` (all keys for
-/// `""`), in key order. Deleted and purged keys are left out.
-pub async fn scan(store: &kv::Store, prefix: &str) -> Result<Vec<Item>, BucketError> {
-    let err = |reason: String| BucketError::Scan {
-        bucket: store.name.clone(),
-        reason,
-    };
-    let key_prefix = format!("$KV.{}.", store.name);
-    let consumer = store
-        .stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: format!("{key_prefix}{prefix}>"),
-            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    let mut items = Vec::new();
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(items);
-    }
-    let mut messages = consumer.messages().await.map_err(|e| err(e.to_string()))?;
-    let read = async {
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| err(e.to_string()))?;
-            let info = message.info().map_err(|e| err(e.to_string()))?;
-            let (revision, pending) = (info.stream_sequence, info.pending);
-            let deleted = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-            if !deleted && let Some(key) = message.subject.strip_prefix(key_prefix.as_str()) {
-                items.push(Item {
-                    key: key.to_owned(),
-                    value: message.payload.clone(),
-                    revision,
-                });
-            }
-            if pending == 0 {
-                break;
-            }
-        }
-        Ok::<_, BucketError>(())
-    };
-    tokio::time::timeout(SCAN_TIMEOUT, read)
-        .await
-        .map_err(|_| err(format!("no answer within {SCAN_TIMEOUT:?}")))??;
-    items.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(items)
 }
 
 /// What a compare-and-set step decides from the current value.

@@ -1,6 +1,6 @@
-//! Catalog entries: servers described outside Kubernetes — an official
-//! registry's list, or a ToolHive `registry.json` — as `server.json`
-//! documents, ready to be merged with deployed remotes.
+//! Importing catalog documents: an official registry's list or a ToolHive
+//! `registry.json` → [`CatalogEntry`]s (`server.json` documents), ready to
+//! be published as catalog records and merged with deployed remotes.
 //!
 //! Conversion is per entry: one bad entry is reported with a reason and the
 //! rest of the catalog still converts. Full JSON-Schema validation is the
@@ -8,14 +8,14 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::ids::{RegistryName, ServerName, excerpt};
-use crate::mapping::{semver_image_tag, validate_url};
-use crate::merge::SERVER_SCHEMA;
+use crate::catalog_record::CatalogEntry;
+use crate::ids::{ServerName, excerpt};
+use crate::merge::SERVER_SCHEMA_URL;
 use crate::rejection::UrlSource;
+use crate::validate::{semver_image_tag, validate_url};
 
 /// A whole catalog document that cannot be read at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,17 +44,6 @@ impl EntryError {
             reason: reason.into(),
         }
     }
-}
-
-/// One catalog entry: a `server.json` document and the source's `_meta`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CatalogEntry {
-    pub name: ServerName,
-    pub version: String,
-    /// The `server.json` document, as the source described it.
-    pub server: Value,
-    /// The `_meta` the source served beside it (official list format only).
-    pub meta: Option<Value>,
 }
 
 /// One page of the official list format.
@@ -201,7 +190,7 @@ fn convert_toolhive(
         .or_else(|| image.and_then(semver_image_tag))
         .unwrap_or_else(|| crate::annotations::DEFAULT_VERSION.to_owned());
     let mut server = Map::new();
-    server.insert("$schema".into(), json!(SERVER_SCHEMA));
+    server.insert("$schema".into(), json!(SERVER_SCHEMA_URL));
     server.insert("name".into(), json!(format!("{namespace}/{short}")));
     server.insert(
         "description".into(),
@@ -311,73 +300,4 @@ fn inputs(list: Option<&Value>) -> Vec<Value> {
             Some(Value::Object(out))
         })
         .collect()
-}
-
-pub use crate::ids::SourceId;
-
-/// The body of a `catalog.applied` event and the value stored for a live
-/// catalog entry. Versioned like the deployment record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CatalogRecord {
-    pub v: u32,
-    pub source: SourceId,
-    pub registry: RegistryName,
-    pub server_name: ServerName,
-    pub version: String,
-    /// The `server.json` document as the source described it.
-    pub server: Value,
-    /// The `_meta` the source served beside it (official list format).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub meta: Option<Value>,
-    pub observed_at: DateTime<Utc>,
-    /// A digest of `server` and `meta`: equal digests, equal entry. Part of
-    /// the event id, so re-importing an unchanged entry is deduplicated.
-    pub digest: String,
-}
-
-impl CatalogRecord {
-    pub fn new(
-        source: SourceId,
-        registry: RegistryName,
-        entry: CatalogEntry,
-        observed_at: DateTime<Utc>,
-    ) -> Self {
-        let digest = digest(&entry.server, entry.meta.as_ref());
-        Self {
-            v: crate::record::RECORD_VERSION,
-            source,
-            registry,
-            server_name: entry.name,
-            version: entry.version,
-            server: entry.server,
-            meta: entry.meta,
-            observed_at,
-            digest,
-        }
-    }
-}
-
-/// The body of a `catalog.withdrawn` event: the entry left its source.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CatalogWithdrawal {
-    pub v: u32,
-    pub source: SourceId,
-    pub registry: RegistryName,
-    pub server_name: ServerName,
-    pub version: String,
-    pub observed_at: DateTime<Utc>,
-}
-
-/// FNV-1a (64 bit) of the entry's JSON, in hex: stable across builds and
-/// platforms, which is all an id needs (it is not a security boundary).
-pub fn digest(server: &Value, meta: Option<&Value>) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let bytes = serde_json::to_vec(&(server, meta)).expect("JSON values always serialize");
-    for b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
 }
