@@ -1,24 +1,24 @@
 //! herald-api: the merged remotes of every registry, served read-only over
-//! the official MCP Registry API, a live SSE feed and a catalog page.
+//! the official MCP Registry API, a live SSE feed and a registry page.
 //!
 //! Layout, in the order data flows:
 //!
-//! - [`discovery`]: finds the `herald-<registry>` buckets (also later ones)
+//! - [`bucket_watch`]: finds the `herald-<registry>` buckets (also later ones)
 //!   and watches each from the start.
 //! - [`view`]: one registry's deployments, merged entries (by `core`), and
 //!   the changes to them (a resumable ring and a bounded live broadcast).
 //! - [`registries`]: every registry's view, and readiness.
 //! - [`query`], [`etag`], [`problem`]: list parameters and cursors, ETags,
 //!   problem documents.
-//! - [`routes`], [`sse`], [`catalog`]: the HTTP surface; [`app`] is its
+//! - [`routes`], [`sse`], [`page`]: the HTTP surface; [`app`] is its
 //!   shared state; [`metrics`] what it measures.
 //! - [`server`]: wires it all together for `main`.
 
 pub mod app;
-pub mod catalog;
-pub mod discovery;
+pub mod bucket_watch;
 pub mod etag;
 pub mod metrics;
+pub mod page;
 pub mod problem;
 pub mod query;
 pub mod registries;

@@ -15,7 +15,7 @@ use herald_runtime::nats::NatsArgs;
 
 /// Serves every Herald registry bucket read-only over the official MCP
 /// Registry API (`/v0.1/servers`, …), a live SSE feed
-/// (`/v0.1/x/dev.herald/events`) and a catalog page at `/`; each registry
+/// (`/v0.1/x/dev.herald/events`) and a registry page at `/`; each registry
 /// under `/registry/<registry>/`, the default one also at the root. Health
 /// and metrics on the same listener: `/healthz`, `/readyz`, `/metrics`.
 #[derive(Debug, Parser)]

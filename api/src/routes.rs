@@ -1,6 +1,6 @@
 //! The HTTP surface: the read-only registry API (at the root for the
 //! default registry and under `/registry/{registry}` for every registry,
-//! each under `/v0.1` and `/v0`), the SSE feed, the catalog page, the
+//! each under `/v0.1` and `/v0`), the SSE feed, the registry page, the
 //! OpenAPI document, and health and metrics.
 
 use std::collections::HashMap;
@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use crate::app::AppState;
 use crate::problem::Problem;
 use crate::query::{ListParams, list, server_list_json};
-use crate::{catalog, etag, metrics, sse};
+use crate::{etag, metrics, page, sse};
 
 /// The OpenAPI document of what this binary serves.
 pub const OPENAPI: &str = include_str!("assets/openapi.json");
@@ -41,9 +41,9 @@ pub fn router(state: AppState, readiness: Readiness, registry: Arc<Registry>) ->
         }
     }
     api = api
-        .route("/", get(catalog::page))
-        .route("/registry/{registry}/", get(catalog::page))
-        .route("/registry/{registry}", get(catalog::page))
+        .route("/", get(page::page))
+        .route("/registry/{registry}/", get(page::page))
+        .route("/registry/{registry}", get(page::page))
         .route("/openapi.json", get(openapi))
         .fallback(|| async { Problem::no_route() });
     let tracked = state.metrics.clone();

@@ -1,4 +1,4 @@
-//! Wiring: connect the registries, discovery, routes and shutdown.
+//! Wiring: connect the registries, the bucket watch, routes and shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use crate::app::{App, SseSettings};
 use crate::metrics::Metrics;
 use crate::registries::Registries;
 use crate::view::Bounds;
-use crate::{discovery, routes};
+use crate::{bucket_watch, routes};
 
 /// Everything `main` decides.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ pub async fn run(
         subscribers: AtomicUsize::new(0),
         shutdown: shutdown.clone(),
     });
-    let discovery = tokio::spawn(discovery::run(
+    let bucket_watch = tokio::spawn(bucket_watch::run(
         client,
         registries,
         metrics,
@@ -81,7 +81,7 @@ pub async fn run(
         .with_context(|| format!("binding {}", settings.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "serving the registry API");
     serve(listener, router, shutdown).await;
-    discovery.await.ok();
+    bucket_watch.await.ok();
     tracing::info!("stopped");
     Ok(())
 }

@@ -13,7 +13,7 @@ use crate::process::ChildProcess;
 use crate::timeout::within;
 use crate::tools::herald_binary;
 
-/// Start of a debug binary, its first connection to NATS and Kubernetes, and its
+/// StartingPoint of a debug binary, its first connection to NATS and Kubernetes, and its
 /// first resync are well below this.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 

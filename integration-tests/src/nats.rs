@@ -19,7 +19,7 @@ use crate::process::ChildProcess;
 use crate::timeout::eventually;
 use crate::tools::Tools;
 
-/// Start, restart and recovery of the JetStream store are well below this.
+/// StartingPoint, restart and recovery of the JetStream store are well below this.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// One readiness probe; a healthy local server answers in milliseconds.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);

@@ -31,9 +31,9 @@ use herald_projector::CancellationToken;
 use herald_projector::apply::{self, KeyWritten};
 use herald_projector::fold;
 use herald_projector::metrics::{Metrics, Registry};
-use herald_projector::replay::{ReplayOptions, replay};
+use herald_projector::ops::replay::{ReplayOptions, replay};
+use herald_projector::ops::starting_point::StartingPoint;
 use herald_projector::run::{RunConfig, run};
-use herald_projector::start::Start;
 use herald_projector::writes::{self, BucketSettings};
 use herald_runtime::buckets;
 use herald_runtime::health::Readiness;
@@ -1096,7 +1096,7 @@ async fn replay_rebuilds_the_live_buckets_and_shows_a_tampered_key() -> anyhow::
 
     let options = ReplayOptions {
         registry: None,
-        start: Start::Beginning,
+        start: StartingPoint::Beginning,
         scratch_prefix: "herald_replay_".to_owned(),
         keep: false,
         apply: false,

@@ -9,31 +9,23 @@
 //!   it, for `run` and `replay` alike; the rules themselves are
 //!   `herald_core::projection` and `herald_core::cluster_state`.
 //! - [`apply`]: the live buckets `run` writes (compare-and-set per key, a
-//!   cache of what it wrote, control events and sweeps); [`rebuild`]: the
-//!   same state folded in memory, what `replay` compares with them.
+//!   cache of what it wrote, control events and sweeps).
 //! - [`writes`]: opening or creating buckets and the compare-and-set write.
 //! - [`catalog_sync`]: `catalog sync`, which imports a catalog source (file or
 //!   registry API over [`source_http`], official or ToolHive format) as
 //!   catalog events that `apply` folds into the registry buckets beside the
 //!   deployments.
-//! - Ops subcommands: [`events`] (with [`filter`] and [`start`]), [`replay`]
-//!   (with [`diff`]) and [`status`]; [`table`] aligns their output.
+//! - [`ops`]: the ops commands `events`, `replay` (which folds the history
+//!   in memory with the same [`fold`]) and `status`.
 
 pub mod apply;
 pub mod catalog_sync;
 pub mod dead_letter;
-pub mod diff;
-pub mod events;
-pub mod filter;
 pub mod fold;
 pub mod metrics;
-pub mod rebuild;
-pub mod replay;
+pub mod ops;
 pub mod run;
 pub mod source_http;
-pub mod start;
-pub mod status;
-pub mod table;
 pub mod writes;
 
 /// The shutdown token `run` and `events` take, re-exported so that callers

@@ -14,12 +14,12 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald_core::ids::SourceId;
 use herald_core::{ClusterId, EventType, RegistryName};
 use herald_projector::catalog_sync::{CatalogMetrics, Format, Location, SyncOptions, Syncer};
-use herald_projector::events::EventsOptions;
-use herald_projector::filter::{EventFilter, ObjectFilter, parse_type};
 use herald_projector::metrics::Metrics;
-use herald_projector::replay::{DEFAULT_SCRATCH_PREFIX, ReplayOptions, check_scratch_prefix};
+use herald_projector::ops::events::EventsOptions;
+use herald_projector::ops::filter::{EventFilter, ObjectFilter, parse_type};
+use herald_projector::ops::replay::{DEFAULT_SCRATCH_PREFIX, ReplayOptions, check_scratch_prefix};
+use herald_projector::ops::starting_point::{StartingPoint, parse_since};
 use herald_projector::run::RunConfig;
-use herald_projector::start::{Start, parse_since};
 use herald_projector::writes::BucketSettings;
 use herald_runtime::health::{self, Readiness};
 use herald_runtime::logging::LogArgs;
@@ -175,10 +175,10 @@ struct RunArgs {
 #[derive(Debug, Clone, Args)]
 #[group(multiple = false)]
 struct StartArgs {
-    /// Start at this stream sequence.
+    /// StartingPoint at this stream sequence.
     #[arg(long, env = "HERALD_FROM_SEQ")]
     from_seq: Option<u64>,
-    /// Start at a time: RFC 3339 (`2026-11-24T10:00:00Z`) or a duration back
+    /// StartingPoint at a time: RFC 3339 (`2026-11-24T10:00:00Z`) or a duration back
     /// from now (`10m`, `2h`, `1d`).
     #[arg(long, env = "HERALD_SINCE", value_parser = since)]
     since: Option<DateTime<Utc>>,
@@ -328,22 +328,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     object: args.object,
                     types: args.types,
                 },
-                start: Start::from_flags(args.start.from_seq, args.start.since, args.last),
+                start: StartingPoint::from_flags(args.start.from_seq, args.start.since, args.last),
                 json: args.json,
                 follow: args.follow,
             };
-            herald_projector::events::events(&js, &options, &mut stdout, shutdown).await?;
+            herald_projector::ops::events::events(&js, &options, &mut stdout, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Replay(args)) => {
             let options = ReplayOptions {
                 registry: args.registry,
-                start: Start::from_flags(args.start.from_seq, args.start.since, None),
+                start: StartingPoint::from_flags(args.start.from_seq, args.start.since, None),
                 scratch_prefix: args.scratch_prefix,
                 keep: args.keep,
                 apply: args.apply,
             };
-            let report = herald_projector::replay::replay(&js, &options, &mut stdout).await?;
+            let report = herald_projector::ops::replay::replay(&js, &options, &mut stdout).await?;
             let differs = !report.diffs.is_empty() && !args.apply;
             Ok(if args.check && differs {
                 ExitCode::FAILURE
@@ -352,7 +352,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Some(Command::Status) => {
-            herald_projector::status::status(&js, &cli.consumer, &mut stdout).await?;
+            herald_projector::ops::status::status(&js, &cli.consumer, &mut stdout).await?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Catalog(CatalogCommand::Sync(args))) => {

@@ -20,11 +20,11 @@ use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event as WatchEvent};
 use tokio_util::sync::CancellationToken;
 
-use crate::discovery;
 use crate::epoch::EpochClock;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::rejections::Rejections;
+use crate::served;
 use crate::tracker::{Effect, Tracker};
 
 /// The readiness condition of a kind: its first list is done (or the
@@ -88,7 +88,7 @@ impl KindWatch {
         loop {
             let found = tokio::select! {
                 () = shutdown.cancelled() => return,
-                found = discovery::find(&self.client, self.kind) => found,
+                found = served::find(&self.client, self.kind) => found,
             };
             match found {
                 Ok(Some(ar)) => {

@@ -3,7 +3,7 @@
 //!
 //! Layout, in the order data flows:
 //!
-//! - [`discovery`]: which version of each ToolHive kind the cluster serves;
+//! - [`served`]: which version of each ToolHive kind the cluster serves;
 //! - [`kind_watch`]: one kube-runtime watch per kind (and namespace);
 //! - [`tracker`]: per-object state of a kind → the events to publish;
 //! - [`epoch`]: strictly increasing list epochs for resync brackets;
@@ -15,7 +15,6 @@
 //! - [`app`]: wires them together and shuts down in order.
 
 pub mod app;
-pub mod discovery;
 pub mod epoch;
 pub mod heartbeat;
 pub mod kind_watch;
@@ -23,6 +22,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod publisher;
 pub mod rejections;
+pub mod served;
 pub mod tracker;
 
 pub use app::{Settings, run};

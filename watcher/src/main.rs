@@ -107,18 +107,29 @@ impl Cli {
     }
 }
 
+/// Clap's error on one line, without the usage block but with what it
+/// names (e.g. the missing flags, which clap lists on lines of their own).
+fn one_line(err: &clap::Error) -> String {
+    let text = err.to_string();
+    let words: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if words.is_empty() {
+        "invalid arguments".to_owned()
+    } else {
+        words.join(" ")
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {
-            // One line: the reason, without clap's usage block.
-            let text = err.to_string();
-            let line = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments");
-            eprintln!("herald-watcher: {line}");
+            eprintln!("herald-watcher: {}", one_line(&err));
             return ExitCode::from(2);
         }
     };
@@ -143,10 +154,23 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Logged once: the log goes to stderr already.
         Err(err) => {
             tracing::error!("{err:#}");
-            eprintln!("herald-watcher: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_flag_is_named_on_one_line() {
+        let err = Cli::try_parse_from(["herald-watcher"]).unwrap_err();
+        let line = one_line(&err);
+        assert!(line.contains("--cluster-id"), "{line}");
+        assert!(!line.contains('\n') && !line.contains("Usage"), "{line}");
     }
 }

@@ -1,4 +1,4 @@
-//! The catalog page: one self-contained HTML document embedded in the
+//! The registry page: one self-contained HTML document embedded in the
 //! binary. Its script fills the page from the SSE feed (a snapshot, then
 //! live changes) and inserts every value from the data as text, never as
 //! markup. A Content-Security-Policy admits only that one script (by hash),
@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::app::AppState;
 use crate::problem::Problem;
 
-const PAGE: &str = include_str!("assets/catalog.html");
+const PAGE: &str = include_str!("assets/page.html");
 
 static CSP: LazyLock<HeaderValue> = LazyLock::new(|| {
     let script = PAGE

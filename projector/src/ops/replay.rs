@@ -16,9 +16,9 @@ use herald_runtime::buckets;
 
 use herald_runtime::buckets::Item;
 
-use crate::diff::{KeyDiff, diff};
-use crate::rebuild::{Folding, Rebuild};
-use crate::start::Start;
+use crate::ops::diff::{KeyDiff, diff};
+use crate::ops::rebuild::{Folding, Rebuild};
+use crate::ops::starting_point::StartingPoint;
 use crate::writes::{self, BucketSettings};
 
 /// Longest wait for the next message of the history before giving up.
@@ -33,7 +33,7 @@ pub const DEFAULT_SCRATCH_PREFIX: &str = "herald_replay_";
 pub struct ReplayOptions {
     /// One registry, or all.
     pub registry: Option<RegistryName>,
-    pub start: Start,
+    pub start: StartingPoint,
     pub scratch_prefix: String,
     /// Write the rebuilt state into scratch buckets and keep them.
     pub keep: bool,
@@ -116,7 +116,7 @@ pub async fn replay<W: Write>(
     out: &mut W,
 ) -> anyhow::Result<ReplayReport> {
     check_scratch_prefix(&options.scratch_prefix).map_err(anyhow::Error::msg)?;
-    if matches!(options.start, Start::Last(_)) {
+    if matches!(options.start, StartingPoint::Last(_)) {
         bail!("replay starts at a sequence or a time, not at the last N events");
     }
     // Leftovers of an earlier `--keep` would mix into this rebuild.
@@ -174,7 +174,7 @@ pub async fn replay<W: Write>(
         )?,
         None => writeln!(out, "replayed nothing: no events from the start point")?,
     }
-    if options.start != Start::Beginning {
+    if options.start != StartingPoint::Beginning {
         writeln!(
             out,
             "note: the rebuild starts after the beginning of the history; keys last written before it show as removed"

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 /// A start point in `HERALD_EVENTS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Start {
+pub enum StartingPoint {
     /// The oldest event still kept.
     #[default]
     Beginning,
@@ -35,19 +35,19 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
         .ok_or_else(|| format!("{text:?} is too long ago"))
 }
 
-impl Start {
+impl StartingPoint {
     /// Builds a start from the mutually exclusive flags (clap enforces that
     /// at most one is given).
     pub fn from_flags(
         from_seq: Option<u64>,
         since: Option<DateTime<Utc>>,
         last: Option<usize>,
-    ) -> Start {
+    ) -> StartingPoint {
         match (from_seq, since, last) {
-            (Some(seq), _, _) => Start::Sequence(seq.max(1)),
-            (None, Some(time), _) => Start::Since(time),
-            (None, None, Some(n)) => Start::Last(n),
-            (None, None, None) => Start::Beginning,
+            (Some(seq), _, _) => StartingPoint::Sequence(seq.max(1)),
+            (None, Some(time), _) => StartingPoint::Since(time),
+            (None, None, Some(n)) => StartingPoint::Last(n),
+            (None, None, None) => StartingPoint::Beginning,
         }
     }
 
@@ -55,11 +55,11 @@ impl Start {
     /// and keeps the tail, since only the filter knows which events count.
     pub fn deliver_policy(&self) -> DeliverPolicy {
         match self {
-            Start::Beginning | Start::Last(_) => DeliverPolicy::All,
-            Start::Sequence(seq) => DeliverPolicy::ByStartSequence {
+            StartingPoint::Beginning | StartingPoint::Last(_) => DeliverPolicy::All,
+            StartingPoint::Sequence(seq) => DeliverPolicy::ByStartSequence {
                 start_sequence: *seq,
             },
-            Start::Since(time) => DeliverPolicy::ByStartTime {
+            StartingPoint::Since(time) => DeliverPolicy::ByStartTime {
                 start_time: to_nats_time(*time),
             },
         }

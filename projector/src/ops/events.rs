@@ -15,9 +15,9 @@ use herald_core::{Event, EventData};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::filter::EventFilter;
-use crate::start::{Start, from_nats_time};
-use crate::table;
+use crate::ops::filter::EventFilter;
+use crate::ops::starting_point::{StartingPoint, from_nats_time};
+use crate::ops::table;
 
 /// Column widths when following, so that new rows line up with the header.
 const FOLLOW_MIN_WIDTHS: [usize; 6] = [6, 24, 20, 8, 8, 32];
@@ -27,7 +27,7 @@ const ALIGN_ROWS: usize = 1000;
 #[derive(Debug, Clone, Default)]
 pub struct EventsOptions {
     pub filter: EventFilter,
-    pub start: Start,
+    pub start: StartingPoint,
     pub json: bool,
     pub follow: bool,
 }
@@ -245,7 +245,7 @@ pub async fn events<W: Write>(
         printed: 0,
     };
     let keep_last = match options.start {
-        Start::Last(n) => Some(n),
+        StartingPoint::Last(n) => Some(n),
         _ => None,
     };
     let mut tail: VecDeque<Row> = VecDeque::new();
