@@ -18,8 +18,10 @@ pub struct ClusterState {
     pub cluster: ClusterId,
     /// Stream sequence of the newest event folded in.
     pub seq: u64,
+    /// When the stream stored the newest event folded in (its clock, not
+    /// the watcher's).
     pub last_seen: DateTime<Utc>,
-    /// Time of the newest heartbeat folded in.
+    /// When the stream stored the newest heartbeat folded in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,13 +44,24 @@ pub struct EpochState {
 
 impl ClusterState {
     /// Folds a control event (resync or heartbeat) with stream sequence
-    /// `seq`; `None` when it changes nothing (or is not a control event).
+    /// `seq`, stored by the stream at `received`; `None` when it changes
+    /// nothing (or is not a control event).
+    ///
+    /// Liveness is judged by `received`, the stream's own clock, never by
+    /// the time the event claims: a watcher whose clock is off, or a forged
+    /// heartbeat dated in the future, cannot make a cluster look alive
+    /// longer than its events keep arriving.
     ///
     /// Order-independent: each field keeps the newest value it has seen (the
     /// latest heartbeat, the highest epoch per kind, a completion of that
     /// epoch), so two projectors folding the same events in different orders
     /// end with the same state.
-    pub fn fold(current: Option<&ClusterState>, event: &Event, seq: u64) -> Option<ClusterState> {
+    pub fn fold(
+        current: Option<&ClusterState>,
+        event: &Event,
+        seq: u64,
+        received: DateTime<Utc>,
+    ) -> Option<ClusterState> {
         if matches!(
             event.data,
             EventData::Applied(_)
@@ -63,7 +76,7 @@ impl ClusterState {
             v: RECORD_VERSION,
             cluster: cluster.clone(),
             seq,
-            last_seen: event.time,
+            last_seen: received,
             last_heartbeat: None,
             watcher_started_at: None,
             heartbeat_interval_seconds: None,
@@ -71,10 +84,10 @@ impl ClusterState {
             epochs: BTreeMap::new(),
         });
         next.seq = next.seq.max(seq);
-        next.last_seen = next.last_seen.max(event.time);
+        next.last_seen = next.last_seen.max(received);
         match &event.data {
-            EventData::Heartbeat(h) if next.last_heartbeat.is_none_or(|t| t <= event.time) => {
-                next.last_heartbeat = Some(event.time);
+            EventData::Heartbeat(h) if next.last_heartbeat.is_none_or(|t| t <= received) => {
+                next.last_heartbeat = Some(received);
                 next.watcher_started_at = Some(h.started_at);
                 next.heartbeat_interval_seconds = Some(h.interval_seconds);
                 next.watcher_version = Some(h.watcher_version.clone());

@@ -15,7 +15,7 @@ use crate::catalog_record::CatalogEntry;
 use crate::ids::{ServerName, excerpt};
 use crate::merge::SERVER_SCHEMA_URL;
 use crate::rejection::UrlSource;
-use crate::validate::{semver_image_tag, validate_url};
+use crate::validate::{self, UrlRules, semver_image_tag};
 
 /// A whole catalog document that cannot be read at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,7 +91,7 @@ pub fn check_entry(server: &Value) -> Result<CatalogEntry, EntryError> {
         let url = remote["url"].as_str().unwrap_or_default();
         // Templated URLs (`https://{host}/mcp`) are the client's to fill in.
         if !url.contains('{') {
-            validate_url(url, UrlSource::Annotation)
+            validate::url(url, UrlSource::Annotation, UrlRules::default())
                 .map_err(|e| fail(format!("a remote's {e}")))?;
         }
     }

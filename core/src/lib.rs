@@ -13,8 +13,10 @@
 //!   shared by every place a value enters.
 //! - [`event`]: the wire contract, CloudEvents on JetStream.
 //! - [`stored`]: what a registry bucket holds under each key.
+//! - [`ownership`]: which namespaces may publish which server names.
 //! - [`policy`], [`mapping`]: from a ToolHive object (as JSON) and the
 //!   watcher's policy to a decision: advertise a record, skip, or reject.
+//! - [`admission`]: whether an event read from the stream may be applied.
 //! - [`projection`], [`cluster_state`]: folding events into stored values,
 //!   idempotently and order-safely.
 //! - [`merge`]: stored deployments and catalog entries → `server.json`
@@ -22,6 +24,7 @@
 //! - [`import`]: catalog documents (official list, ToolHive
 //!   `registry.json`) → catalog entries.
 
+pub mod admission;
 pub mod annotations;
 pub mod catalog_record;
 pub mod cluster_state;
@@ -32,6 +35,7 @@ pub mod mapping;
 pub mod merge;
 pub mod names;
 pub mod object;
+pub mod ownership;
 pub mod policy;
 pub mod projection;
 pub mod record;

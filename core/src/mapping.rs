@@ -31,7 +31,7 @@ use crate::record::{
     DeploymentRecord, Header, Phase, RECORD_VERSION, Remote, RemoteTransport, WithdrawReason,
 };
 use crate::rejection::{Rejection, UrlSource};
-use crate::validate::{semver_image_tag, validate_url};
+use crate::validate::{self, Lines, semver_image_tag};
 
 /// When and in which list epoch the watcher saw the object.
 #[derive(Debug, Clone, Copy)]
@@ -123,25 +123,22 @@ fn build_record(
         }
         .into());
     }
-    let description = description(object)?;
-    let title = optional_text(object, ann::REGISTRY_TITLE, "title")?;
-    if let Some(t) = &title {
-        let len = t.chars().count();
-        if len > 100 {
-            return Err(Rejection::TitleLength { len }.into());
-        }
-    }
-    let icon = annotation(object, ann::REGISTRY_ICON)
-        .map(|s| validate_icon(s.trim()))
+    let description =
+        validate::description(annotation(object, ann::REGISTRY_DESCRIPTION).unwrap_or_default())?;
+    let title = optional(object, ann::REGISTRY_TITLE)
+        .map(validate::title)
         .transpose()?;
-    let category = optional_text(object, ann::REGISTRY_CATEGORY, "category")?;
-    if let Some(c) = &category
-        && c.chars().count() > 100
-    {
-        return Err(Rejection::unsupported("category", c, "at most 100 characters").into());
-    }
+    let icon = optional(object, ann::REGISTRY_ICON)
+        .map(|i| validate::icon(i, policy.urls))
+        .transpose()?;
+    let category = optional(object, ann::REGISTRY_CATEGORY)
+        .map(|c| validate::text("category", c, validate::MAX_CATEGORY, Lines::One))
+        .transpose()?;
     let tools = tools(object)?;
     let server_name = server_name(object, &id.object)?;
+    policy
+        .names
+        .check(&registry, &server_name, id.object.namespace())?;
     let image = str_at(object, &["spec", "image"]).map(str::to_owned);
     let version = version(object, image.as_deref())?;
     let (transport, remote_type) = transport(kind, object)?;
@@ -221,70 +218,9 @@ fn registry_of(object: &Value, policy: &WatcherPolicy) -> Result<RegistryName, R
         })
 }
 
-/// Multi-line text is fine in a description, other control characters not.
-fn has_bad_controls(s: &str, allow_newlines: bool) -> bool {
-    s.chars()
-        .any(|c| c.is_control() && !(allow_newlines && matches!(c, '\n' | '\t')))
-}
-
-fn description(object: &Value) -> Result<String, Rejection> {
-    let text = annotation(object, ann::REGISTRY_DESCRIPTION)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .ok_or(Rejection::MissingDescription)?;
-    if has_bad_controls(text, true) {
-        return Err(Rejection::ControlCharacters {
-            field: "description",
-        });
-    }
-    let len = text.chars().count();
-    if len > 100 {
-        return Err(Rejection::DescriptionTooLong { len });
-    }
-    Ok(text.to_owned())
-}
-
-/// An optional one-line annotation; blank counts as absent.
-fn optional_text(
-    object: &Value,
-    key: &str,
-    field: &'static str,
-) -> Result<Option<String>, Rejection> {
-    let Some(text) = annotation(object, key)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    else {
-        return Ok(None);
-    };
-    if has_bad_controls(text, false) {
-        return Err(Rejection::ControlCharacters { field });
-    }
-    Ok(Some(text.to_owned()))
-}
-
-fn validate_icon(src: &str) -> Result<String, Rejection> {
-    if src.len() > 255 {
-        return Err(Rejection::InvalidIcon {
-            reason: "longer than 255 characters",
-        });
-    }
-    match url::Url::parse(src) {
-        Ok(u)
-            if u.scheme() == "https"
-                && u.host().is_some()
-                && u.username().is_empty()
-                && u.password().is_none()
-                && !src.chars().any(char::is_whitespace) =>
-        {
-            Ok(src.to_owned())
-        }
-        Ok(_) => Err(Rejection::InvalidIcon {
-            reason: "must be an https URL with a host and no credentials",
-        }),
-        Err(_) => Err(Rejection::InvalidIcon {
-            reason: "not a URL",
-        }),
-    }
+/// An optional annotation; blank counts as absent.
+fn optional<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    annotation(object, key).filter(|s| !s.trim().is_empty())
 }
 
 fn tools(object: &Value) -> Result<Vec<String>, Rejection> {
@@ -296,20 +232,18 @@ fn tools(object: &Value) -> Result<Vec<String>, Rejection> {
     let items = parsed
         .as_array()
         .ok_or_else(|| invalid("not an array".to_owned()))?;
-    if items.len() > 1000 {
-        return Err(invalid(format!("{} tools; at most 1000", items.len())));
+    if items.len() > validate::MAX_TOOLS {
+        return Err(invalid(format!(
+            "{} tools; at most {}",
+            items.len(),
+            validate::MAX_TOOLS
+        )));
     }
     items
         .iter()
-        .map(|item| match item.as_str().map(str::trim) {
-            Some(name)
-                if !name.is_empty()
-                    && name.chars().count() <= 128
-                    && !has_bad_controls(name, false) =>
-            {
-                Ok(name.to_owned())
-            }
-            _ => Err(invalid(format!(
+        .map(|item| match item.as_str() {
+            Some(name) => validate::tool_name(name),
+            None => Err(invalid(format!(
                 "{} is not a tool name (a non-empty string of at most 128 characters)",
                 excerpt(&item.to_string(), 40)
             ))),
@@ -343,31 +277,12 @@ fn server_name(object: &Value, id: &ObjectRef) -> Result<ServerName, Rejection> 
 }
 
 fn version(object: &Value, image: Option<&str>) -> Result<String, Rejection> {
-    if let Some(v) = annotation(object, ann::REGISTRY_VERSION).map(str::trim) {
-        let invalid = |reason| Rejection::InvalidVersion {
-            value: excerpt(v, 60),
-            reason,
-        };
-        if v.is_empty() || v.len() > 255 {
-            return Err(invalid("must be 1-255 characters"));
-        }
-        if v.eq_ignore_ascii_case("latest") {
-            return Err(invalid("\"latest\" is not a version"));
-        }
-        if v.chars().any(|c| c.is_whitespace() || c.is_control()) || is_version_range(v) {
-            return Err(invalid("must be one exact version, not a range"));
-        }
-        return Ok(v.to_owned());
+    match annotation(object, ann::REGISTRY_VERSION) {
+        Some(v) => validate::version(v),
+        None => Ok(image
+            .and_then(semver_image_tag)
+            .unwrap_or_else(|| ann::DEFAULT_VERSION.to_owned())),
     }
-    Ok(image
-        .and_then(semver_image_tag)
-        .unwrap_or_else(|| ann::DEFAULT_VERSION.to_owned()))
-}
-
-fn is_version_range(v: &str) -> bool {
-    v.starts_with(['^', '~', '>', '<', '=', '*'])
-        || v.contains("||")
-        || v.split('.').any(|part| matches!(part, "x" | "X" | "*"))
 }
 
 /// The object's own transport string and the remote type clients use.
@@ -418,13 +333,13 @@ fn url(
     policy: &WatcherPolicy,
 ) -> Result<String, Rejection> {
     if let Some(u) = annotation(object, ann::REGISTRY_URL) {
-        return validate_url(u.trim(), UrlSource::Annotation);
+        return validate::url(u.trim(), UrlSource::Annotation, policy.urls);
     }
     if policy.require_url_annotation {
         return Err(Rejection::UrlAnnotationRequired);
     }
     if let Some(u) = str_at(object, &["status", "url"]).filter(|u| !u.trim().is_empty()) {
-        return validate_url(u.trim(), UrlSource::Status);
+        return validate::url(u.trim(), UrlSource::Status, policy.urls);
     }
     let path = match remote {
         RemoteTransport::StreamableHttp => "/mcp".to_owned(),
@@ -436,7 +351,7 @@ fn url(
         id.namespace(),
         proxy_port(object)?
     );
-    validate_url(&derived, UrlSource::Derived)
+    validate::url(&derived, UrlSource::Derived, policy.urls)
 }
 
 /// Any client authentication configured on the object means a bearer token.

@@ -4,13 +4,19 @@
 //! cluster, become one entry:
 //!
 //! - `remotes` is the union of their remotes, deduplicated by URL. Order and
-//!   conflicts follow the *deployment order*: by cluster, namespace, kind,
-//!   name. A URL's first deployment gives the remote type; headers are the
-//!   union by header name, the first declaration of a name winning.
+//!   conflicts follow the *deployment order*: the oldest deployment first
+//!   (by its object's creation time; one without a creation time last),
+//!   then by cluster, namespace, kind, name. A URL's first deployment gives
+//!   the remote type; headers are the union by header name, the first
+//!   declaration of a name winning.
 //! - Metadata conflicts are resolved by the same order: the first
 //!   deployment's description wins, and each optional field (title, icon)
 //!   comes from the first deployment that sets it. Stable whatever the order
-//!   in which events arrived, and independent of timing.
+//!   in which events arrived. Only owners of the name reach the merge (see
+//!   [`crate::ownership`]), and among them the one that was there first
+//!   speaks for the entry: a newcomer cannot take over its text by the way
+//!   its cluster or namespace sorts (`aaa-…`), only by being older, which
+//!   Kubernetes does not let it choose.
 //! - `isLatest` marks one version per server name: the highest semver;
 //!   versions that are not semver rank below any semver version, and among
 //!   themselves by last update, then by text.
@@ -321,18 +327,20 @@ fn merge_listed(listed: &Listed<'_>, deployed: Option<ServerResponse>) -> Option
 }
 
 fn deployment_order(a: &DeploymentRecord, b: &DeploymentRecord) -> Ordering {
+    // `None` (no creation time) after every time.
+    let age = |r: &DeploymentRecord| (r.created_at.is_none(), r.created_at);
+    age(a)
+        .cmp(&age(b))
+        .then_with(|| deployment_identity(a).cmp(&deployment_identity(b)))
+}
+
+fn deployment_identity(r: &DeploymentRecord) -> (&ClusterId, &str, Kind, &str) {
     (
-        &a.cluster,
-        a.object.namespace(),
-        a.object.kind(),
-        a.object.name(),
+        &r.cluster,
+        r.object.namespace(),
+        r.object.kind(),
+        r.object.name(),
     )
-        .cmp(&(
-            &b.cluster,
-            b.object.namespace(),
-            b.object.kind(),
-            b.object.name(),
-        ))
 }
 
 fn merge_group(group: &[(&DeploymentRecord, DateTime<Utc>)]) -> ServerResponse {

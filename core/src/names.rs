@@ -30,6 +30,10 @@ pub const CLUSTERS_BUCKET: &str = "herald_clusters";
 pub const DEPLOYMENT_KEY_PREFIX: &str = "deployment";
 /// Key prefix of catalog entries inside a registry bucket.
 pub const CATALOG_KEY_PREFIX: &str = "catalog";
+/// Header of a signed event: the signer's public key (an nkey).
+pub const SIGNER_HEADER: &str = "Herald-Signer";
+/// Header of a signed event: the ed25519 signature, base64url.
+pub const SIGNATURE_HEADER: &str = "Herald-Signature";
 /// The first token after `herald.events.` of catalog subjects; a cluster id
 /// never starts with `_`, so it cannot be mistaken for one.
 pub const CATALOG_TOKEN: &str = "_catalog";

@@ -5,7 +5,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::ids::{ClusterId, RegistryName, excerpt, is_dns_label};
+use crate::ownership::NameOwnership;
 use crate::record::Phase;
+use crate::validate::UrlRules;
 
 /// Everything the mapping needs to know besides the object itself.
 #[derive(Debug, Clone)]
@@ -20,11 +22,17 @@ pub struct WatcherPolicy {
     pub advertised_phases: BTreeSet<Phase>,
     /// Which namespaces may publish into which registries.
     pub namespaces: NamespacePolicy,
+    /// Which namespaces may publish which server names.
+    pub names: NameOwnership,
+    /// What the URL rules allow beyond the default.
+    pub urls: UrlRules,
 }
 
 impl WatcherPolicy {
     /// The defaults of docs/design.md: default registry `default`, Running or
-    /// Ready advertised, derived URLs allowed, every namespace allowed.
+    /// Ready advertised, derived URLs allowed, every namespace allowed into
+    /// every registry, default server names only (no grants), no loopback
+    /// URLs.
     pub fn new(cluster: ClusterId) -> Self {
         Self {
             cluster,
@@ -32,6 +40,8 @@ impl WatcherPolicy {
             require_url_annotation: false,
             advertised_phases: [Phase::Running, Phase::Ready].into_iter().collect(),
             namespaces: NamespacePolicy::default(),
+            names: NameOwnership::default(),
+            urls: UrlRules::default(),
         }
     }
 }

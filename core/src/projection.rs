@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog_record::{CatalogRecord, CatalogWithdrawal};
 use crate::event::Resync;
+use crate::ids::excerpt;
 use crate::record::{DeploymentRecord, RECORD_VERSION, WithdrawReason, Withdrawal};
 use crate::stored::{CatalogState, DeploymentState, Sequenced, StoredCatalog, StoredDeployment};
 
@@ -24,6 +25,10 @@ pub enum Fold<T = StoredDeployment> {
     Write(T),
     /// The stored value is as new or newer; the event changes nothing.
     Stale { stored_seq: u64 },
+    /// The event contradicts what is stored (a withdrawal of another
+    /// object than the one stored under its key): it changes nothing, and
+    /// an operator must hear of it.
+    Refused { reason: String },
 }
 
 /// What to do with a catalog key.
@@ -69,6 +74,21 @@ pub fn fold_withdrawn(
 ) -> Fold {
     if let Some(s) = stale(current, seq) {
         return s;
+    }
+    // Only the object that is stored can be withdrawn: a withdrawal names
+    // the uid it withdraws, and a forged or confused one must not take down
+    // another object of the same name.
+    if let Some(live) = current.and_then(StoredDeployment::live)
+        && live.uid != withdrawal.uid
+    {
+        return Fold::Refused {
+            reason: format!(
+                "withdraws {} uid {} but uid {} is stored",
+                withdrawal.object,
+                excerpt(&withdrawal.uid, 64),
+                live.uid
+            ),
+        };
     }
     let changed_at = match current {
         Some(c) if c.live().is_none() => c.changed_at,

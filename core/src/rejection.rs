@@ -21,6 +21,29 @@ pub enum Rejection {
     DescriptionTooLong { len: usize },
     #[error("{field} contains control characters")]
     ControlCharacters { field: &'static str },
+    #[error(
+        "{field} contains invisible formatting characters (bidirectional overrides, zero-width characters…), which make text read differently from what it says"
+    )]
+    InvisibleCharacters { field: &'static str },
+    #[error("{field} is {len} characters; 1-{max} are allowed")]
+    TextLength {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{field} is not in the normalised form Herald advertises")]
+    NotNormalised { field: &'static str },
+    #[error("header declaration refused: {reason}")]
+    InvalidHeader { reason: String },
+    #[error(
+        "server name {name} belongs to {owner}; namespace {namespace} may not publish it in registry {registry}"
+    )]
+    NameNotOwned {
+        name: String,
+        namespace: String,
+        registry: String,
+        owner: String,
+    },
     #[error("title is {len} characters; the registry format allows 1-100")]
     TitleLength { len: usize },
     #[error("registry name {value:?} from label {label} {reason}")]
@@ -69,6 +92,9 @@ pub enum UrlSource {
     Annotation,
     Status,
     Derived,
+    /// A record read from the stream or a bucket (the projector's and the
+    /// API's re-check).
+    Record,
 }
 
 impl std::fmt::Display for UrlSource {
@@ -77,6 +103,7 @@ impl std::fmt::Display for UrlSource {
             UrlSource::Annotation => write!(f, "annotation {}", annotations::REGISTRY_URL),
             UrlSource::Status => f.write_str("status.url"),
             UrlSource::Derived => f.write_str("the proxy Service"),
+            UrlSource::Record => f.write_str("the record"),
         }
     }
 }
@@ -89,6 +116,11 @@ impl Rejection {
             Rejection::MissingDescription => "missing_description",
             Rejection::DescriptionTooLong { .. } => "description_too_long",
             Rejection::ControlCharacters { .. } => "control_characters",
+            Rejection::InvisibleCharacters { .. } => "invisible_characters",
+            Rejection::TextLength { .. } => "invalid_text",
+            Rejection::NotNormalised { .. } => "not_normalised",
+            Rejection::InvalidHeader { .. } => "invalid_header",
+            Rejection::NameNotOwned { .. } => "name_not_owned",
             Rejection::TitleLength { .. } => "invalid_title",
             Rejection::InvalidRegistry { .. } => "invalid_registry",
             Rejection::RegistryNotAllowed { .. } => "registry_not_allowed",

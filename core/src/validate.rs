@@ -1,13 +1,64 @@
-//! Checks shared by everything that accepts a value from outside: the
-//! watcher's mapping, the catalog importer and (again) the projector.
-//! Each check names what is wrong without echoing a value that may carry a
-//! credential.
+//! The rules every value passes before it is advertised, shared by every
+//! place a value enters: the watcher's mapping (per annotation, so the
+//! rejection names the annotation), the projector (the whole record again,
+//! because anyone who can publish on the stream could have written it) and
+//! herald-api (every stored value again, because anyone who can write a
+//! bucket could have).
+//!
+//! Values are refused, not repaired, with one exception: a URL is parsed
+//! once with the WHATWG rules (the `url` crate) and advertised in its
+//! normalised serialisation — IDN hosts in punycode, `"`, `<`, `>` and
+//! spaces percent-encoded, `\` read as `/` — so that every client reads the
+//! same URL the rules checked. A record must already carry that form.
+//!
+//! No check ever echoes a URL: it may carry credentials.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::catalog_record::CatalogRecord;
 use crate::ids::excerpt;
+use crate::record::{DeploymentRecord, Header, Phase};
 use crate::rejection::{Rejection, UrlSource};
 
-/// Checks a URL without ever echoing it: it may carry credentials.
-pub fn validate_url(raw: &str, source: UrlSource) -> Result<String, Rejection> {
+/// Longest description the official `server.json` schema allows.
+pub const MAX_DESCRIPTION: usize = 100;
+/// Longest title the official `server.json` schema allows.
+pub const MAX_TITLE: usize = 100;
+/// Longest category (Herald's own limit; it becomes a ToolHive tag).
+pub const MAX_CATEGORY: usize = 100;
+/// Longest URL advertised.
+pub const MAX_URL: usize = 2048;
+/// Longest icon URL the official schema allows.
+pub const MAX_ICON: usize = 255;
+/// Longest version the official schema allows.
+pub const MAX_VERSION: usize = 255;
+/// Most tool names one deployment declares.
+pub const MAX_TOOLS: usize = 1000;
+/// Longest tool name (the MCP spec recommends at most 128).
+pub const MAX_TOOL_NAME: usize = 128;
+/// Longest container image reference kept.
+pub const MAX_IMAGE: usize = 512;
+/// Longest Kubernetes uid or resource version kept.
+pub const MAX_BOOKKEEPING: usize = 128;
+/// Largest catalog `server.json` document accepted (bytes of JSON).
+pub const MAX_CATALOG_DOCUMENT: usize = 64 * 1024;
+
+/// What the URL rules allow beyond the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UrlRules {
+    /// Also allow loopback hosts (`127.0.0.0/8`, `::1`, `localhost`): for a
+    /// registry on one machine, never for a shared one.
+    pub allow_loopback: bool,
+}
+
+/// Checks a URL and returns its normalised serialisation (module docs).
+///
+/// Refused: anything but `http`/`https`, user credentials, no host, more
+/// than [`MAX_URL`] characters, white space or control characters, and
+/// hosts that are IP literals in the unspecified, loopback, link-local
+/// (which holds the cloud metadata address `169.254.169.254`) or other
+/// cloud-metadata ranges, or named `localhost`.
+pub fn url(raw: &str, source: UrlSource, rules: UrlRules) -> Result<String, Rejection> {
     let invalid = |reason: &str| Rejection::InvalidUrl {
         origin: source,
         reason: reason.to_owned(),
@@ -15,7 +66,7 @@ pub fn validate_url(raw: &str, source: UrlSource) -> Result<String, Rejection> {
     if raw.is_empty() {
         return Err(invalid("it is empty"));
     }
-    if raw.len() > 2048 {
+    if raw.len() > MAX_URL {
         return Err(invalid("it is longer than 2048 characters"));
     }
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -33,10 +84,379 @@ pub fn validate_url(raw: &str, source: UrlSource) -> Result<String, Rejection> {
             "it contains user credentials, which are never advertised",
         ));
     }
-    if parsed.host().is_none() {
-        return Err(invalid("it has no host"));
+    let host = parsed.host().ok_or_else(|| invalid("it has no host"))?;
+    if let Some(reason) = blocked_host(&host, rules) {
+        return Err(invalid(reason));
     }
-    Ok(raw.to_owned())
+    let normalised = parsed.as_str();
+    if normalised.len() > MAX_URL {
+        return Err(invalid("it is longer than 2048 characters once normalised"));
+    }
+    Ok(normalised.to_owned())
+}
+
+/// Why a host may not be advertised, if it may not.
+fn blocked_host(host: &url::Host<&str>, rules: UrlRules) -> Option<&'static str> {
+    let ip = match host {
+        url::Host::Ipv4(v4) => IpAddr::V4(*v4),
+        url::Host::Ipv6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(*v6),
+        },
+        url::Host::Domain(name) => {
+            let name = name.trim_end_matches('.');
+            let loopback_name = name == "localhost" || name.ends_with(".localhost");
+            return (loopback_name && !rules.allow_loopback)
+                .then_some("its host is localhost, which means the client's own machine");
+        }
+    };
+    if ip.is_unspecified() {
+        return Some("its host is the unspecified address");
+    }
+    if ip.is_loopback() {
+        return (!rules.allow_loopback)
+            .then_some("its host is a loopback address, which means the client's own machine");
+    }
+    if is_metadata(ip) {
+        return Some("its host is a cloud metadata address");
+    }
+    if is_link_local(ip) {
+        return Some("its host is a link-local address");
+    }
+    None
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// Cloud metadata endpoints outside the link-local ranges.
+fn is_metadata(ip: IpAddr) -> bool {
+    const V4: [Ipv4Addr; 3] = [
+        Ipv4Addr::new(169, 254, 169, 254), // AWS, GCP, Azure, OpenStack…
+        Ipv4Addr::new(100, 100, 100, 200), // Alibaba Cloud
+        Ipv4Addr::new(192, 0, 0, 192),     // Oracle Cloud (classic)
+    ];
+    const V6: [Ipv6Addr; 1] = [
+        Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254), // AWS IMDS over IPv6
+    ];
+    match ip {
+        IpAddr::V4(v4) => V4.contains(&v4),
+        IpAddr::V6(v6) => V6.contains(&v6),
+    }
+}
+
+/// Whether `c` is an invisible formatting character: the bidirectional
+/// controls and overrides, zero-width characters, the byte-order mark and
+/// the rest of Unicode's `Cf` category, and the line and paragraph
+/// separators. They make text read differently from what it says.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}'
+        | '\u{0600}'..='\u{0605}'
+        | '\u{061C}'
+        | '\u{06DD}'
+        | '\u{070F}'
+        | '\u{0890}'..='\u{0891}'
+        | '\u{08E2}'
+        | '\u{180E}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{110BD}'
+        | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}'
+        | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}'
+        | '\u{E0020}'..='\u{E007F}'
+    )
+}
+
+/// How a text field may span lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lines {
+    /// Newlines and tabs allowed (a description).
+    Many,
+    /// No line breaks (titles, names, categories).
+    One,
+}
+
+/// Checks display text: trimmed, 1..=`max` characters, no control or
+/// invisible formatting characters. Returns the trimmed text.
+pub fn text(field: &'static str, raw: &str, max: usize, lines: Lines) -> Result<String, Rejection> {
+    let text = raw.trim();
+    if text
+        .chars()
+        .any(|c| c.is_control() && !(lines == Lines::Many && matches!(c, '\n' | '\t')))
+    {
+        return Err(Rejection::ControlCharacters { field });
+    }
+    if text.chars().any(is_invisible) {
+        return Err(Rejection::InvisibleCharacters { field });
+    }
+    let len = text.chars().count();
+    if len == 0 || len > max {
+        return Err(Rejection::TextLength { field, len, max });
+    }
+    Ok(text.to_owned())
+}
+
+/// The description: required, 1-100 characters, may span lines.
+pub fn description(raw: &str) -> Result<String, Rejection> {
+    if raw.trim().is_empty() {
+        return Err(Rejection::MissingDescription);
+    }
+    text("description", raw, MAX_DESCRIPTION, Lines::Many).map_err(|e| match e {
+        Rejection::TextLength { len, .. } => Rejection::DescriptionTooLong { len },
+        other => other,
+    })
+}
+
+/// A title: 1-100 characters on one line.
+pub fn title(raw: &str) -> Result<String, Rejection> {
+    text("title", raw, MAX_TITLE, Lines::One).map_err(|e| match e {
+        Rejection::TextLength { len, .. } => Rejection::TitleLength { len },
+        other => other,
+    })
+}
+
+/// An icon: an https URL of at most 255 characters (the official schema),
+/// advertised normalised.
+pub fn icon(raw: &str, rules: UrlRules) -> Result<String, Rejection> {
+    let raw = raw.trim();
+    let icon_error = |reason: &'static str| Rejection::InvalidIcon { reason };
+    if raw.len() > MAX_ICON {
+        return Err(icon_error("longer than 255 characters"));
+    }
+    let normalised = url(raw, UrlSource::Annotation, rules).map_err(|_| {
+        icon_error("must be an https URL with a host, no credentials and no blocked address")
+    })?;
+    if !normalised.starts_with("https://") {
+        return Err(icon_error(
+            "must be an https URL with a host, no credentials and no blocked address",
+        ));
+    }
+    if normalised.len() > MAX_ICON {
+        return Err(icon_error("longer than 255 characters once normalised"));
+    }
+    Ok(normalised)
+}
+
+/// A version a registry can publish: 1-255 characters of letters, digits
+/// and `.+_-`, starting with a letter or digit, no `..`, not `latest` and
+/// not a range. (So no `/`, spaces or anything a path or a query could
+/// read differently.)
+pub fn version(raw: &str) -> Result<String, Rejection> {
+    let v = raw.trim();
+    let invalid = |reason| Rejection::InvalidVersion {
+        value: excerpt(v, 60),
+        reason,
+    };
+    if v.is_empty() || v.len() > MAX_VERSION {
+        return Err(invalid("must be 1-255 characters"));
+    }
+    if v.eq_ignore_ascii_case("latest") {
+        return Err(invalid("\"latest\" is not a version"));
+    }
+    if v.starts_with(['^', '~', '>', '<', '=', '*'])
+        || v.contains("||")
+        || v.split('.').any(|part| matches!(part, "x" | "X" | "*"))
+    {
+        return Err(invalid("must be one exact version, not a range"));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '_' | '-');
+    if !v.chars().all(allowed) || !v.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(invalid(
+            "may hold only letters, digits and . + _ -, starting with a letter or digit",
+        ));
+    }
+    if v.contains("..") {
+        return Err(invalid("must not contain \"..\""));
+    }
+    Ok(v.to_owned())
+}
+
+/// One tool name: 1-128 characters on one line.
+pub fn tool_name(raw: &str) -> Result<String, Rejection> {
+    text("tool name", raw, MAX_TOOL_NAME, Lines::One).map_err(|e| Rejection::InvalidTools {
+        reason: format!(
+            "{} is not a tool name (1-128 characters, no control or invisible characters): {e}",
+            excerpt(raw, 40)
+        ),
+    })
+}
+
+/// A header declaration of a deployment's remote: an HTTP token name,
+/// declared, never with a value.
+pub fn header(h: &Header) -> Result<(), Rejection> {
+    let invalid = |reason: String| Rejection::InvalidHeader { reason };
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if h.name.is_empty() || h.name.len() > 128 || !h.name.chars().all(token) {
+        return Err(invalid(format!(
+            "{:?} is not an HTTP header name",
+            excerpt(&h.name, 40)
+        )));
+    }
+    if let Some(d) = &h.description {
+        text("header description", d, 256, Lines::One)?;
+    }
+    if !h.extra.is_empty() {
+        return Err(invalid(format!(
+            "header {} carries fields a deployment never declares ({})",
+            h.name,
+            h.extra.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// A Kubernetes uid or resource version: what withdrawals and event ids
+/// are built from.
+fn bookkeeping(field: &'static str, value: &str) -> Result<(), Rejection> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_BOOKKEEPING
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::Malformed(format!(
+            "{field} must be 1-{MAX_BOOKKEEPING} characters of letters, digits and - . _"
+        )))
+    }
+}
+
+/// Requires that a field already holds what the rules would make of it.
+fn unchanged(field: &'static str, stored: &str, checked: String) -> Result<(), Rejection> {
+    if stored == checked {
+        Ok(())
+    } else {
+        Err(Rejection::NotNormalised { field })
+    }
+}
+
+/// Every rule, on a whole deployment record: what the projector applies to
+/// each `deployment.applied` event and herald-api to each stored record.
+/// A record the mapping built always passes.
+pub fn record(r: &DeploymentRecord, rules: UrlRules) -> Result<(), Rejection> {
+    bookkeeping("uid", &r.uid)?;
+    bookkeeping("resourceVersion", &r.resource_version)?;
+    unchanged("description", &r.description, description(&r.description)?)?;
+    if let Some(title) = &r.title {
+        unchanged("title", title, self::title(title)?)?;
+    }
+    if let Some(i) = &r.icon {
+        unchanged("icon", i, icon(i, rules)?)?;
+    }
+    if let Some(c) = &r.category {
+        unchanged(
+            "category",
+            c,
+            text("category", c, MAX_CATEGORY, Lines::One)?,
+        )?;
+    }
+    if r.tools.len() > MAX_TOOLS {
+        return Err(Rejection::InvalidTools {
+            reason: format!("{} tools; at most {MAX_TOOLS}", r.tools.len()),
+        });
+    }
+    for t in &r.tools {
+        unchanged("tools", t, tool_name(t)?)?;
+    }
+    unchanged("version", &r.version, version(&r.version)?)?;
+    unchanged(
+        "remote URL",
+        &r.remote.url,
+        url(&r.remote.url, UrlSource::Record, rules)?,
+    )?;
+    if !r.remote.extra.is_empty() {
+        return Err(Rejection::Malformed(
+            "the remote carries fields a deployment never declares".to_owned(),
+        ));
+    }
+    for h in &r.remote.headers {
+        header(h)?;
+    }
+    if let Some(image) = &r.image
+        && (image.len() > MAX_IMAGE || image.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(Rejection::Malformed(format!(
+            "spec.image must be at most {MAX_IMAGE} characters without white space"
+        )));
+    }
+    if !matches!(r.transport.as_str(), "stdio" | "sse" | "streamable-http") {
+        return Err(Rejection::unsupported(
+            "spec.transport",
+            &r.transport,
+            "stdio, sse or streamable-http",
+        ));
+    }
+    if let Phase::Other(p) = &r.phase {
+        text("status.phase", p, 64, Lines::One)?;
+    }
+    Ok(())
+}
+
+/// The rules for a catalog record: what the merge relies on in its
+/// `server.json` document (name, description, version, remotes, icons),
+/// with the same text and URL rules as deployments, and a bounded size.
+/// (The importer also checks the full JSON schema; this is what the
+/// projector and herald-api can check without it.)
+pub fn catalog_record(r: &CatalogRecord, rules: UrlRules) -> Result<(), Rejection> {
+    let doc = &r.server;
+    let size = serde_json::to_vec(doc).map_or(usize::MAX, |b| b.len())
+        + r.meta
+            .as_ref()
+            .and_then(|m| serde_json::to_vec(m).ok())
+            .map_or(0, |b| b.len());
+    if size > MAX_CATALOG_DOCUMENT {
+        return Err(Rejection::Malformed(format!(
+            "the catalog entry is {size} bytes of JSON; at most {MAX_CATALOG_DOCUMENT}"
+        )));
+    }
+    let field = |name: &str| doc.get(name).and_then(serde_json::Value::as_str);
+    if field("name") != Some(r.server_name.as_str()) || field("version") != Some(&r.version) {
+        return Err(Rejection::Malformed(
+            "the document's name and version differ from the record's".to_owned(),
+        ));
+    }
+    unchanged("version", &r.version, version(&r.version)?)?;
+    let d = field("description").ok_or(Rejection::MissingDescription)?;
+    description(d)?;
+    if let Some(t) = field("title") {
+        title(t)?;
+    }
+    let urls = |list: &str, key: &str| -> Vec<String> {
+        doc.get(list)
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|item| {
+                item.get(key)
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect()
+    };
+    for u in urls("remotes", "url") {
+        // Templated URLs (`https://{tenant}.example.com/mcp`) are the client's to fill in.
+        if !u.contains('{') {
+            url(&u, UrlSource::Record, rules)?;
+        }
+    }
+    for src in urls("icons", "src") {
+        icon(&src, rules)?;
+    }
+    Ok(())
 }
 
 /// The tag of `registry/repo:tag[@digest]` when it is semver (`v` allowed).
@@ -46,4 +466,109 @@ pub fn semver_image_tag(image: &str) -> Option<String> {
     let (_, tag) = last_segment.rsplit_once(':')?;
     let bare = tag.strip_prefix('v').unwrap_or(tag);
     semver::Version::parse(bare).ok().map(|v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(raw: &str) -> String {
+        url(raw, UrlSource::Annotation, UrlRules::default()).unwrap()
+    }
+
+    fn refused(raw: &str) -> String {
+        url(raw, UrlSource::Annotation, UrlRules::default())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn urls_are_served_in_their_normalised_form() {
+        assert_eq!(ok("https://Example.COM/mcp"), "https://example.com/mcp");
+        assert_eq!(
+            ok("https://bücher.example/mcp"),
+            "https://xn--bcher-kva.example/mcp"
+        );
+        assert_eq!(
+            ok("https://good.example.com\\@evil.example.com/mcp"),
+            "https://good.example.com/@evil.example.com/mcp"
+        );
+        assert_eq!(
+            ok("https://x.example/a\"<b>"),
+            "https://x.example/a%22%3Cb%3E"
+        );
+        assert_eq!(
+            ok("http://mcp.ns.svc.cluster.local:8080/mcp"),
+            "http://mcp.ns.svc.cluster.local:8080/mcp"
+        );
+    }
+
+    #[test]
+    fn blocked_hosts_are_refused_without_echoing_the_url() {
+        for raw in [
+            "http://169.254.169.254/latest/meta-data",
+            "http://[fd00:ec2::254]/",
+            "http://100.100.100.200/",
+            "http://127.0.0.1:8080/mcp",
+            "http://[::1]/mcp",
+            "http://[::ffff:127.0.0.1]/mcp",
+            "http://localhost/mcp",
+            "http://0.0.0.0/mcp",
+            "http://[fe80::1]/mcp",
+            "http://2130706433/mcp",
+            "javascript:alert(1)",
+            "https://user:secret@example.com/mcp",
+        ] {
+            let reason = refused(raw);
+            assert!(
+                !reason.contains("secret") && !reason.contains("meta-data"),
+                "{reason}"
+            );
+        }
+        let loopback = UrlRules {
+            allow_loopback: true,
+        };
+        assert!(url("http://127.0.0.1:8080/mcp", UrlSource::Annotation, loopback).is_ok());
+        assert!(url("http://169.254.169.254/", UrlSource::Annotation, loopback).is_err());
+    }
+
+    #[test]
+    fn invisible_and_control_characters_are_refused() {
+        for bad in [
+            "a\u{202E}b",
+            "a\u{200B}b",
+            "\u{FEFF}x",
+            "a\u{2066}b",
+            "a\u{E0041}b",
+        ] {
+            assert_eq!(
+                text("title", bad, 100, Lines::One),
+                Err(Rejection::InvisibleCharacters { field: "title" })
+            );
+        }
+        assert!(text("title", "a\nb", 100, Lines::One).is_err());
+        assert!(text("description", "a\nb", 100, Lines::Many).is_ok());
+        assert!(text("title", "Zeitzonen – «ok» 時間", 100, Lines::One).is_ok());
+    }
+
+    #[test]
+    fn versions_must_be_publishable() {
+        for good in ["1.0.0", "2.1.0-rc.1+build.5", "2025.01.02", "v3", "1_0"] {
+            assert_eq!(version(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "1.0/../../x",
+            "../1",
+            "1..0",
+            "1.0 beta",
+            "latest",
+            "^1.0",
+            "1.x",
+            "-1",
+            "1.0?x=y",
+            "",
+        ] {
+            assert!(version(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -203,7 +203,9 @@ fn listed(doc: Value, meta: Option<Value>, seq: u64) -> StoredCatalog {
     );
     match fold_catalog_applied(None, &record, seq) {
         CatalogFold::Write(stored) => stored,
-        CatalogFold::Stale { .. } => unreachable!("nothing stored yet"),
+        CatalogFold::Stale { .. } | CatalogFold::Refused { .. } => {
+            unreachable!("nothing stored yet")
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use herald_core::annotations as ann;
 use herald_core::mapping::Decision;
+use herald_core::ownership::{NameGrant, NameOwnership};
 use herald_core::policy::{NamespacePolicy, RegistryRule};
 use herald_core::record::WithdrawReason;
 use herald_core::record::{DeploymentRecord, Phase, RemoteTransport};
@@ -312,10 +313,14 @@ fn server_name_defaults_and_override() {
         ann::REGISTRY_SERVER_NAME,
         Some("io.example/web-search"),
     );
-    assert_eq!(
-        advertised(&object).server_name.as_str(),
-        "io.example/web-search"
-    );
+    // Another name needs a grant (see the ownership tests below).
+    assert_eq!(rejected(&object).code(), "name_not_owned");
+    let mut granted = policy();
+    granted.names = NameOwnership::new(["io.example/*=tools".parse::<NameGrant>().unwrap()]);
+    match map_with(&object, &granted) {
+        Decision::Advertise(r) => assert_eq!(r.server_name.as_str(), "io.example/web-search"),
+        other => panic!("{other:?}"),
+    }
     annotate(
         &mut object,
         ann::REGISTRY_SERVER_NAME,

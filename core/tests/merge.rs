@@ -20,6 +20,7 @@ fn stored(records: &[DeploymentRecord]) -> Vec<StoredDeployment> {
         .map(|(i, r)| match fold_applied(None, r, i as u64 + 1) {
             Fold::Write(s) => s,
             Fold::Stale { .. } => unreachable!(),
+            Fold::Refused { reason } => unreachable!("{reason}"),
         })
         .collect()
 }

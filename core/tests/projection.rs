@@ -16,6 +16,7 @@ fn write(fold: Fold) -> StoredDeployment {
     match fold {
         Fold::Write(s) => s,
         Fold::Stale { stored_seq } => panic!("unexpectedly stale (stored {stored_seq})"),
+        Fold::Refused { reason } => panic!("refused: {reason}"),
     }
 }
 
@@ -164,10 +165,10 @@ fn cluster_state_tracks_heartbeats_and_epochs() {
         }),
         seen_at(),
     );
-    let s1 = ClusterState::fold(None, &hb, 1).unwrap();
+    let s1 = ClusterState::fold(None, &hb, 1, hb.time).unwrap();
     assert_eq!(s1.heartbeat_interval_seconds, Some(10));
     assert!(
-        ClusterState::fold(Some(&s1), &hb, 1).is_none(),
+        ClusterState::fold(Some(&s1), &hb, 1, hb.time).is_none(),
         "a duplicate changes nothing"
     );
     let started = Event::new(
@@ -180,7 +181,7 @@ fn cluster_state_tracks_heartbeats_and_epochs() {
         }),
         seen_at(),
     );
-    let s2 = ClusterState::fold(Some(&s1), &started, 2).unwrap();
+    let s2 = ClusterState::fold(Some(&s1), &started, 2, started.time).unwrap();
     assert!(!s2.epochs[&Kind::MCPServer].completed);
     let done = Event::new(
         EventData::ResyncCompleted(Resync {
@@ -192,10 +193,29 @@ fn cluster_state_tracks_heartbeats_and_epochs() {
         }),
         seen_at(),
     );
-    let s3 = ClusterState::fold(Some(&s2), &done, 3).unwrap();
+    let s3 = ClusterState::fold(Some(&s2), &done, 3, done.time).unwrap();
     assert!(s3.epochs[&Kind::MCPServer].completed);
     assert!(!s3.is_stale(seen_at() + Duration::seconds(30)));
     assert!(s3.is_stale(seen_at() + Duration::seconds(31)));
+}
+
+#[test]
+fn liveness_follows_the_streams_clock_not_the_events_claim() {
+    let cluster: herald_core::ClusterId = "c1".parse().unwrap();
+    let forged = Event::new(
+        EventData::Heartbeat(Heartbeat {
+            v: 1,
+            cluster,
+            started_at: seen_at(),
+            interval_seconds: 10,
+            watcher_version: "0.1.0".into(),
+        }),
+        "2099-01-01T00:00:00Z".parse().unwrap(),
+    );
+    let state = ClusterState::fold(None, &forged, 1, seen_at()).unwrap();
+    assert_eq!(state.last_seen, seen_at());
+    assert_eq!(state.last_heartbeat, Some(seen_at()));
+    assert!(state.is_stale(seen_at() + Duration::minutes(5)));
 }
 
 #[test]
@@ -241,7 +261,7 @@ fn cluster_state_is_the_same_whatever_the_order_of_folding() {
         let mut state: Option<ClusterState> = None;
         for &i in order {
             let (seq, event) = &events[i];
-            if let Some(next) = ClusterState::fold(state.as_ref(), event, *seq) {
+            if let Some(next) = ClusterState::fold(state.as_ref(), event, *seq, event.time) {
                 state = Some(next);
             }
         }

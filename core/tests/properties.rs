@@ -81,6 +81,8 @@ proptest! {
     fn the_mapping_never_panics_on_mutated_real_objects(object in mutated_object()) {
         let decision = decide(kind_of(&object), &object, &policy(), observation());
         if let herald_core::Decision::Advertise(record) = decision {
+            // What the mapping advertises passes the projector's re-check.
+            prop_assert_eq!(herald_core::validate::record(&record, policy().urls), Ok(()));
             // Whatever got in must still be a valid, serializable record.
             let event = Event::new(herald_core::EventData::Applied(record), seen_at());
             prop_assert_eq!(Event::decode_on(&event.nats_subject().to_string(), &event.to_json()).unwrap(), event);
@@ -115,6 +117,37 @@ proptest! {
     fn subjects_round_trip(cluster in "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", registry in "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?") {
         let s = EventSubject::Deployment { cluster: cluster.parse().unwrap(), registry: registry.parse().unwrap() };
         prop_assert_eq!(EventSubject::parse(&s.to_string()).unwrap(), s);
+    }
+
+    #[test]
+    fn the_shared_validation_never_panics_and_refuses_what_the_mapping_would(
+        fields in prop::collection::vec(".{0,120}", 6),
+    ) {
+        let mut record = record("c1", "tools", "search", "io.example/search", "2.0.0");
+        record.description = fields[0].clone();
+        record.title = Some(fields[1].clone());
+        record.version = fields[2].clone();
+        record.remote.url = fields[3].clone();
+        record.icon = Some(fields[4].clone());
+        record.tools = vec![fields[5].clone()];
+        let verdict = herald_core::validate::record(&record, policy().urls);
+        if verdict.is_ok() {
+            // Accepted text is plain: nothing a reader cannot see.
+            for text in [&record.description, record.title.as_ref().unwrap(), &record.tools[0]] {
+                prop_assert!(!text.chars().any(|c| (c.is_control() && c != '\n' && c != '\t') || herald_core::validate::is_invisible(c)));
+            }
+            prop_assert!(record.remote.url.starts_with("http://") || record.remote.url.starts_with("https://"));
+            prop_assert!(!record.version.contains('/') && !record.version.contains(".."));
+        }
+    }
+
+    #[test]
+    fn url_normalisation_is_idempotent(raw in r#"(https?://)?[a-zA-Z0-9.:@\\/\[\]%<>"{}-]{0,60}"#) {
+        let rules = herald_core::validate::UrlRules::default();
+        let source = herald_core::rejection::UrlSource::Annotation;
+        if let Ok(once) = herald_core::validate::url(&raw, source, rules) {
+            prop_assert_eq!(herald_core::validate::url(&once, source, rules), Ok(once.clone()));
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ use herald_integration_tests::timeout::{eventually, within};
 use herald_integration_tests::tools::herald_binary;
 use herald_projector::CancellationToken;
 use herald_projector::apply::{self, KeyWritten};
-use herald_projector::fold;
+use herald_projector::fold::{self, Effect};
 use herald_projector::metrics::{Metrics, Registry};
 use herald_projector::ops::replay::{ReplayOptions, replay};
 use herald_projector::ops::starting_point::StartingPoint;
@@ -72,7 +72,8 @@ fn record(
         cluster: cluster(c),
         registry: registry(reg),
         object: ObjectRef::new(kind, ns, name).unwrap(),
-        uid: format!("0b5f{rv:04}-uid-{c}-{ns}-{name}"),
+        // Stable for the object, as Kubernetes keeps it.
+        uid: format!("0b5f-uid-{c}-{ns}-{name}"),
         resource_version: rv.to_string(),
         generation: Some(1 + i64::try_from(rv % 3).unwrap()),
         created_at: Some(at(0)),
@@ -304,6 +305,7 @@ fn run_config(consumer: &str, batch: usize, ack_wait: Duration) -> RunConfig {
         cache_keys: CACHE_KEYS,
         buckets: BucketSettings::default(),
         stream: stream_args(),
+        gate: Default::default(),
     }
 }
 
@@ -389,7 +391,9 @@ async fn snapshot(js: &jetstream::Context) -> anyhow::Result<BTreeMap<(String, S
 
 /// The snapshot without `changedAt` of deployments: when events of one key are applied
 /// in another order (two projectors, a redelivery after a crash) the stored state is the
-/// same but "last changed" may be the time of a later, equivalent event.
+/// same but "last changed" may be the time of a later, equivalent event. Also without
+/// the clusters' liveness times, which are the stream's clock (see
+/// [`without_stream_times`]).
 fn without_changed_at(
     mut snapshot: BTreeMap<(String, String), Value>,
 ) -> BTreeMap<(String, String), Value> {
@@ -398,6 +402,23 @@ fn without_changed_at(
             && let Some(object) = value.as_object_mut()
         {
             object.remove("changedAt");
+        }
+    }
+    without_stream_times(snapshot)
+}
+
+/// The snapshot without the clusters' `lastSeen` and `lastHeartbeat`: they are when
+/// the stream stored the events, so the same history published into two streams gives
+/// two different times.
+fn without_stream_times(
+    mut snapshot: BTreeMap<(String, String), Value>,
+) -> BTreeMap<(String, String), Value> {
+    for ((bucket, _), value) in snapshot.iter_mut() {
+        if bucket == CLUSTERS_BUCKET
+            && let Some(object) = value.as_object_mut()
+        {
+            object.remove("lastSeen");
+            object.remove("lastHeartbeat");
         }
     }
     snapshot
@@ -496,9 +517,12 @@ async fn applies_events_in_order_into_one_bucket_per_registry() -> anyhow::Resul
     let clusters = js.get_key_value(CLUSTERS_BUCKET).await?;
     let east: ClusterState = serde_json::from_slice(&clusters.get("east").await?.context("east")?)?;
     assert_eq!(
-        (east.seq, east.last_seen, east.watcher_version.as_deref()),
-        (6, at(15), Some("0.1.0"))
+        (east.seq, east.watcher_version.as_deref()),
+        (6, Some("0.1.0"))
     );
+    // Liveness is the stream's clock (when it stored the events), not the
+    // time the events claim (`at(15)`, days ago).
+    assert!(east.last_seen > at(15) && east.last_seen <= Utc::now());
     assert_eq!(
         buckets::registry_buckets(&js).await?,
         [registry("default"), registry("team-a")].into()
@@ -595,7 +619,7 @@ async fn duplicates_and_older_redeliveries_never_regress_a_key() -> anyhow::Resu
         (withdrawn(&v1, 10, WithdrawReason::Deleted), s1),
     ] {
         let outcome = write_one(&js, &event, seq).await?;
-        assert_eq!(outcome.wrote, [false], "seq {seq}");
+        assert_eq!(outcome.effects, [Effect::Stale], "seq {seq}");
     }
     let (after, after_revision) = stored(&js, "default", &key_of(&v1))
         .await?
@@ -644,8 +668,8 @@ async fn two_projectors_on_one_consumer_build_the_same_buckets_as_one() -> anyho
             "both projectors took a share: {applied:?}"
         );
     }
-    let together = snapshot(&js_shared).await?;
-    let apart = snapshot(&js_single).await?;
+    let together = without_stream_times(snapshot(&js_shared).await?);
+    let apart = without_stream_times(snapshot(&js_single).await?);
     assert!(
         together.len() > 30,
         "a meaningful workload: {} keys",
@@ -779,7 +803,7 @@ async fn a_sweep_waits_for_earlier_events_another_projector_holds() -> anyhow::R
     // The slow projector's work: it finishes well after the other took the sweep.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let event = Event::decode_on(&message.subject, &message.payload)?;
-    assert_eq!(write_one(&js, &event, 1).await?.wrote, [true]);
+    assert_eq!(write_one(&js, &event, 1).await?.effects, [Effect::Changed]);
     message.double_ack().await.map_err(|e| anyhow::anyhow!(e))?;
 
     caught_up(&js, "herald-projector", completed).await?;
@@ -1100,6 +1124,7 @@ async fn replay_rebuilds_the_live_buckets_and_shows_a_tampered_key() -> anyhow::
         scratch_prefix: "herald_replay_".to_owned(),
         keep: false,
         apply: false,
+        gate: Default::default(),
     };
     let mut out = Vec::new();
     let report = replay(&js, &options, &mut out).await?;
@@ -1217,9 +1242,10 @@ async fn replay_rebuilds_the_live_buckets_and_shows_a_tampered_key() -> anyhow::
             .lines()
             .find(|l| l.starts_with(cluster))
             .unwrap_or_default();
-        // Heartbeats of 2026-11-24T10:00 are long past: the watchers count as gone.
+        // The heartbeats claim 2026-11-24T10:00, but liveness is when the stream stored
+        // them, moments ago: the watchers count as alive.
         assert!(
-            line.contains("STALE") && line.contains("mcpserver="),
+            !line.contains("STALE") && line.contains("mcpserver="),
             "{status}"
         );
     }

@@ -43,8 +43,8 @@ pub struct KeyWritten {
     /// The key's value and revision afterwards, as this write saw them
     /// (`None`: absent); worth caching.
     pub after: Option<(StoredValue, u64)>,
-    /// Per event, in order: whether it changed the key (`false`: stale).
-    pub wrote: Vec<bool>,
+    /// Per event, in order: what it did.
+    pub effects: Vec<fold::Effect>,
 }
 
 /// A bucket key of one registry.
@@ -122,8 +122,13 @@ impl Target {
     /// sequence `seq`: the cluster's liveness record and, after a completed
     /// re-list, the sweep. The caller makes sure every event before it is
     /// applied.
-    pub async fn apply_control(&mut self, event: &Event, seq: u64) -> Result<Outcome, BucketError> {
-        let result = self.apply_control_once(event, seq).await;
+    pub async fn apply_control(
+        &mut self,
+        event: &Event,
+        seq: u64,
+        stored_at: DateTime<Utc>,
+    ) -> Result<Outcome, BucketError> {
+        let result = self.apply_control_once(event, seq, stored_at).await;
         if result.is_err() {
             self.reset();
         }
@@ -134,8 +139,9 @@ impl Target {
         &mut self,
         event: &Event,
         seq: u64,
+        stored_at: DateTime<Utc>,
     ) -> Result<Outcome, BucketError> {
-        let wrote = self.fold_cluster(event, seq).await?;
+        let wrote = self.fold_cluster(event, seq, stored_at).await?;
         let swept = match &event.data {
             EventData::ResyncCompleted(resync) => self.sweep(resync, seq, event.time).await?,
             _ => 0,
@@ -146,13 +152,18 @@ impl Target {
         })
     }
 
-    async fn fold_cluster(&mut self, event: &Event, seq: u64) -> Result<bool, BucketError> {
+    async fn fold_cluster(
+        &mut self,
+        event: &Event,
+        seq: u64,
+        stored_at: DateTime<Utc>,
+    ) -> Result<bool, BucketError> {
         let Some(cluster) = event.cluster() else {
             return Ok(false);
         };
         let store = self.clusters().await?;
         let written = compare_and_set(&store, cluster.as_str(), None, |current| {
-            cluster_change(current, event, seq)
+            cluster_change(current, event, seq, stored_at)
         })
         .await?;
         Ok(written.is_some())
@@ -209,16 +220,16 @@ pub async fn write_key(
                 None => (None, None),
             },
         };
-        let (next, wrote) = fold::fold_all(events.iter().copied(), current.as_ref());
+        let (next, effects) = fold::fold_all(events.iter().copied(), current.as_ref());
         let Some(next) = next else {
             let after = current.zip(revision);
-            return Ok(KeyWritten { after, wrote });
+            return Ok(KeyWritten { after, effects });
         };
         let bytes = Bytes::from(next.to_json());
         if let Some(revision) = writes::write_if(store, key, bytes, revision).await? {
             return Ok(KeyWritten {
                 after: Some((next, revision)),
-                wrote,
+                effects,
             });
         }
     }
@@ -236,9 +247,14 @@ fn sweep_change(value: Option<&[u8]>, resync: &Resync, seq: u64, time: DateTime<
 }
 
 /// A control event folded into a cluster's liveness record.
-fn cluster_change(value: Option<&[u8]>, event: &Event, seq: u64) -> Change {
+fn cluster_change(
+    value: Option<&[u8]>,
+    event: &Event,
+    seq: u64,
+    stored_at: DateTime<Utc>,
+) -> Change {
     let current = value.and_then(|v| serde_json::from_slice::<ClusterState>(v).ok());
-    match ClusterState::fold(current.as_ref(), event, seq) {
+    match ClusterState::fold(current.as_ref(), event, seq, stored_at) {
         Some(next) => Change::Put(
             serde_json::to_vec(&next)
                 .expect("cluster state always serializes")

@@ -14,12 +14,15 @@ pub const SEQUENCE_HEADER: &str = "Herald-Original-Sequence";
 /// Reason code of an event that decoded but could not be applied in the
 /// allowed number of deliveries.
 pub const APPLY_FAILED: &str = "apply_failed";
+/// Reason code of a withdrawal whose uid is not the stored record's.
+pub const UID_MISMATCH: &str = "uid_mismatch";
 
 /// Every reason code a projector dead-letters with (metric labels).
 pub fn reason_codes() -> impl Iterator<Item = &'static str> {
     herald_core::event::DecodeError::CODES
         .into_iter()
-        .chain([APPLY_FAILED])
+        .chain(crate::gate::GateRefusal::codes())
+        .chain([APPLY_FAILED, UID_MISMATCH])
 }
 
 /// The subject and headers of a dead letter for a message found on

@@ -54,10 +54,20 @@ pub fn slot(event: &Event) -> Option<(&RegistryName, String, KeyKind)> {
     }
 }
 
-/// The key's value after `event` (found at stream sequence `seq`), or
-/// `None` when the event is stale (what is stored is as new or newer) or
-/// is not a key's event.
-pub fn fold(event: &Event, seq: u64, current: Option<&StoredValue>) -> Option<StoredValue> {
+/// What folding one event onto a key did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Folded {
+    /// The key holds this value now.
+    Write(StoredValue),
+    /// What is stored is as new or newer (or the event is not a key's).
+    Stale,
+    /// The event contradicts what is stored (a withdrawal of another uid):
+    /// nothing changes, and the event is dead-lettered with this reason.
+    Refused(String),
+}
+
+/// The key's value after `event` (found at stream sequence `seq`).
+pub fn fold(event: &Event, seq: u64, current: Option<&StoredValue>) -> Folded {
     let deployment = match current {
         Some(StoredValue::Deployment(d)) => Some(d),
         _ => None,
@@ -67,55 +77,66 @@ pub fn fold(event: &Event, seq: u64, current: Option<&StoredValue>) -> Option<St
         _ => None,
     };
     match &event.data {
-        EventData::Applied(record) => {
-            written(projection::fold_applied(deployment, record, seq)).map(StoredValue::Deployment)
-        }
-        EventData::Withdrawn(withdrawal) => written(projection::fold_withdrawn(
-            deployment, withdrawal, seq, event.time,
-        ))
-        .map(StoredValue::Deployment),
-        EventData::CatalogApplied(record) => {
-            written(projection::fold_catalog_applied(catalog, record, seq))
-                .map(StoredValue::Catalog)
-        }
-        EventData::CatalogWithdrawn(withdrawal) => written(projection::fold_catalog_withdrawn(
-            catalog, withdrawal, seq, event.time,
-        ))
-        .map(StoredValue::Catalog),
+        EventData::Applied(record) => folded(
+            projection::fold_applied(deployment, record, seq),
+            StoredValue::Deployment,
+        ),
+        EventData::Withdrawn(withdrawal) => folded(
+            projection::fold_withdrawn(deployment, withdrawal, seq, event.time),
+            StoredValue::Deployment,
+        ),
+        EventData::CatalogApplied(record) => folded(
+            projection::fold_catalog_applied(catalog, record, seq),
+            StoredValue::Catalog,
+        ),
+        EventData::CatalogWithdrawn(withdrawal) => folded(
+            projection::fold_catalog_withdrawn(catalog, withdrawal, seq, event.time),
+            StoredValue::Catalog,
+        ),
         EventData::ResyncStarted(_) | EventData::ResyncCompleted(_) | EventData::Heartbeat(_) => {
-            None
+            Folded::Stale
         }
     }
 }
 
-fn written<T>(fold: Fold<T>) -> Option<T> {
+fn folded<T>(fold: Fold<T>, into: impl FnOnce(T) -> StoredValue) -> Folded {
     match fold {
-        Fold::Write(value) => Some(value),
-        Fold::Stale { .. } => None,
+        Fold::Write(value) => Folded::Write(into(value)),
+        Fold::Stale { .. } => Folded::Stale,
+        Fold::Refused { reason } => Folded::Refused(reason),
     }
+}
+
+/// What one event of a key's write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Changed,
+    Stale,
+    Refused(String),
 }
 
 /// Folds `events` (one key's, in the order they arrived) onto `current`.
-/// Returns the value to write (`None` when every event was stale) and, per
-/// event, whether it changed the key.
+/// Returns the value to write (`None` when no event changed the key) and,
+/// per event, what it did.
 pub fn fold_all<'a>(
     events: impl IntoIterator<Item = (&'a Event, u64)>,
     current: Option<&StoredValue>,
-) -> (Option<StoredValue>, Vec<bool>) {
+) -> (Option<StoredValue>, Vec<Effect>) {
     let mut next: Option<StoredValue> = None;
-    let wrote = events
+    let effects = events
         .into_iter()
         .map(
             |(event, seq)| match fold(event, seq, next.as_ref().or(current)) {
-                Some(value) => {
+                Folded::Write(value) => {
                     next = Some(value);
-                    true
+                    Effect::Changed
                 }
-                None => false,
+                Folded::Stale => Effect::Stale,
+                Folded::Refused(reason) => Effect::Refused(reason),
             },
         )
         .collect();
-    (next, wrote)
+    (next, effects)
 }
 
 /// After `resync.completed` (sequence `seq`, published at `time`): the

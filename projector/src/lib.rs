@@ -5,6 +5,8 @@
 //!
 //! - [`run`]: the durable pull consumer (`herald-projector run`), with
 //!   [`dead_letter`] for messages that cannot be applied and [`metrics`].
+//! - [`gate`]: what an event must pass before it is folded (signature,
+//!   known source, sane times, the shared validation, name ownership).
 //! - [`fold`]: which key an event belongs to and what the key holds after
 //!   it, for `run` and `replay` alike; the rules themselves are
 //!   `herald_core::projection` and `herald_core::cluster_state`.
@@ -22,6 +24,7 @@ pub mod apply;
 pub mod catalog_sync;
 pub mod dead_letter;
 pub mod fold;
+pub mod gate;
 pub mod metrics;
 pub mod ops;
 pub mod run;

@@ -12,8 +12,11 @@ use chrono::{DateTime, Utc};
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald_core::ids::SourceId;
+use herald_core::ownership::NameGrant;
+use herald_core::validate::UrlRules;
 use herald_core::{ClusterId, EventType, RegistryName};
 use herald_projector::catalog_sync::{CatalogMetrics, Format, Location, SyncOptions, Syncer};
+use herald_projector::gate::{Gate, TrustFile};
 use herald_projector::metrics::Metrics;
 use herald_projector::ops::events::EventsOptions;
 use herald_projector::ops::filter::{EventFilter, ObjectFilter, parse_type};
@@ -47,11 +50,67 @@ struct Cli {
     )]
     consumer: String,
     #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
     nats: NatsArgs,
     #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
     stream: StreamArgs,
+}
+
+/// What the hub accepts from the stream; `run` and `replay` apply the same.
+#[derive(Debug, Clone, Args)]
+struct TrustArgs {
+    /// The hub's trust file (YAML): the clusters and catalog sources it
+    /// accepts, the public keys each signs its events with, whether
+    /// signatures are required, and server-name grants. Without one, events
+    /// of any cluster and source are accepted unsigned (logged at start).
+    #[arg(long, env = "HERALD_TRUST_FILE", global = true)]
+    trust_file: Option<PathBuf>,
+    /// A server-name grant, as the watchers' `--grant-name`
+    /// (`[registry:]name=ns1,ns2`, a name prefix ends in `*`); repeat for
+    /// more (environment: separated by `;`). Give the hub the grants of
+    /// every watcher: a deployment whose namespace does not own its name
+    /// is dead-lettered (`name_not_owned`).
+    #[arg(long = "grant-name", env = "HERALD_GRANT_NAME", value_delimiter = ';', value_parser = parse_grant, global = true)]
+    grant_names: Vec<NameGrant>,
+    /// How far an event's time or list epoch may run ahead of the moment
+    /// the stream stored it; later ones are dead-lettered (`clock_skew`).
+    #[arg(long, env = "HERALD_MAX_CLOCK_SKEW", default_value = "15m", value_parser = herald_runtime::duration::positive, global = true)]
+    max_clock_skew: Duration,
+    /// Accept advertised URLs whose host is loopback or `localhost` (a
+    /// registry on one machine; never a shared one).
+    #[arg(long, env = "HERALD_ALLOW_LOOPBACK_URLS", global = true)]
+    allow_loopback_urls: bool,
+}
+
+fn parse_grant(s: &str) -> Result<NameGrant, String> {
+    s.parse()
+}
+
+impl TrustArgs {
+    fn gate(&self) -> anyhow::Result<Arc<Gate>> {
+        let file = self
+            .trust_file
+            .as_deref()
+            .map(TrustFile::read)
+            .transpose()?;
+        let skew = chrono::Duration::from_std(self.max_clock_skew)
+            .context("--max-clock-skew is too large")?;
+        let gate = Gate::new(
+            file,
+            self.grant_names.clone(),
+            skew,
+            UrlRules {
+                allow_loopback: self.allow_loopback_urls,
+            },
+        )?;
+        for note in gate.describe() {
+            tracing::warn!("open to the stream: {note}; see docs/security.md");
+        }
+        Ok(Arc::new(gate))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +124,10 @@ enum Command {
     Replay(ReplayArgs),
     /// Show the stream, the consumer, the buckets and the clusters.
     Status,
+    /// Create a signing key for a watcher or an importer: writes the seed
+    /// (secret) to a new file readable only by its owner and prints the
+    /// public key to put in the hub's trust file. Needs no NATS.
+    Keygen(KeygenArgs),
     /// Catalog sources: entries described outside Kubernetes, merged with
     /// the deployments of the same server name and version.
     #[command(subcommand)]
@@ -132,6 +195,31 @@ fn http_url(s: &str) -> Result<String, String> {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(s.to_owned()),
         _ => Err(format!("{s:?} is not an http:// or https:// URL")),
     }
+}
+
+#[derive(Debug, Clone, Args)]
+struct KeygenArgs {
+    /// Where to write the seed; the file must not exist yet.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Writes a new seed to `out` (mode 0600, never over an existing file) and
+/// prints its public key.
+fn keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let (seed, signer) = herald_runtime::signing::Signer::generate();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    file.write_all(format!("{seed}\n").as_bytes())
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!("{}", signer.public_key());
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -313,13 +401,23 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(Command::Keygen(args)) = &cli.command {
+        return keygen(args);
+    }
     let client = cli.nats.connect("herald-projector").await?;
     let js = async_nats::jetstream::new(client.clone());
     let shutdown = herald_runtime::shutdown::on_signal().context("installing signal handlers")?;
     let mut stdout = std::io::stdout().lock();
     match cli.command {
-        None => run(client, cli.run, cli.consumer, cli.stream, shutdown).await,
-        Some(Command::Run(args)) => run(client, args, cli.consumer, cli.stream, shutdown).await,
+        None => {
+            let gate = cli.trust.gate()?;
+            run(client, cli.run, cli.consumer, cli.stream, gate, shutdown).await
+        }
+        Some(Command::Run(args)) => {
+            let gate = cli.trust.gate()?;
+            run(client, args, cli.consumer, cli.stream, gate, shutdown).await
+        }
+        Some(Command::Keygen(_)) => unreachable!("keygen runs before connecting"),
         Some(Command::Events(args)) => {
             let options = EventsOptions {
                 filter: EventFilter {
@@ -342,6 +440,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 scratch_prefix: args.scratch_prefix,
                 keep: args.keep,
                 apply: args.apply,
+                gate: cli.trust.gate()?,
             };
             let report = herald_projector::ops::replay::replay(&js, &options, &mut stdout).await?;
             let differs = !report.diffs.is_empty() && !args.apply;
@@ -413,6 +512,7 @@ async fn run(
     args: RunArgs,
     consumer: String,
     stream: StreamArgs,
+    gate: Arc<Gate>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let mut registry = prometheus_client::registry::Registry::default();
@@ -440,6 +540,7 @@ async fn run(
             ..BucketSettings::default()
         },
         stream,
+        gate,
     };
     let result = herald_projector::run::run(client, config, metrics, readiness, shutdown).await;
     serving.cancel();

@@ -9,23 +9,27 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use herald_core::Event;
 use herald_core::names::{EVENTS_WILDCARD, STREAM};
+use herald_runtime::clock::from_nats_time;
 use herald_runtime::health::Readiness;
 use herald_runtime::retry::{Backoff, RetryPolicy};
 use herald_runtime::stream::StreamArgs;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, KeyWritten, Slot, Target};
-use crate::dead_letter::{self, APPLY_FAILED};
-use crate::fold;
+use crate::dead_letter::{self, APPLY_FAILED, UID_MISMATCH};
+use crate::fold::{self, Effect};
+use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::writes::{BucketError, BucketSettings};
 use herald_core::names::KeyKind;
@@ -63,6 +67,8 @@ pub struct RunConfig {
     pub cache_keys: NonZeroUsize,
     pub buckets: BucketSettings,
     pub stream: StreamArgs,
+    /// What every event must pass before it is folded.
+    pub gate: Arc<Gate>,
 }
 
 /// Creates or binds the durable consumer.
@@ -142,6 +148,7 @@ pub async fn run(
         metrics,
         max_deliver: config.max_deliver,
         consumer: consumer.clone(),
+        gate: Arc::clone(&config.gate),
         barrier_wait: config.ack_wait.min(BARRIER_WAIT),
         max_in_flight: config.max_in_flight.get(),
         in_flight: FuturesUnordered::new(),
@@ -210,6 +217,8 @@ struct Pending {
     event: Event,
     seq: u64,
     delivered: i64,
+    /// When the stream stored it (the server's clock).
+    stored_at: DateTime<Utc>,
 }
 
 /// A finished write of one key's events.
@@ -226,6 +235,7 @@ struct Projector {
     metrics: Metrics,
     max_deliver: i64,
     consumer: consumer::PullConsumer,
+    gate: Arc<Gate>,
     barrier_wait: Duration,
     /// Writes of distinct keys in flight at once, at most.
     max_in_flight: usize,
@@ -282,10 +292,14 @@ impl Projector {
     /// before it is, a message that is not a usable event to the dead
     /// letters.
     async fn handle(&mut self, message: jetstream::Message) {
-        let (seq, delivered) = match message.info() {
+        let (seq, delivered, stored_at) = match message.info() {
             Ok(info) => {
                 self.metrics.pending(info.pending);
-                (info.stream_sequence, info.delivered)
+                (
+                    info.stream_sequence,
+                    info.delivered,
+                    from_nats_time(info.published),
+                )
             }
             Err(err) => {
                 tracing::warn!(%err, subject = %message.subject, "message without JetStream metadata; ignoring it");
@@ -304,12 +318,25 @@ impl Projector {
                 return;
             }
         };
+        if let Err(refusal) = self.gate.check(
+            &event,
+            &message.subject,
+            &message.payload,
+            message.headers.as_ref(),
+            stored_at,
+        ) {
+            tracing::warn!(seq, subject = %message.subject, reason = %refusal, code = refusal.code(), "dead-lettering an event the hub does not accept");
+            self.dead_letter(&message, seq, refusal.code(), &refusal.to_string())
+                .await;
+            return;
+        }
         let slot = fold::slot(&event).map(|(registry, key, kind)| ((registry.clone(), key), kind));
         let pending = Pending {
             message,
             event,
             seq,
             delivered,
+            stored_at,
         };
         match slot {
             Some((slot, kind)) => self.enqueue(slot, kind, pending).await,
@@ -380,13 +407,20 @@ impl Projector {
         let waiting = self.busy.remove(&slot).unwrap_or_default();
         let after = match result {
             Ok(written) => {
-                for (p, wrote) in pending.iter().zip(written.wrote) {
+                for (p, effect) in pending.iter().zip(written.effects) {
                     let ty = p.event.event_type();
-                    if wrote {
-                        self.metrics.applied(ty, p.seq);
-                    } else {
-                        self.metrics.stale(ty);
-                        tracing::debug!(seq = p.seq, %ty, "stale event skipped");
+                    match effect {
+                        Effect::Changed => self.metrics.applied(ty, p.seq),
+                        Effect::Stale => {
+                            self.metrics.stale(ty);
+                            tracing::debug!(seq = p.seq, %ty, "stale event skipped");
+                        }
+                        Effect::Refused(reason) => {
+                            tracing::warn!(seq = p.seq, %ty, %reason, "dead-lettering an event that contradicts the stored record");
+                            self.dead_letter(&p.message, p.seq, UID_MISMATCH, &reason)
+                                .await;
+                            continue;
+                        }
                     }
                     ack(&p.message, AckKind::Ack).await;
                 }
@@ -416,7 +450,11 @@ impl Projector {
     /// Applies a control event; every event before it is applied.
     async fn apply_control(&mut self, pending: Pending) {
         let ty = pending.event.event_type();
-        match self.target.apply_control(&pending.event, pending.seq).await {
+        match self
+            .target
+            .apply_control(&pending.event, pending.seq, pending.stored_at)
+            .await
+        {
             Ok(outcome) => {
                 if outcome.stale {
                     self.metrics.stale(ty);

@@ -3,18 +3,22 @@
 //!
 //! - [`nats`]: NATS connection and auth/TLS flags (`--nats-url`, …).
 //! - [`logging`]: `--log-format text|json` and the tracing subscriber.
+//! - [`clock`]: NATS times as chrono times.
 //! - [`duration`]: duration flags, read with humantime.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on one listener.
 //! - [`retry`]: backoff with jitter and a cap, for every retry loop.
+//! - [`signing`]: signing events with nkeys, and verifying them.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`buckets`]: listing, opening and scanning Herald's KV buckets.
 //! - [`stream`]: the `HERALD_EVENTS` stream: ensure it exists, compatibly.
 
 pub mod buckets;
+pub mod clock;
 pub mod duration;
 pub mod health;
 pub mod logging;
 pub mod nats;
 pub mod retry;
 pub mod shutdown;
+pub mod signing;
 pub mod stream;

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use herald_core::ownership::{NameGrant, NameOwnership};
 use herald_core::policy::{NamespacePolicy, RegistryRule};
+use herald_core::validate::UrlRules;
 use herald_core::{ClusterId, RegistryName, WatcherPolicy};
 use herald_runtime::logging::LogArgs;
 use herald_runtime::nats::NatsArgs;
@@ -38,6 +40,20 @@ struct Cli {
     /// rules separated by `;`).
     #[arg(long = "registry-namespaces", env = "HERALD_REGISTRY_NAMESPACES", value_delimiter = ';', value_parser = parse_rule)]
     registry_namespaces: Vec<RegistryRule>,
+    /// Grants a server name, or every name under a prefix ending in `*`, to
+    /// namespaces, written `[registry:]name=ns1,ns2` (e.g.
+    /// `io.github.github/*=tools,platform`); repeat for more (environment:
+    /// grants separated by `;`). A server's default name
+    /// `com.toolhive.k8s.<namespace>/<name>` belongs to its own namespace;
+    /// any other name (annotation registry-server-name) is rejected unless
+    /// a grant gives it to the object's namespace. Give the hub's projector
+    /// the same grants.
+    #[arg(long = "grant-name", env = "HERALD_GRANT_NAME", value_delimiter = ';', value_parser = parse_grant)]
+    grant_names: Vec<NameGrant>,
+    /// Also advertise URLs whose host is a loopback address or `localhost`
+    /// (for a registry on one machine; never for a shared one).
+    #[arg(long, env = "HERALD_ALLOW_LOOPBACK_URLS")]
+    allow_loopback_urls: bool,
     /// Registries without a --registry-namespaces rule accept no namespace.
     #[arg(long, env = "HERALD_DENY_UNLISTED_REGISTRIES")]
     deny_unlisted_registries: bool,
@@ -74,6 +90,10 @@ fn parse_rule(s: &str) -> Result<RegistryRule, String> {
     s.parse()
 }
 
+fn parse_grant(s: &str) -> Result<NameGrant, String> {
+    s.parse()
+}
+
 impl Cli {
     fn settings(self) -> Result<herald_watcher::Settings, String> {
         if let Some(bad) = self
@@ -94,6 +114,10 @@ impl Cli {
         policy.default_registry = self.default_registry;
         policy.require_url_annotation = self.require_url_annotation;
         policy.namespaces = namespaces;
+        policy.names = NameOwnership::new(self.grant_names);
+        policy.urls = UrlRules {
+            allow_loopback: self.allow_loopback_urls,
+        };
         Ok(herald_watcher::Settings {
             policy,
             namespaces: self.namespaces,

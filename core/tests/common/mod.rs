@@ -125,6 +125,12 @@ pub fn record(
     );
     let mut p = policy();
     p.cluster = cluster.parse().unwrap();
+    p.names = herald_core::ownership::NameOwnership::new([herald_core::ownership::NameGrant::new(
+        None,
+        server,
+        [namespace.to_owned()],
+    )
+    .unwrap()]);
     match map_with(&object, &p) {
         Decision::Advertise(r) => *r,
         other => panic!("{other:?}"),

@@ -16,8 +16,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::ops::filter::EventFilter;
-use crate::ops::starting_point::{StartingPoint, from_nats_time};
+use crate::ops::starting_point::StartingPoint;
 use crate::ops::table;
+use herald_runtime::clock::from_nats_time;
 
 /// Column widths when following, so that new rows line up with the header.
 const FOLLOW_MIN_WIDTHS: [usize; 6] = [6, 24, 20, 8, 8, 32];

@@ -18,6 +18,8 @@ pub enum Folding {
     Applied,
     /// It was older than what is held, or a duplicate.
     Stale,
+    /// It contradicts what is held (`run` dead-letters it).
+    Refused,
     /// It concerns no registry being rebuilt (another registry, cluster
     /// liveness).
     Ignored,
@@ -48,11 +50,12 @@ impl Rebuild {
             }
             let keys = self.registries.entry(registry.clone()).or_default();
             return match fold::fold(event, seq, keys.get(&key)) {
-                Some(next) => {
+                fold::Folded::Write(next) => {
                     keys.insert(key, next);
                     Folding::Applied
                 }
-                None => Folding::Stale,
+                fold::Folded::Stale => Folding::Stale,
+                fold::Folded::Refused(_) => Folding::Refused,
             };
         }
         // Cluster liveness is not rebuilt (it lives in no registry bucket);

@@ -4,6 +4,7 @@
 //! buckets for a closer look only with `--keep`.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -15,7 +16,9 @@ use herald_core::{Event, RegistryName};
 use herald_runtime::buckets;
 
 use herald_runtime::buckets::Item;
+use herald_runtime::clock::from_nats_time;
 
+use crate::gate::Gate;
 use crate::ops::diff::{KeyDiff, diff};
 use crate::ops::rebuild::{Folding, Rebuild};
 use crate::ops::starting_point::StartingPoint;
@@ -39,6 +42,8 @@ pub struct ReplayOptions {
     pub keep: bool,
     /// Write the rebuilt state into the live buckets.
     pub apply: bool,
+    /// The same gate `run` has: what it dead-letters, replay skips.
+    pub gate: Arc<Gate>,
 }
 
 /// What a replay found.
@@ -48,7 +53,8 @@ pub struct ReplayReport {
     pub range: Option<(u64, u64)>,
     pub applied: usize,
     pub stale: usize,
-    /// Messages that are not usable events (the projector dead-letters them).
+    /// Messages that are not usable events or that the gate refuses (the
+    /// projector dead-letters them).
     pub undecodable: usize,
     /// (live bucket, difference), in bucket and key order.
     pub diffs: Vec<(String, KeyDiff)>,
@@ -153,13 +159,26 @@ pub async fn replay<W: Write>(
                 break;
             }
             report.range = Some((report.range.map_or(seq, |r| r.0), seq));
-            match Event::decode_on(&message.subject, &message.payload) {
-                Ok(event) => match rebuild.apply(&event, seq) {
-                    Folding::Applied => report.applied += 1,
-                    Folding::Stale => report.stale += 1,
-                    Folding::Ignored => {}
-                },
-                Err(_) => report.undecodable += 1,
+            let stored_at = from_nats_time(info.published);
+            let event = Event::decode_on(&message.subject, &message.payload)
+                .ok()
+                .filter(|event| {
+                    options
+                        .gate
+                        .check(
+                            event,
+                            &message.subject,
+                            &message.payload,
+                            message.headers.as_ref(),
+                            stored_at,
+                        )
+                        .is_ok()
+                });
+            match event.map(|event| rebuild.apply(&event, seq)) {
+                Some(Folding::Applied) => report.applied += 1,
+                Some(Folding::Stale) => report.stale += 1,
+                Some(Folding::Refused) | None => report.undecodable += 1,
+                Some(Folding::Ignored) => {}
             }
             if seq >= end || pending == 0 {
                 break;

@@ -66,22 +66,17 @@ impl StartingPoint {
     }
 }
 
-fn to_nats_time(time: DateTime<Utc>) -> time::OffsetDateTime {
+pub(crate) fn to_nats_time(time: DateTime<Utc>) -> time::OffsetDateTime {
     let nanos = i128::from(time.timestamp_nanos_opt().unwrap_or(0));
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-}
-
-/// A time from the NATS client as a chrono time.
-pub fn from_nats_time(time: time::OffsetDateTime) -> DateTime<Utc> {
-    let nanos = i64::try_from(time.unix_timestamp_nanos()).unwrap_or(0);
-    DateTime::from_timestamp_nanos(nanos)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use herald_runtime::clock::from_nats_time;
 
     #[test]
     fn since_takes_times_and_durations() {

@@ -12,8 +12,8 @@ use herald_core::stored::StoredValue;
 
 use herald_runtime::buckets;
 
-use crate::ops::starting_point::from_nats_time;
 use crate::ops::table;
+use herald_runtime::clock::from_nats_time;
 
 /// Live and withdrawn keys of one registry bucket.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
