@@ -9,12 +9,15 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`buckets`]: listing, opening and scanning Herald's KV buckets.
 //! - [`stream`]: the `HERALD_EVENTS` stream: ensure it exists, compatibly.
+//! - [`publish`]: publishing one event with its id and waiting for the ack,
+//!   for every producer (watcher, catalog importer).
 
 pub mod buckets;
 pub mod duration;
 pub mod health;
 pub mod logging;
 pub mod nats;
+pub mod publish;
 pub mod retry;
 pub mod shutdown;
 pub mod stream;
