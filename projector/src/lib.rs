@@ -9,18 +9,14 @@
 //!   it, for `run` and `replay` alike; the rules themselves are
 //!   `herald_core::projection` and `herald_core::cluster_state`.
 //! - [`apply`]: the live buckets `run` writes (compare-and-set per key, a
-//!   cache of what it wrote, control events and sweeps); [`rebuild`]: the
+//!   cache of what it wrote, control events and sweeps; catalog events,
+//!   published by `herald-catalog`, land beside the deployments); [`rebuild`]: the
 //!   same state folded in memory, what `replay` compares with them.
 //! - [`writes`]: opening or creating buckets and the compare-and-set write.
-//! - [`catalog_sync`]: `catalog sync`, which imports a catalog source (file or
-//!   registry API over [`source_http`], official or ToolHive format) as
-//!   catalog events that `apply` folds into the registry buckets beside the
-//!   deployments.
 //! - Ops subcommands: [`events`] (with [`filter`] and [`start`]), [`replay`]
 //!   (with [`diff`]) and [`status`]; [`table`] aligns their output.
 
 pub mod apply;
-pub mod catalog_sync;
 pub mod dead_letter;
 pub mod diff;
 pub mod events;
@@ -30,7 +26,6 @@ pub mod metrics;
 pub mod rebuild;
 pub mod replay;
 pub mod run;
-pub mod source_http;
 pub mod start;
 pub mod status;
 pub mod table;
