@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("herald-catalog: {err:#}");
+            tracing::error!("{err:#}");
             ExitCode::FAILURE
         }
     }
