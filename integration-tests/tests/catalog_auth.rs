@@ -542,3 +542,61 @@ async fn a_ca_file_makes_a_private_https_source_trusted() -> anyhow::Result<()> 
     assert!(log.contains(&format!("GET {url}: HTTP 4")), "{log}");
     Ok(())
 }
+
+/// A source that accepts connections and never answers; resolves `accepted`
+/// at the first connection.
+async fn silent_source() -> anyhow::Result<(String, tokio::sync::oneshot::Receiver<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(());
+            }
+        }
+    });
+    Ok((base, rx))
+}
+
+#[tokio::test]
+async fn sigterm_stops_a_sync_that_waits_for_its_source() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    for interval in [true, false] {
+        let (base, accepted) = silent_source().await?;
+        let mut args = vec!["--url", base.as_str(), "--request-timeout", "10m"];
+        if interval {
+            args.extend(["--interval", "1h"]);
+        }
+        let mut sync = ChildProcess::spawn(
+            "herald-catalog",
+            env.command(&args),
+            &env.dir.join(&format!("sync-{interval}.log")),
+        )?;
+        within(STEP, "the first request", accepted)
+            .await?
+            .map_err(|e| sync.explain(e.into()))?;
+        sync.signal(nix::sys::signal::Signal::SIGTERM);
+        // Nothing was published: the request in flight is abandoned at once.
+        let status = sync.wait_exit(Duration::from_secs(5))?;
+        let log = sync.log_contents();
+        if interval {
+            assert!(
+                status.success(),
+                "a looping sync stops cleanly: {status:?}\n{log}"
+            );
+        } else {
+            assert_eq!(
+                status.code(),
+                Some(1),
+                "a single sync did not finish:\n{log}"
+            );
+            assert!(log.contains("stopped by shutdown"), "{log}");
+        }
+    }
+    assert_eq!(env.events().await?, 0);
+    Ok(())
+}
