@@ -47,6 +47,9 @@ struct ListRequest {
     authorized: bool,
 }
 
+/// The form fields of one token request.
+type FormFields = Vec<(String, String)>;
+
 /// A registry API whose list requires a bearer token, and the token endpoint that
 /// issues tokens for one client.
 #[derive(Debug, Default)]
@@ -57,7 +60,7 @@ struct Source {
     /// Every token ever issued, in order.
     issued: Mutex<Vec<String>>,
     /// The form of each token request, and whether its client authenticated.
-    token_requests: Mutex<Vec<(Vec<(String, String)>, bool)>>,
+    token_requests: Mutex<Vec<(FormFields, bool)>>,
     lists: Mutex<Vec<ListRequest>>,
     /// The list refuses every token.
     refuse_all: AtomicBool,
@@ -146,7 +149,7 @@ async fn list(State(source): State<Arc<Source>>, uri: Uri, headers: HeaderMap) -
 async fn token(
     State(source): State<Arc<Source>>,
     headers: HeaderMap,
-    Form(form): Form<Vec<(String, String)>>,
+    Form(form): Form<FormFields>,
 ) -> Response {
     let expected = format!("Basic {}", basic(CLIENT_ID, CLIENT_SECRET));
     let client_ok = headers
