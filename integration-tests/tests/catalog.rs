@@ -853,6 +853,8 @@ async fn interval_syncs_between_full_ones_ask_only_for_updates() -> anyhow::Resu
             "100ms",
             "--full-sync-every",
             "2",
+            "--health-listen",
+            &format!("127.0.0.1:{}", free_port()),
         ]),
         &herald.dir.join("sync.log"),
     )?;

@@ -224,6 +224,9 @@ impl Env {
         Ok(Self { nats, dir })
     }
 
+    /// `herald-catalog sync` with `args`, on this NATS, with health on a free port
+    /// unless `args` name one (with `--interval` the default is 0.0.0.0:8083, which
+    /// tests running side by side would share).
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(herald_binary("herald-catalog"));
         command
@@ -232,6 +235,9 @@ impl Env {
             .args(args)
             .args(["--nats-url", &self.nats.url(), "--stream-max-age", "1h"])
             .env("RUST_LOG", "info");
+        if !args.contains(&"--health-listen") {
+            command.args(["--health-listen", &format!("127.0.0.1:{}", free_port())]);
+        }
         command
     }
 
@@ -580,8 +586,9 @@ async fn sigterm_stops_a_sync_that_waits_for_its_source() -> anyhow::Result<()> 
             &env.dir.join(&format!("sync-{interval}.log")),
         )?;
         within(STEP, "the first request", accepted)
-            .await?
-            .map_err(|e| sync.explain(e.into()))?;
+            .await
+            .and_then(|received| Ok(received?))
+            .map_err(|e| sync.explain(e))?;
         sync.signal(nix::sys::signal::Signal::SIGTERM);
         // Nothing was published: the request in flight is abandoned at once.
         let status = sync.wait_exit(Duration::from_secs(5))?;
