@@ -20,6 +20,9 @@ pub struct TestDir {
 impl TestDir {
     /// Creates `herald-<prefix>-XXXXXX` under the system temp folder.
     pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        // Every test makes a folder before its HTTP clients: reqwest's TLS needs
+        // rustls' process provider installed first (herald_runtime::tls).
+        herald_runtime::tls::install_crypto_provider();
         let dir = tempfile::Builder::new()
             .prefix(&format!("herald-{prefix}-"))
             .tempdir()?;

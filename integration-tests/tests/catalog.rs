@@ -1,5 +1,5 @@
-//! Catalog sources end to end: a real nats-server, the real `herald-projector`
-//! (`run` and `catalog sync`) and `herald-api` binaries, and a small HTTP server
+//! Catalog sources end to end: a real nats-server, the real `herald-projector`,
+//! `herald-catalog sync` and `herald-api` binaries, and a small HTTP server
 //! in the test that serves the official examples in the official paged format.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -227,9 +227,9 @@ impl Herald {
     }
 
     fn sync_command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(herald_binary("herald-projector"));
+        let mut command = Command::new(herald_binary("herald-catalog"));
         command
-            .args(["catalog", "sync"])
+            .arg("sync")
             .args(args)
             .args(["--nats-url", &self.nats.url(), "--stream-max-age", "1h"])
             .env("RUST_LOG", "info");
@@ -853,6 +853,8 @@ async fn interval_syncs_between_full_ones_ask_only_for_updates() -> anyhow::Resu
             "100ms",
             "--full-sync-every",
             "2",
+            "--health-listen",
+            &format!("127.0.0.1:{}", free_port()),
         ]),
         &herald.dir.join("sync.log"),
     )?;

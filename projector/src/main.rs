@@ -11,11 +11,9 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use herald_core::ids::SourceId;
 use herald_core::ownership::NameGrant;
 use herald_core::validate::UrlRules;
 use herald_core::{ClusterId, EventType, RegistryName};
-use herald_projector::catalog_sync::{CatalogMetrics, Format, Location, SyncOptions, Syncer};
 use herald_projector::gate::{Gate, TrustFile};
 use herald_projector::metrics::Metrics;
 use herald_projector::ops::events::EventsOptions;
@@ -128,73 +126,6 @@ enum Command {
     /// (secret) to a new file readable only by its owner and prints the
     /// public key to put in the hub's trust file. Needs no NATS.
     Keygen(KeygenArgs),
-    /// Catalog sources: entries described outside Kubernetes, merged with
-    /// the deployments of the same server name and version.
-    #[command(subcommand)]
-    Catalog(CatalogCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum CatalogCommand {
-    /// Import a catalog (file or registry API; official list or ToolHive
-    /// registry.json) into a registry as events: new and changed entries are
-    /// applied, entries gone from the source withdrawn, entries that fail the
-    /// server.json schema skipped with a log line. Once, or every --interval.
-    Sync(CatalogSyncArgs),
-}
-
-#[derive(Debug, Clone, Args)]
-struct CatalogSyncArgs {
-    /// Identity of this source (a lowercase DNS label): its entries are kept
-    /// apart from other sources' and only its own are ever withdrawn.
-    #[arg(long, env = "HERALD_SOURCE_ID")]
-    source_id: SourceId,
-    /// The registry the entries are merged into.
-    #[arg(long, env = "HERALD_REGISTRY", default_value = "default")]
-    registry: RegistryName,
-    /// A catalog file: an official list page or a ToolHive registry.json.
-    #[arg(
-        long,
-        env = "HERALD_FILE",
-        required_unless_present = "url",
-        conflicts_with = "url"
-    )]
-    file: Option<PathBuf>,
-    /// A registry API base URL, http:// only in this build (the official
-    /// registry through a proxy, or another Herald, optionally
-    /// `…/registry/<name>`); every page of `/v0.1/servers` is read. With
-    /// `--format toolhive`, the URL of a registry.json document.
-    #[arg(long, env = "HERALD_URL", value_parser = http_url)]
-    url: Option<String>,
-    /// The source's format: auto (decided by the document), official or toolhive.
-    #[arg(long, env = "HERALD_FORMAT", default_value = "auto")]
-    format: Format,
-    /// Prefix of ToolHive's short server names (`fetch` → `<namespace>/fetch`).
-    #[arg(
-        long,
-        env = "HERALD_TOOLHIVE_NAMESPACE",
-        default_value = "io.github.stacklok"
-    )]
-    toolhive_namespace: String,
-    /// Sync again after this long (`5m`, `1h`); without it, sync once and exit.
-    #[arg(long, env = "HERALD_INTERVAL", value_parser = herald_runtime::duration::positive)]
-    interval: Option<Duration>,
-    /// With --interval and --url: every n-th sync lists the whole source and
-    /// withdraws entries it no longer has; the ones between ask only for
-    /// entries `updated_since` the previous sync. 1 = always full.
-    #[arg(long, env = "HERALD_FULL_SYNC_EVERY", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
-    full_sync_every: u32,
-    /// Address of /healthz, /readyz (not ready, with the reason, while the
-    /// source cannot be read) and /metrics; none when absent.
-    #[arg(long, env = "HERALD_HEALTH_LISTEN")]
-    health_listen: Option<SocketAddr>,
-}
-
-fn http_url(s: &str) -> Result<String, String> {
-    match url::Url::parse(s) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(s.to_owned()),
-        _ => Err(format!("{s:?} is not an http:// or https:// URL")),
-    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -374,7 +305,7 @@ fn main() -> ExitCode {
     // Long-running commands log their work; ops commands print results, and
     // their logs would only bury them.
     match &cli.command {
-        None | Some(Command::Run(_) | Command::Catalog(_)) => cli.log.init(),
+        None | Some(Command::Run(_)) => cli.log.init(),
         Some(_) => cli.log.init_at("warn"),
     }
     // `run` waits on NATS round trips: on one thread it spends no CPU on
@@ -454,57 +385,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             herald_projector::ops::status::status(&js, &cli.consumer, &mut stdout).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Catalog(CatalogCommand::Sync(args))) => {
-            cli.stream.ensure(&js).await?;
-            catalog_sync(js, args, shutdown).await
-        }
     }
-}
-
-async fn catalog_sync(
-    js: async_nats::jetstream::Context,
-    args: CatalogSyncArgs,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<ExitCode> {
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = CatalogMetrics::register(&mut registry);
-    let readiness = Readiness::default();
-    let serving = shutdown.child_token();
-    let server = match args.health_listen {
-        Some(listen) => Some(
-            health::serve(
-                listen,
-                readiness.clone(),
-                Arc::new(registry),
-                serving.clone(),
-            )
-            .await?
-            .1,
-        ),
-        None => None,
-    };
-    let location = match (args.file, args.url) {
-        (Some(file), _) => Location::File(file),
-        (None, Some(url)) => Location::Url(url),
-        (None, None) => anyhow::bail!("one of --file or --url is required"),
-    };
-    let options = SyncOptions {
-        source: args.source_id,
-        registry: args.registry,
-        location,
-        format: args.format,
-        toolhive_namespace: args.toolhive_namespace,
-        interval: args.interval,
-        full_sync_every: args.full_sync_every,
-    };
-    let syncer = Syncer::new(js, options, metrics)?;
-    let result = syncer.run(&readiness, shutdown).await;
-    serving.cancel();
-    if let Some(server) = server {
-        let _ = server.await;
-    }
-    result?;
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(

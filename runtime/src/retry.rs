@@ -4,7 +4,8 @@
 //! has the same shape: exponential growth from a first pause to a cap, with
 //! jitter (so that many processes restarted together do not retry in step),
 //! no limit on elapsed time (a part of Herald retries for as long as it
-//! runs), and a reset to the first pause after a success.
+//! runs, [`until_ok`]; one that must give up counts attempts, [`at_most`]),
+//! and a reset to the first pause after a success.
 
 use std::future::Future;
 use std::time::Duration;
@@ -96,6 +97,34 @@ where
     }
 }
 
+/// Runs `attempt` up to `attempts` times (at least once), calling `notify`
+/// with each failure that is followed by another attempt and the pause
+/// before it; the last failure is returned.
+pub async fn at_most<T, E, Fut>(
+    policy: RetryPolicy,
+    attempts: u32,
+    mut attempt: impl FnMut() -> Fut,
+    mut notify: impl FnMut(&E, Duration),
+) -> Result<T, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = Backoff::new(policy);
+    let mut left = attempts.max(1);
+    loop {
+        left -= 1;
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(err) if left == 0 => return Err(err),
+            Err(err) => {
+                let pause = backoff.next_pause();
+                notify(&err, pause);
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +160,40 @@ mod tests {
         .await;
         assert_eq!(value, "done");
         assert_eq!(failures, vec![1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_gives_up_with_the_last_error() {
+        let policy = RetryPolicy::new(Duration::from_millis(10), Duration::from_millis(40));
+        let mut calls = 0;
+        let mut notified = Vec::new();
+        let result: Result<(), i32> = at_most(
+            policy,
+            3,
+            || {
+                calls += 1;
+                let err = calls;
+                async move { Err(err) }
+            },
+            |err: &i32, _| notified.push(*err),
+        )
+        .await;
+        assert_eq!(result, Err(3));
+        assert_eq!(notified, vec![1, 2], "no pause after the last attempt");
+
+        let mut calls = 0;
+        let result = at_most(
+            policy,
+            3,
+            || {
+                calls += 1;
+                let result = if calls < 2 { Err(calls) } else { Ok(calls) };
+                async move { result }
+            },
+            |_: &i32, _| {},
+        )
+        .await;
+        assert_eq!(result, Ok(2));
     }
 
     #[tokio::test]

@@ -37,7 +37,7 @@ impl Key {
             EventData::ResyncStarted(r) => Key::ResyncStarted(r.kind),
             EventData::ResyncCompleted(r) => Key::ResyncCompleted(r.kind),
             EventData::Heartbeat(_) => Key::Heartbeat,
-            // Catalog events come from `herald-projector catalog sync`; the
+            // Catalog events come from `herald-catalog sync`; the
             // watcher never builds one.
             EventData::CatalogApplied(_) | EventData::CatalogWithdrawn(_) => {
                 unreachable!("the watcher does not publish catalog events")

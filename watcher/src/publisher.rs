@@ -1,16 +1,17 @@
-//! The single publisher: takes events from the outbox in order, publishes
-//! each with its `Nats-Msg-Id`, waits for the JetStream ack, and retries with
-//! capped exponential backoff for as long as the process runs. An event is
-//! dropped from memory only once acknowledged, so nothing is lost; a retried
-//! publish that did reach the stream is deduplicated by the server.
+//! The single publisher: takes events from the outbox in order and publishes
+//! each through `herald_runtime::publish` (its `Nats-Msg-Id`, the JetStream
+//! ack, capped exponential backoff) for as long as the process runs. An
+//! event is dropped from memory only once acknowledged, so nothing is lost;
+//! a retried publish that did reach the stream is deduplicated by the server.
+//! Each failed attempt counts in the metrics and makes the watcher not ready.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream;
 use herald_core::event::Event;
 use herald_runtime::health::Readiness;
+use herald_runtime::publish::{self, ATTEMPT_TIMEOUT, PublishError, PublishPolicy};
 use herald_runtime::retry::{self, RetryPolicy};
 use herald_runtime::stream::StreamArgs;
 
@@ -22,19 +23,13 @@ pub const READY_NATS: &str = "nats";
 
 /// Above this many pending events the watcher reports not-ready.
 const BACKLOG: usize = 1000;
-/// One attempt: the publish and its ack.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
 
-/// Why one publish attempt failed.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("publishing: {0}")]
-    Publish(#[from] jetstream::context::PublishError),
-    #[error("no ack within {0:?}")]
-    Timeout(Duration),
-}
+const POLICY: PublishPolicy = PublishPolicy {
+    attempt_timeout: ATTEMPT_TIMEOUT,
+    retry: RETRY,
+};
 
 /// Everything the publisher needs.
 #[derive(Debug)]
@@ -66,32 +61,13 @@ impl Publisher {
     }
 
     async fn publish(&self, event: &Event) {
-        let subject = event.nats_subject().to_string();
-        let body = event.to_json();
-        let attempt = || async {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", event.id.as_str());
-            let sent = async {
-                let ack = self
-                    .js
-                    .publish_with_headers(subject.clone(), headers, body.clone().into())
-                    .await?;
-                ack.await?;
-                Ok::<(), jetstream::context::PublishError>(())
-            };
-            match tokio::time::timeout(ATTEMPT_TIMEOUT, sent).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(PublishError::from(e)),
-                Err(_) => Err(PublishError::Timeout(ATTEMPT_TIMEOUT)),
-            }
-        };
         let notify = |err: &PublishError, _| {
             self.metrics.publish_failed();
             self.readiness
                 .set_not_ready(READY_NATS, format!("publishing to NATS fails: {err}"));
-            tracing::warn!(id = %event.id, %subject, "publish failed, retrying: {err}");
+            tracing::warn!(id = %event.id, "publish failed, retrying: {err}");
         };
-        retry::until_ok(RETRY, attempt, notify).await;
+        publish::until_acked(&self.js, event, POLICY, notify).await;
         self.metrics.published(event.event_type());
         let pending = self.outbox.len();
         if pending > BACKLOG {
@@ -100,6 +76,6 @@ impl Publisher {
         } else {
             self.readiness.set_ready(READY_NATS);
         }
-        tracing::debug!(id = %event.id, %subject, "published");
+        tracing::debug!(id = %event.id, subject = %event.nats_subject(), "published");
     }
 }
