@@ -132,6 +132,12 @@ pub struct SyncArgs {
     /// The registry the entries are merged into.
     #[arg(long, env = "HERALD_REGISTRY", default_value = "default")]
     pub registry: RegistryName,
+    /// A file holding this source's signing key (an nkey seed, `S…`;
+    /// `herald-projector keygen` makes one). Every event is signed with it,
+    /// so a hub that knows the public key accepts only this importer's
+    /// events for this source.
+    #[arg(long, env = "HERALD_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
     /// A catalog file: an official list page or a ToolHive registry.json.
     #[arg(
         long,

@@ -13,6 +13,8 @@ use herald_catalog::schema::SchemaCheck;
 use herald_catalog::source::Source;
 use herald_catalog::sync::Syncer;
 use herald_runtime::health::{self, Readiness};
+use herald_runtime::publish::Producer;
+use herald_runtime::signing;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, SyncArgs};
@@ -99,10 +101,12 @@ async fn sync(
         "importing a catalog"
     );
     let schema = SchemaCheck::new()?;
+    let signer = signing::signer_from(args.signing_key_file.as_deref())?.map(Arc::new);
     let client = nats.connect("herald-catalog").await?;
     let js = async_nats::jetstream::new(client);
     stream.ensure(&js).await?;
-    let syncer = Syncer::new(js, source, args.options(), schema, metrics);
+    let producer = Producer { js, signer };
+    let syncer = Syncer::new(producer, source, args.options(), schema, metrics);
     syncer.run(readiness, shutdown).await?;
     Ok(())
 }

@@ -19,7 +19,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use herald_core::catalog_record::{CatalogRecord, CatalogWithdrawal};
 use herald_core::ids::SourceId;
@@ -29,7 +28,7 @@ use herald_core::stored::StoredCatalog;
 use herald_core::{Event, EventData, RegistryName};
 use herald_runtime::buckets;
 use herald_runtime::health::Readiness;
-use herald_runtime::publish::{self, ATTEMPT_TIMEOUT, PublishError, PublishPolicy};
+use herald_runtime::publish::{ATTEMPT_TIMEOUT, Producer, PublishError, PublishPolicy};
 use herald_runtime::retry::RetryPolicy;
 use tokio_util::sync::CancellationToken;
 
@@ -91,7 +90,7 @@ pub struct SyncReport {
 /// Imports one catalog source into one registry.
 #[derive(Debug)]
 pub struct Syncer {
-    js: jetstream::Context,
+    producer: Producer,
     source: Source,
     options: SyncOptions,
     schema: SchemaCheck,
@@ -100,14 +99,14 @@ pub struct Syncer {
 
 impl Syncer {
     pub fn new(
-        js: jetstream::Context,
+        producer: Producer,
         source: Source,
         options: SyncOptions,
         schema: SchemaCheck,
         metrics: CatalogMetrics,
     ) -> Self {
         Self {
-            js,
+            producer,
             source,
             options,
             schema,
@@ -267,7 +266,7 @@ impl Syncer {
     /// This source's entries in the registry bucket, by key.
     async fn known(&self) -> Result<BTreeMap<String, StoredCatalog>, SyncError> {
         let bucket = bucket_name(&self.options.registry);
-        let Some(store) = buckets::open_existing(&self.js, &bucket).await else {
+        let Some(store) = buckets::open_existing(&self.producer.js, &bucket).await else {
             return Ok(BTreeMap::new());
         };
         let items = buckets::scan(&store, &CatalogKey::prefix(&self.options.source_id)).await?;
@@ -284,7 +283,9 @@ impl Syncer {
         let notify = |err: &PublishError, pause: Duration| {
             tracing::warn!(source = %self.options.source_id, ?pause, "retrying: {err}");
         };
-        publish::with_attempts(&self.js, event, PUBLISH, PUBLISH_ATTEMPTS, notify).await?;
+        self.producer
+            .with_attempts(event, PUBLISH, PUBLISH_ATTEMPTS, notify)
+            .await?;
         self.metrics
             .published(matches!(event.data, EventData::CatalogWithdrawn(_)));
         Ok(())

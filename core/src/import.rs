@@ -14,7 +14,6 @@ use serde_json::{Map, Value, json};
 use crate::catalog_record::CatalogEntry;
 use crate::ids::{ServerName, excerpt};
 use crate::merge::SERVER_SCHEMA_URL;
-use crate::rejection::UrlSource;
 use crate::validate::{self, UrlRules, semver_image_tag};
 
 /// A whole catalog document that cannot be read at all.
@@ -67,34 +66,11 @@ pub fn check_entry(server: &Value) -> Result<CatalogEntry, EntryError> {
         .ok_or_else(|| fail("has no name".to_owned()))?
         .parse()
         .map_err(|e: crate::ids::IdError| fail(e.to_string()))?;
-    let description = object
-        .get("description")
-        .and_then(Value::as_str)
-        .ok_or_else(|| fail("has no description".to_owned()))?;
-    let len = description.chars().count();
-    if !(1..=100).contains(&len) {
-        return Err(fail(format!(
-            "description is {len} characters; the registry format allows 1-100"
-        )));
-    }
+    validate::catalog_document(server, UrlRules::default()).map_err(|e| fail(e.to_string()))?;
     let version = object
         .get("version")
         .and_then(Value::as_str)
-        .filter(|v| !v.is_empty() && v.len() <= 255 && *v != "latest")
-        .ok_or_else(|| fail("has no exact version".to_owned()))?;
-    for remote in object
-        .get("remotes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let url = remote["url"].as_str().unwrap_or_default();
-        // Templated URLs (`https://{host}/mcp`) are the client's to fill in.
-        if !url.contains('{') {
-            validate::url(url, UrlSource::Annotation, UrlRules::default())
-                .map_err(|e| fail(format!("a remote's {e}")))?;
-        }
-    }
+        .unwrap_or_default();
     Ok(CatalogEntry {
         name,
         version: version.to_owned(),

@@ -405,32 +405,21 @@ pub fn record(r: &DeploymentRecord, rules: UrlRules) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// The rules for a catalog record: what the merge relies on in its
-/// `server.json` document (name, description, version, remotes, icons),
-/// with the same text and URL rules as deployments, and a bounded size.
-/// (The importer also checks the full JSON schema; this is what the
-/// projector and herald-api can check without it.)
-pub fn catalog_record(r: &CatalogRecord, rules: UrlRules) -> Result<(), Rejection> {
-    let doc = &r.server;
-    let size = serde_json::to_vec(doc).map_or(usize::MAX, |b| b.len())
-        + r.meta
-            .as_ref()
-            .and_then(|m| serde_json::to_vec(m).ok())
-            .map_or(0, |b| b.len());
+/// The rules for a catalog entry's `server.json` document: what the merge
+/// relies on (description, version, remotes, icons) with the same text and
+/// URL rules as deployments, and a bounded size. The importer applies it
+/// to every entry it reads and the projector again to every entry on the
+/// stream. (The importer also checks the full JSON schema.)
+pub fn catalog_document(doc: &serde_json::Value, rules: UrlRules) -> Result<(), Rejection> {
+    let size = serde_json::to_vec(doc).map_or(usize::MAX, |b| b.len());
     if size > MAX_CATALOG_DOCUMENT {
         return Err(Rejection::Malformed(format!(
             "the catalog entry is {size} bytes of JSON; at most {MAX_CATALOG_DOCUMENT}"
         )));
     }
     let field = |name: &str| doc.get(name).and_then(serde_json::Value::as_str);
-    if field("name") != Some(r.server_name.as_str()) || field("version") != Some(&r.version) {
-        return Err(Rejection::Malformed(
-            "the document's name and version differ from the record's".to_owned(),
-        ));
-    }
-    unchanged("version", &r.version, version(&r.version)?)?;
-    let d = field("description").ok_or(Rejection::MissingDescription)?;
-    description(d)?;
+    version(field("version").unwrap_or_default())?;
+    description(field("description").unwrap_or_default())?;
     if let Some(t) = field("title") {
         title(t)?;
     }
@@ -457,6 +446,41 @@ pub fn catalog_record(r: &CatalogRecord, rules: UrlRules) -> Result<(), Rejectio
         icon(&src, rules)?;
     }
     Ok(())
+}
+
+/// The rules for a catalog record on the stream or in a bucket: its
+/// document passes [`catalog_document`], names the record's own name and
+/// version, and with the source's `_meta` stays within the size bound.
+pub fn catalog_record(r: &CatalogRecord, rules: UrlRules) -> Result<(), Rejection> {
+    let doc = &r.server;
+    let field = |name: &str| doc.get(name).and_then(serde_json::Value::as_str);
+    if field("name") != Some(r.server_name.as_str()) || field("version") != Some(&r.version) {
+        return Err(Rejection::Malformed(
+            "the document's name and version differ from the record's".to_owned(),
+        ));
+    }
+    catalog_document(doc, rules)?;
+    let meta = r
+        .meta
+        .as_ref()
+        .and_then(|m| serde_json::to_vec(m).ok())
+        .map_or(0, |b| b.len());
+    if meta > MAX_CATALOG_DOCUMENT {
+        return Err(Rejection::Malformed(format!(
+            "the catalog entry's _meta is {meta} bytes of JSON; at most {MAX_CATALOG_DOCUMENT}"
+        )));
+    }
+    Ok(())
+}
+
+/// The rules for a value read from a bucket: a live record passes
+/// [`record`] or [`catalog_record`]; tombstones carry nothing served.
+pub fn stored(value: &crate::stored::StoredValue, rules: UrlRules) -> Result<(), Rejection> {
+    use crate::stored::StoredValue;
+    match value {
+        StoredValue::Deployment(d) => d.live().map_or(Ok(()), |r| record(r, rules)),
+        StoredValue::Catalog(c) => c.live().map_or(Ok(()), |r| catalog_record(r, rules)),
+    }
 }
 
 /// The tag of `registry/repo:tag[@digest]` when it is semver (`v` allowed).

@@ -10,6 +10,7 @@
 //! whole) — and passes a `notify` hook that sees each failed attempt and the
 //! pause before the next, to set readiness, count a metric and log.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -17,6 +18,7 @@ use async_nats::jetstream;
 use herald_core::Event;
 
 use crate::retry::{self, RetryPolicy};
+use crate::signing::Signer;
 
 /// Bound on one attempt: the publish and its ack.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,17 +49,35 @@ pub struct PublishPolicy {
     pub retry: RetryPolicy,
 }
 
-/// One attempt: publish `event` with its id as `Nats-Msg-Id` and wait for the
-/// stream's ack, within `timeout`.
-pub async fn publish_once(
-    js: &jetstream::Context,
-    event: &Event,
-    body: bytes::Bytes,
-    timeout: Duration,
-) -> Result<(), PublishError> {
+/// Where and how a producer publishes: its JetStream context, and the key it
+/// signs its events with, when it has one.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    pub js: jetstream::Context,
+    pub signer: Option<Arc<Signer>>,
+}
+
+/// The subject, body and headers of `event` as published: its id as
+/// `Nats-Msg-Id`, and its signature when `signer` is set.
+fn message(event: &Event, signer: Option<&Signer>) -> (String, bytes::Bytes, HeaderMap) {
     let subject = event.nats_subject().to_string();
+    let body = bytes::Bytes::from(event.to_json());
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", event.id.as_str());
+    if let Some(signer) = signer {
+        signer.sign(&subject, &body, &mut headers);
+    }
+    (subject, body, headers)
+}
+
+/// One attempt: publish a message of `event` and wait for the stream's ack,
+/// within `timeout`.
+async fn publish_once(
+    js: &jetstream::Context,
+    event: &Event,
+    (subject, body, headers): (String, bytes::Bytes, HeaderMap),
+    timeout: Duration,
+) -> Result<(), PublishError> {
     let sent = async {
         js.publish_with_headers(subject.clone(), headers, body)
             .await?
@@ -79,37 +99,39 @@ pub async fn publish_once(
     }
 }
 
-/// Publishes `event` until the stream acks it, however long that takes.
-pub async fn until_acked(
-    js: &jetstream::Context,
-    event: &Event,
-    policy: PublishPolicy,
-    notify: impl FnMut(&PublishError, Duration),
-) {
-    let body = bytes::Bytes::from(event.to_json());
-    retry::until_ok(
-        policy.retry,
-        || publish_once(js, event, body.clone(), policy.attempt_timeout),
-        notify,
-    )
-    .await;
-}
+impl Producer {
+    /// Publishes `event` until the stream acks it, however long that takes.
+    pub async fn until_acked(
+        &self,
+        event: &Event,
+        policy: PublishPolicy,
+        notify: impl FnMut(&PublishError, Duration),
+    ) {
+        let message = message(event, self.signer.as_deref());
+        retry::until_ok(
+            policy.retry,
+            || publish_once(&self.js, event, message.clone(), policy.attempt_timeout),
+            notify,
+        )
+        .await;
+    }
 
-/// Publishes `event` in at most `attempts` attempts; the last failure when
-/// none was acked.
-pub async fn with_attempts(
-    js: &jetstream::Context,
-    event: &Event,
-    policy: PublishPolicy,
-    attempts: u32,
-    notify: impl FnMut(&PublishError, Duration),
-) -> Result<(), PublishError> {
-    let body = bytes::Bytes::from(event.to_json());
-    retry::at_most(
-        policy.retry,
-        attempts,
-        || publish_once(js, event, body.clone(), policy.attempt_timeout),
-        notify,
-    )
-    .await
+    /// Publishes `event` in at most `attempts` attempts; the last failure
+    /// when none was acked.
+    pub async fn with_attempts(
+        &self,
+        event: &Event,
+        policy: PublishPolicy,
+        attempts: u32,
+        notify: impl FnMut(&PublishError, Duration),
+    ) -> Result<(), PublishError> {
+        let message = message(event, self.signer.as_deref());
+        retry::at_most(
+            policy.retry,
+            attempts,
+            || publish_once(&self.js, event, message.clone(), policy.attempt_timeout),
+            notify,
+        )
+        .await
+    }
 }

@@ -23,6 +23,8 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::publisher::{Publisher, READY_NATS};
 use crate::rejections::Rejections;
+use herald_runtime::publish::Producer;
+use herald_runtime::signing::Signer;
 
 /// Readiness condition: the NATS connection is up.
 const READY_CONNECTION: &str = "nats connection";
@@ -39,6 +41,8 @@ pub struct Settings {
     pub health_listen: SocketAddr,
     pub nats: NatsArgs,
     pub stream: StreamArgs,
+    /// The key events are signed with (`--signing-key-file`).
+    pub signer: Option<Arc<Signer>>,
 }
 
 /// Runs the watcher until `shutdown`, then flushes and returns.
@@ -70,7 +74,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let outbox = Arc::new(Outbox::new(metrics.clone()));
     let publisher = tokio::spawn(
         Publisher {
-            js,
+            producer: Producer {
+                js,
+                signer: settings.signer.clone(),
+            },
             outbox: outbox.clone(),
             stream: settings.stream.clone(),
             metrics: metrics.clone(),

@@ -50,6 +50,12 @@ struct Cli {
     /// the same grants.
     #[arg(long = "grant-name", env = "HERALD_GRANT_NAME", value_delimiter = ';', value_parser = parse_grant)]
     grant_names: Vec<NameGrant>,
+    /// A file holding this cluster's signing key (an nkey seed, `S…`;
+    /// `herald-projector keygen` makes one). Every event is signed with it,
+    /// so a hub that knows the public key accepts only this watcher's
+    /// events for this cluster.
+    #[arg(long, env = "HERALD_SIGNING_KEY_FILE")]
+    signing_key_file: Option<std::path::PathBuf>,
     /// Also advertise URLs whose host is a loopback address or `localhost`
     /// (for a registry on one machine; never for a shared one).
     #[arg(long, env = "HERALD_ALLOW_LOOPBACK_URLS")]
@@ -127,6 +133,9 @@ impl Cli {
             health_listen: self.health_listen,
             nats: self.nats,
             stream: self.stream,
+            signer: herald_runtime::signing::signer_from(self.signing_key_file.as_deref())
+                .map_err(|e| e.to_string())?
+                .map(std::sync::Arc::new),
         })
     }
 }

@@ -8,10 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use herald_core::event::Event;
 use herald_runtime::health::Readiness;
-use herald_runtime::publish::{self, ATTEMPT_TIMEOUT, PublishError, PublishPolicy};
+use herald_runtime::publish::{ATTEMPT_TIMEOUT, Producer, PublishError, PublishPolicy};
 use herald_runtime::retry::{self, RetryPolicy};
 use herald_runtime::stream::StreamArgs;
 
@@ -34,7 +33,8 @@ const POLICY: PublishPolicy = PublishPolicy {
 /// Everything the publisher needs.
 #[derive(Debug)]
 pub struct Publisher {
-    pub js: jetstream::Context,
+    /// The connection, and the key events are signed with.
+    pub producer: Producer,
     pub outbox: Arc<Outbox>,
     pub stream: StreamArgs,
     pub metrics: Metrics,
@@ -46,7 +46,7 @@ impl Publisher {
     pub async fn run(self) {
         retry::until_ok(
             RETRY,
-            || self.stream.ensure(&self.js),
+            || self.stream.ensure(&self.producer.js),
             |err: &anyhow::Error, _| {
                 self.readiness
                     .set_not_ready(READY_NATS, format!("ensuring the stream: {err:#}"));
@@ -67,7 +67,7 @@ impl Publisher {
                 .set_not_ready(READY_NATS, format!("publishing to NATS fails: {err}"));
             tracing::warn!(id = %event.id, "publish failed, retrying: {err}");
         };
-        publish::until_acked(&self.js, event, POLICY, notify).await;
+        self.producer.until_acked(event, POLICY, notify).await;
         self.metrics.published(event.event_type());
         let pending = self.outbox.len();
         if pending > BACKLOG {
