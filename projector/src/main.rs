@@ -313,13 +313,42 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = cli.nats.connect("herald-projector").await?;
+    // The importer is a role of its own, with its own NATS user and inboxes.
+    let client = match &cli.command {
+        Some(Command::Catalog(CatalogCommand::Sync(args))) => {
+            cli.nats
+                .connect("herald-catalog", Some(args.source_id.as_str()))
+                .await?
+        }
+        _ => cli.nats.connect("herald-projector", None).await?,
+    };
+    let unauthenticated = cli.nats.unauthenticated_remote().is_some();
     let js = async_nats::jetstream::new(client.clone());
     let shutdown = herald_runtime::shutdown::on_signal().context("installing signal handlers")?;
     let mut stdout = std::io::stdout().lock();
     match cli.command {
-        None => run(client, cli.run, cli.consumer, cli.stream, shutdown).await,
-        Some(Command::Run(args)) => run(client, args, cli.consumer, cli.stream, shutdown).await,
+        None => {
+            run(
+                client,
+                cli.run,
+                cli.consumer,
+                cli.stream,
+                unauthenticated,
+                shutdown,
+            )
+            .await
+        }
+        Some(Command::Run(args)) => {
+            run(
+                client,
+                args,
+                cli.consumer,
+                cli.stream,
+                unauthenticated,
+                shutdown,
+            )
+            .await
+        }
         Some(Command::Events(args)) => {
             let options = EventsOptions {
                 filter: EventFilter {
@@ -357,7 +386,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Catalog(CatalogCommand::Sync(args))) => {
             cli.stream.ensure(&js).await?;
-            catalog_sync(js, args, shutdown).await
+            catalog_sync(js, args, unauthenticated, shutdown).await
         }
     }
 }
@@ -365,10 +394,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn catalog_sync(
     js: async_nats::jetstream::Context,
     args: CatalogSyncArgs,
+    unauthenticated: bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = CatalogMetrics::register(&mut registry);
+    herald_runtime::nats::register_unauthenticated(&mut registry, unauthenticated);
     let readiness = Readiness::default();
     let serving = shutdown.child_token();
     let server = match args.health_listen {
@@ -413,10 +444,12 @@ async fn run(
     args: RunArgs,
     consumer: String,
     stream: StreamArgs,
+    unauthenticated: bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
+    herald_runtime::nats::register_unauthenticated(&mut registry, unauthenticated);
     let readiness = Readiness::default();
     let serving = shutdown.child_token();
     let (_, server) = health::serve(
