@@ -92,7 +92,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = herald_runtime::shutdown::on_signal()?;
-    let client = cli.nats.connect("herald-api").await?;
+    let client = cli.nats.connect("herald-api", None).await?;
     let settings = Settings {
         listen: cli.listen,
         default_registry: cli.default_registry,
@@ -106,6 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             subscriber_buffer: cli.sse_buffer,
         },
         discovery_interval: cli.discovery_interval,
+        nats_unauthenticated: cli.nats.unauthenticated_remote().is_some(),
     };
     server::run(settings, client, shutdown).await
 }

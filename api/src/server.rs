@@ -33,6 +33,9 @@ pub struct Settings {
     pub sse: SseSettings,
     pub bounds: Bounds,
     pub discovery_interval: Duration,
+    /// The NATS connection has no authentication and its server is not on
+    /// loopback (`herald_nats_unauthenticated`).
+    pub nats_unauthenticated: bool,
 }
 
 /// Serves until `shutdown`, then closes SSE streams and drains.
@@ -44,6 +47,7 @@ pub async fn run(
     let readiness = Readiness::default();
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    herald_runtime::nats::register_unauthenticated(&mut registry, settings.nats_unauthenticated);
     let registries = Registries::new(
         settings.default_registry.clone(),
         settings.bounds,

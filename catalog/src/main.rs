@@ -42,6 +42,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = herald_runtime::shutdown::on_signal().context("installing signal handlers")?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = CatalogMetrics::register(&mut registry);
+    herald_runtime::nats::register_unauthenticated(
+        &mut registry,
+        cli.nats.unauthenticated_remote().is_some(),
+    );
     let readiness = Readiness::default();
     // Health is served until the last sync has ended, not only until SIGTERM.
     let serving = CancellationToken::new();
@@ -102,7 +106,9 @@ async fn sync(
     );
     let schema = SchemaCheck::new()?;
     let signer = signing::signer_from(args.signing_key_file.as_deref())?.map(Arc::new);
-    let client = nats.connect("herald-catalog").await?;
+    let client = nats
+        .connect("herald-catalog", Some(args.source_id.as_str()))
+        .await?;
     let js = async_nats::jetstream::new(client);
     stream.ensure(&js).await?;
     let producer = Producer { js, signer };

@@ -335,18 +335,37 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(Command::Keygen(args)) = &cli.command {
         return keygen(args);
     }
-    let client = cli.nats.connect("herald-projector").await?;
+    let client = cli.nats.connect("herald-projector", None).await?;
+    let unauthenticated = cli.nats.unauthenticated_remote().is_some();
     let js = async_nats::jetstream::new(client.clone());
     let shutdown = herald_runtime::shutdown::on_signal().context("installing signal handlers")?;
     let mut stdout = std::io::stdout().lock();
     match cli.command {
         None => {
             let gate = cli.trust.gate()?;
-            run(client, cli.run, cli.consumer, cli.stream, gate, shutdown).await
+            run(
+                client,
+                cli.run,
+                cli.consumer,
+                cli.stream,
+                gate,
+                unauthenticated,
+                shutdown,
+            )
+            .await
         }
         Some(Command::Run(args)) => {
             let gate = cli.trust.gate()?;
-            run(client, args, cli.consumer, cli.stream, gate, shutdown).await
+            run(
+                client,
+                args,
+                cli.consumer,
+                cli.stream,
+                gate,
+                unauthenticated,
+                shutdown,
+            )
+            .await
         }
         Some(Command::Keygen(_)) => unreachable!("keygen runs before connecting"),
         Some(Command::Events(args)) => {
@@ -394,10 +413,12 @@ async fn run(
     consumer: String,
     stream: StreamArgs,
     gate: Arc<Gate>,
+    unauthenticated: bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
+    herald_runtime::nats::register_unauthenticated(&mut registry, unauthenticated);
     let readiness = Readiness::default();
     let serving = shutdown.child_token();
     let (_, server) = health::serve(

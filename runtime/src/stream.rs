@@ -80,7 +80,11 @@ impl StreamArgs {
                 let created = js
                     .get_or_create_stream(wanted)
                     .await
-                    .with_context(|| format!("creating stream {STREAM}"))?;
+                    .with_context(|| {
+                        format!(
+                            "creating stream {STREAM}: it does not exist, and a NATS user that may not create it (a watcher's, an importer's) gets no answer; start herald-projector, which creates it"
+                        )
+                    })?;
                 tracing::info!("created stream {STREAM}");
                 Ok(created.cached_info().clone())
             }

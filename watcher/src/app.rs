@@ -49,6 +49,7 @@ pub struct Settings {
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    settings.nats.register_metrics(&mut registry);
     // Every condition is declared before /readyz can be asked.
     let readiness = Readiness::default();
     readiness.register(READY_NATS, "the event stream is not verified yet");
@@ -68,7 +69,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (KUBECONFIG or in-cluster config)")?;
-    let nats = settings.nats.connect("herald-watcher").await?;
+    let nats = settings
+        .nats
+        .connect("herald-watcher", Some(settings.policy.cluster.as_str()))
+        .await?;
     let js = async_nats::jetstream::new(nats.clone());
 
     let outbox = Arc::new(Outbox::new(metrics.clone()));
