@@ -12,11 +12,15 @@
 //!   problem documents.
 //! - [`routes`], [`sse`], [`page`]: the HTTP surface; [`app`] is its
 //!   shared state; [`metrics`] what it measures.
+//! - [`limits`]: slots with a global cap and a share per client;
+//!   [`client`]: who a client is for those shares.
 //! - [`server`]: wires it all together for `main`.
 
 pub mod app;
 pub mod bucket_watch;
+pub mod client;
 pub mod etag;
+pub mod limits;
 pub mod metrics;
 pub mod page;
 pub mod problem;
