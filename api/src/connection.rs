@@ -122,14 +122,21 @@ impl Connections {
     }
 
     /// Serves `io` from `peer` until the connection ends, the client lets it
-    /// sit idle too long, or shutdown ends it; `held` (its slot) is dropped
-    /// once the connection is closed.
-    pub fn serve<IO>(&self, io: IO, peer: SocketAddr, held: impl Send + 'static)
+    /// sit idle too long, or shutdown ends it. `slot` (what admitted it) is
+    /// given back as the connection closes, before the client can see it
+    /// closed: a client that saw its connection end may count on its slot.
+    pub fn serve<IO, H>(&self, io: IO, peer: SocketAddr, slot: H)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Unpin + Send + 'static,
     {
         let activity = Activity::new();
+        self.metrics.connections_open.inc();
         let io = TokioIo::new(Tracked {
+            open: Open {
+                slot: Some(slot),
+                metrics: self.metrics.clone(),
+            },
             io,
             activity: activity.clone(),
         });
@@ -139,11 +146,8 @@ impl Connections {
         };
         let connection = self.graceful.watch(self.http.serve_connection(io, service));
         let (idle_timeout, metrics) = (self.idle_timeout, self.metrics.clone());
-        metrics.connections_open.inc();
         tokio::spawn(async move {
             drive(connection, activity, idle_timeout, &metrics, peer).await;
-            drop(held);
-            metrics.connections_open.dec();
         });
     }
 
@@ -219,14 +223,38 @@ impl Activity {
     }
 }
 
-/// A connection's I/O, noting each read or write that moves bytes.
+/// A connection's slot, counted as open until it is given back.
 #[derive(Debug)]
-pub struct Tracked<IO> {
+struct Open<H> {
+    slot: Option<H>,
+    metrics: Arc<Metrics>,
+}
+
+impl<H> Open<H> {
+    fn release(&mut self) {
+        if self.slot.take().is_some() {
+            self.metrics.connections_open.dec();
+        }
+    }
+}
+
+impl<H> Drop for Open<H> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A connection's I/O, noting each read or write that moves bytes, and
+/// holding the connection's slot until the socket is shut down or closed.
+#[derive(Debug)]
+pub struct Tracked<IO, H> {
+    // Before `io`: fields are dropped in order, the slot before the socket.
+    open: Open<H>,
     io: IO,
     activity: Activity,
 }
 
-impl<IO> Tracked<IO> {
+impl<IO, H> Tracked<IO, H> {
     fn moved<T>(
         &self,
         result: Poll<io::Result<T>>,
@@ -241,7 +269,7 @@ impl<IO> Tracked<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
+impl<IO: AsyncRead + Unpin, H: Unpin> AsyncRead for Tracked<IO, H> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -255,7 +283,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+impl<IO: AsyncWrite + Unpin, H: Unpin> AsyncWrite for Tracked<IO, H> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -286,7 +314,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let me = self.get_mut();
+        // hyper shuts down only a connection it is done with.
+        me.open.release();
+        Pin::new(&mut me.io).poll_shutdown(cx)
     }
 }
 

@@ -75,7 +75,7 @@ pub async fn events(
     app.metrics.sse_subscribers.inc();
     let guard = Guard {
         app: app.clone(),
-        _permit: permit,
+        permit: Some(permit),
     };
     let (rx, start, closed) = {
         let v = view.read();
@@ -103,11 +103,13 @@ pub async fn events(
 #[derive(Debug)]
 struct Guard {
     app: AppState,
-    _permit: Permit<ClientKey>,
+    permit: Option<Permit<ClientKey>>,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // The slot first: once the gauge says a subscriber left, its slot is free.
+        drop(self.permit.take());
         self.app.metrics.sse_subscribers.dec();
     }
 }
