@@ -79,7 +79,7 @@ struct Cli {
     /// A connection on which no byte moves either way for this long is
     /// closed: a client that stopped reading its response or SSE stream
     /// (which frees its slot). Must be longer than --sse-keepalive.
-    #[arg(long, env = "HERALD_IDLE_TIMEOUT", default_value = "30s", value_parser = herald_runtime::duration::positive)]
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT", default_value = "60s", value_parser = herald_runtime::duration::positive)]
     idle_timeout: Duration,
 
     /// Largest request head (request line and headers) in bytes; a larger
