@@ -1,12 +1,13 @@
 //! The shared state of the HTTP handlers and the settings they follow.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use herald_core::RegistryName;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::{ClientKey, TrustedProxies};
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::registries::{Registries, SharedView};
@@ -16,6 +17,10 @@ use crate::registries::{Registries, SharedView};
 pub struct SseSettings {
     pub keepalive: Duration,
     pub max_subscribers: usize,
+    pub max_subscribers_per_client: usize,
+    /// `Retry-After` of a refused subscription: the idle timeout, within
+    /// which a slot held by a stalled subscriber is freed.
+    pub retry_after: Duration,
 }
 
 #[derive(Debug)]
@@ -23,7 +28,10 @@ pub struct App {
     pub registries: Registries,
     pub metrics: Arc<Metrics>,
     pub sse: SseSettings,
-    pub subscribers: AtomicUsize,
+    /// SSE subscribers, in total and per client.
+    pub sse_slots: Limiter<ClientKey>,
+    /// Whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
     /// Cancelled at shutdown: SSE streams end so the server can drain.
     pub shutdown: CancellationToken,
 }

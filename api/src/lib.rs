@@ -12,11 +12,17 @@
 //!   problem documents.
 //! - [`routes`], [`sse`], [`page`]: the HTTP surface; [`app`] is its
 //!   shared state; [`metrics`] what it measures.
-//! - [`server`]: wires it all together for `main`.
+//! - [`connection`]: one connection and its timeouts and sizes;
+//!   [`limits`]: slots with a global cap and a share per client (connections,
+//!   SSE subscribers); [`client`]: who a client is for those shares.
+//! - [`server`]: wires it all together for `main`, and admits connections.
 
 pub mod app;
 pub mod bucket_watch;
+pub mod client;
+pub mod connection;
 pub mod etag;
+pub mod limits;
 pub mod metrics;
 pub mod page;
 pub mod problem;

@@ -5,13 +5,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use herald_api::app::SseSettings;
+use herald_api::client::TrustedProxies;
+use herald_api::connection::ConnectionSettings;
 use herald_api::server::{self, Settings};
 use herald_api::view::Bounds;
 use herald_core::RegistryName;
 use herald_runtime::logging::LogArgs;
 use herald_runtime::nats::NatsArgs;
+use ipnet::IpNet;
 
 /// Serves every Herald registry bucket read-only over the official MCP
 /// Registry API (`/v0.1/servers`, …), a live SSE feed
@@ -42,6 +45,11 @@ struct Cli {
     #[arg(long, env = "HERALD_MAX_SSE_SUBSCRIBERS", default_value_t = 1000)]
     max_sse_subscribers: usize,
 
+    /// Most SSE subscribers one client (an IPv4 address, an IPv6 /64) holds
+    /// at once; more are answered with 429.
+    #[arg(long, env = "HERALD_MAX_SSE_SUBSCRIBERS_PER_CLIENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_sse_subscribers_per_client: u32,
+
     /// Change batches a subscriber may fall behind before its backlog is
     /// dropped and it gets a snapshot instead (bounds memory per registry).
     #[arg(long, env = "HERALD_SSE_BUFFER", default_value_t = 1024)]
@@ -51,6 +59,39 @@ struct Cli {
     /// resume points get a snapshot.
     #[arg(long, env = "HERALD_SSE_HISTORY", default_value_t = 10000)]
     sse_history: usize,
+
+    /// Most open connections; more are closed as soon as accepted.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+
+    /// Most open connections from one client address (an IPv4 address, an
+    /// IPv6 /64); more are closed as soon as accepted. Trusted proxies are
+    /// held only to --max-connections.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_client: u32,
+
+    /// Time a client has to send a complete request head, from when its
+    /// connection opens or its previous response ends (so also how long an
+    /// unused kept-alive connection stays open).
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = herald_runtime::duration::positive)]
+    header_read_timeout: Duration,
+
+    /// A connection on which no byte moves either way for this long is
+    /// closed: a client that stopped reading its response or SSE stream
+    /// (which frees its slot). Must be longer than --sse-keepalive.
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT", default_value = "60s", value_parser = herald_runtime::duration::positive)]
+    idle_timeout: Duration,
+
+    /// Largest request head (request line and headers) in bytes; a larger
+    /// one is answered 431.
+    #[arg(long, env = "HERALD_MAX_HEADER_SIZE", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
+    max_header_size: u32,
+
+    /// Networks of reverse proxies whose X-Forwarded-For names the client
+    /// for the per-client SSE share (e.g. `10.0.0.0/8`); comma-separated or
+    /// repeated. None by default: the peer address is the client.
+    #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = herald_api::client::parse_network)]
+    trusted_proxies: Vec<IpNet>,
 
     /// How often to list buckets to find new registries (new streams are
     /// also noticed at once through JetStream advisories when permitted).
@@ -77,9 +118,29 @@ fn url_like(raw: &str) -> Option<&str> {
     (!rest.is_empty() && !rest.contains('/')).then_some(raw)
 }
 
+impl Cli {
+    /// What clap cannot check flag by flag.
+    fn check(&self) -> Result<(), clap::Error> {
+        if self.idle_timeout <= self.sse_keepalive {
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--idle-timeout ({:?}) must be longer than --sse-keepalive ({:?}), \
+                     or SSE streams would be closed between keep-alives",
+                    self.idle_timeout, self.sse_keepalive
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(err) = cli.check() {
+        err.exit();
+    }
     cli.log.init();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,6 +161,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         sse: SseSettings {
             keepalive: cli.sse_keepalive,
             max_subscribers: cli.max_sse_subscribers,
+            max_subscribers_per_client: cli.max_sse_subscribers_per_client as usize,
+            retry_after: cli.idle_timeout,
         },
         bounds: Bounds {
             history: cli.sse_history,
@@ -107,6 +170,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         discovery_interval: cli.discovery_interval,
         nats_unauthenticated: cli.nats.unauthenticated_remote().is_some(),
+        connection: ConnectionSettings {
+            header_read_timeout: cli.header_read_timeout,
+            idle_timeout: cli.idle_timeout,
+            max_header_size: cli.max_header_size as usize,
+        },
+        max_connections: cli.max_connections as usize,
+        max_connections_per_client: cli.max_connections_per_client as usize,
+        trusted_proxies: TrustedProxies::new(cli.trusted_proxies),
     };
     server::run(settings, client, shutdown).await
 }

@@ -1,5 +1,6 @@
-//! Prometheus metrics: requests by route and status, request latency, SSE
-//! subscribers, view sizes and entry changes per registry.
+//! Prometheus metrics: requests by route and status, request latency, open
+//! connections and those refused or dropped on a limit, SSE subscribers,
+//! view sizes and entry changes per registry.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +16,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::connection::Dropped;
+use crate::limits::Refusal;
 use crate::view::RegistryView;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -30,9 +33,18 @@ struct RouteLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RegistryLabels {
     registry: String,
 }
+
+/// Refusal reasons: the flag whose limit was reached.
+const CONNECTIONS_FULL: &str = "max_connections";
+const CONNECTIONS_CLIENT_FULL: &str = "max_connections_per_client";
 
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 14))
@@ -42,6 +54,9 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub connections_open: Gauge,
+    connections_refused: Family<ReasonLabels, Counter>,
+    connections_dropped: Family<ReasonLabels, Counter>,
     pub sse_subscribers: Gauge,
     entries: Family<RegistryLabels, Gauge>,
     deployments: Family<RegistryLabels, Gauge>,
@@ -53,6 +68,9 @@ impl Metrics {
         let m = Self {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            connections_open: Gauge::default(),
+            connections_refused: Family::default(),
+            connections_dropped: Family::default(),
             sse_subscribers: Gauge::default(),
             entries: Family::default(),
             deployments: Family::default(),
@@ -69,6 +87,38 @@ impl Metrics {
             "Time to the response head, by route",
             m.latency.clone(),
         );
+        r.register(
+            "connections_open",
+            "Open HTTP connections",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed at accept, by the limit reached \
+             (max_connections, max_connections_per_client)",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "connections_dropped",
+            "Connections the server closed on a limit, by reason \
+             (header_read_timeout, header_too_large, idle_timeout)",
+            m.connections_dropped.clone(),
+        );
+        // Every reason from the start, at zero.
+        for reason in [CONNECTIONS_FULL, CONNECTIONS_CLIENT_FULL] {
+            let _ = m
+                .connections_refused
+                .get_or_create(&ReasonLabels { reason });
+        }
+        for reason in [
+            Dropped::HeaderReadTimeout,
+            Dropped::HeaderTooLarge,
+            Dropped::IdleTimeout,
+        ] {
+            let _ = m.connections_dropped.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
+        }
         r.register(
             "sse_subscribers",
             "Connected SSE subscribers",
@@ -90,6 +140,26 @@ impl Metrics {
             m.entry_changes.clone(),
         );
         m
+    }
+
+    /// A connection closed at accept.
+    pub fn connection_refused(&self, refusal: Refusal) {
+        let reason = match refusal {
+            Refusal::Full(_) => CONNECTIONS_FULL,
+            Refusal::ClientFull(_) => CONNECTIONS_CLIENT_FULL,
+        };
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A connection the server closed on a limit.
+    pub fn connection_dropped(&self, reason: Dropped) {
+        self.connections_dropped
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 
     pub fn view_size(&self, registry: &RegistryName, view: &RegistryView) {

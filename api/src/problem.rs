@@ -1,7 +1,7 @@
 //! Errors as RFC 9457 problem documents (`application/problem+json`),
 //! naming the offending parameter when there is one.
 
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -15,6 +15,9 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parameter: Option<&'static str>,
+    /// Seconds after which trying again may succeed (`Retry-After`).
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -25,6 +28,7 @@ impl Problem {
             status: 400,
             detail: detail.into(),
             parameter: Some(parameter),
+            retry_after: None,
         }
     }
 
@@ -35,6 +39,7 @@ impl Problem {
             status: 404,
             detail: detail.into(),
             parameter: Some(parameter),
+            retry_after: None,
         }
     }
 
@@ -45,16 +50,31 @@ impl Problem {
             status: 404,
             detail: "no such resource (this API is read-only: publish, status and auth endpoints are not served)".into(),
             parameter: None,
+            retry_after: None,
         }
     }
 
-    pub fn too_many_subscribers(max: usize) -> Self {
+    pub fn too_many_subscribers(max: usize, retry_after: u64) -> Self {
         Self {
             kind: "urn:herald:problem:too-many-subscribers",
             title: "Service Unavailable",
             status: 503,
             detail: format!("the server already has its maximum of {max} event subscribers"),
             parameter: None,
+            retry_after: Some(retry_after),
+        }
+    }
+
+    pub fn too_many_client_subscribers(max: usize, retry_after: u64) -> Self {
+        Self {
+            kind: "urn:herald:problem:too-many-client-subscribers",
+            title: "Too Many Requests",
+            status: 429,
+            detail: format!(
+                "this client already holds its share of {max} event subscriptions; close one first"
+            ),
+            parameter: None,
+            retry_after: Some(retry_after),
         }
     }
 }
@@ -63,11 +83,17 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_string(&self).unwrap_or_default();
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body,
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }

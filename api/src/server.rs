@@ -2,23 +2,21 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::serve::{Listener, ListenerExt as _};
+use axum::serve::Listener;
 use herald_core::RegistryName;
 use herald_runtime::health::Readiness;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::{App, SseSettings};
+use crate::client::{ClientKey, TrustedProxies};
+use crate::connection::{ConnectionSettings, Connections};
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::registries::Registries;
 use crate::view::Bounds;
@@ -36,6 +34,11 @@ pub struct Settings {
     /// The NATS connection has no authentication and its server is not on
     /// loopback (`herald_nats_unauthenticated`).
     pub nats_unauthenticated: bool,
+    pub connection: ConnectionSettings,
+    /// Open connections at most, in total and from one client address.
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Serves until `shutdown`, then closes SSE streams and drains.
@@ -46,7 +49,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
+    let metrics = Arc::new(Metrics::register(&mut registry));
     herald_runtime::nats::register_unauthenticated(&mut registry, settings.nats_unauthenticated);
     let registries = Registries::new(
         settings.default_registry.clone(),
@@ -55,15 +58,19 @@ pub async fn run(
     );
     let app = Arc::new(App {
         registries: registries.clone(),
-        metrics: Arc::new(metrics.clone()),
+        metrics: metrics.clone(),
         sse: settings.sse,
-        subscribers: AtomicUsize::new(0),
+        sse_slots: Limiter::new(
+            settings.sse.max_subscribers,
+            settings.sse.max_subscribers_per_client,
+        ),
+        trusted_proxies: settings.trusted_proxies.clone(),
         shutdown: shutdown.clone(),
     });
     let bucket_watch = tokio::spawn(bucket_watch::run(
         client,
         registries,
-        metrics,
+        Metrics::clone(&metrics),
         settings.discovery_interval,
         shutdown.clone(),
     ));
@@ -84,10 +91,31 @@ pub async fn run(
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "serving the registry API");
-    serve(listener, router, shutdown).await;
+    let admission = Admission {
+        slots: Limiter::new(
+            settings.max_connections,
+            settings.max_connections_per_client,
+        ),
+        trusted_proxies: settings.trusted_proxies,
+        metrics: metrics.clone(),
+    };
+    // One route table for all connections, finalised once.
+    let connections = Connections::new(settings.connection, router.with_state(()), metrics);
+    serve(listener, admission, connections, shutdown).await;
     bucket_watch.await.ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Who may open a connection: a client address within its share of the
+/// open connections, and only while the server has connections left.
+#[derive(Debug)]
+struct Admission {
+    slots: Limiter<ClientKey>,
+    /// Many clients share a proxy's address: it gets no share of its own,
+    /// only the global cap applies to it.
+    trusted_proxies: TrustedProxies,
+    metrics: Arc<Metrics>,
 }
 
 /// Serves HTTP/1.1 connections until `shutdown`, then lets every connection
@@ -99,37 +127,46 @@ pub async fn run(
 /// HTTP/1 only), and hyper, handed those 24 bytes first, grows the
 /// connection's 8 KiB read buffer to 16 KiB, which it keeps for the life of
 /// the connection — a third of the memory of each SSE subscriber.
-async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: CancellationToken) {
-    // No Nagle: an SSE event is a small write that must leave at once (with
-    // it on, herald-bench measured p99 44 ms instead of well under 3 ms).
-    let mut listener = listener.tap_io(|stream| {
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(%err, "could not set TCP_NODELAY");
-        }
-    });
-    // One route table for all connections, finalised once; each connection
-    // gets a cheap clone (not a rebuilt table: memory per SSE subscriber).
-    let service = router.with_state(());
-    let http = hyper::server::conn::http1::Builder::new();
-    let graceful = GracefulShutdown::new();
+///
+/// A connection over a cap is closed as soon as it is accepted, before a
+/// byte is read or anything is allocated for it: answering it (a 503) would
+/// cost a write per refused connection, and the answer would often be lost
+/// anyway, reset by the request bytes the server closes without reading.
+async fn serve(
+    mut listener: tokio::net::TcpListener,
+    admission: Admission,
+    connections: Connections,
+    shutdown: CancellationToken,
+) {
     loop {
         // `Listener::accept` retries by itself after accept errors.
         let (stream, peer) = tokio::select! {
             accepted = Listener::accept(&mut listener) => accepted,
             () = shutdown.cancelled() => break,
         };
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service.clone()),
-        );
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, %err, "connection ended with an error");
+        let slot = if admission.trusted_proxies.contains(peer.ip()) {
+            admission.slots.try_acquire_unshared()
+        } else {
+            let client = ClientKey::Address(peer.ip().into());
+            admission.slots.try_acquire(client)
+        };
+        let slot = match slot {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                admission.metrics.connection_refused(refusal);
+                tracing::debug!(%peer, %refusal, "connection refused");
+                drop(stream);
+                continue;
             }
-        });
+        };
+        // No Nagle: an SSE event is a small write that must leave at once
+        // (with it on, herald-bench measured p99 44 ms instead of well
+        // under 3 ms).
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%err, "could not set TCP_NODELAY");
+        }
+        connections.serve(stream, peer, slot);
     }
     drop(listener);
-    tracing::debug!(connections = graceful.count(), "draining connections");
-    graceful.shutdown().await;
+    connections.shutdown().await;
 }

@@ -8,13 +8,17 @@
 //! a snapshot. Live changes reach subscribers through a bounded broadcast
 //! channel: one that falls behind by more than its capacity loses its
 //! backlog and gets a fresh snapshot, so it never grows memory.
+//!
+//! Subscribers hold slots: at most `--max-sse-subscribers` in all (more get
+//! 503) and `--max-sse-subscribers-per-client` per client (more get 429). A
+//! subscriber that stops reading is dropped by the connection's idle timeout
+//! once its keep-alives cannot be written, which frees its slot.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +27,9 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
+use crate::client::ClientKey;
+use crate::connection::Peer;
+use crate::limits::{Permit, Refusal};
 use crate::problem::Problem;
 use crate::query::server_list_json;
 use crate::registries::SharedView;
@@ -33,6 +40,7 @@ pub async fn events(
     State(app): State<AppState>,
     Path(params): Path<std::collections::HashMap<String, String>>,
     Query(query): Query<Vec<(String, String)>>,
+    Extension(Peer(peer)): Extension<Peer>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let view = app.view(params.get("registry").map(String::as_str))?;
@@ -55,13 +63,20 @@ pub async fn events(
             )
         })?),
     };
-    let max = app.sse.max_subscribers;
-    if app.subscribers.fetch_add(1, Ordering::SeqCst) >= max {
-        app.subscribers.fetch_sub(1, Ordering::SeqCst);
-        return Err(Problem::too_many_subscribers(max));
-    }
+    let client = app.trusted_proxies.client(peer.ip(), &headers);
+    let permit = app.sse_slots.try_acquire(client).map_err(|refusal| {
+        tracing::debug!(%client, %refusal, "SSE subscription refused");
+        let retry_after = app.sse.retry_after.as_secs().max(1);
+        match refusal {
+            Refusal::Full(max) => Problem::too_many_subscribers(max, retry_after),
+            Refusal::ClientFull(max) => Problem::too_many_client_subscribers(max, retry_after),
+        }
+    })?;
     app.metrics.sse_subscribers.inc();
-    let guard = Guard(app.clone());
+    let guard = Guard {
+        app: app.clone(),
+        permit: Some(permit),
+    };
     let (rx, start, closed) = {
         let v = view.read();
         let (rx, start) = v.subscribe(last_seen);
@@ -84,14 +99,18 @@ pub async fn events(
     Ok(Sse::new(stream(feed)).keep_alive(keepalive).into_response())
 }
 
-/// Counts a subscriber for as long as its stream lives.
+/// Holds a subscriber's slot and counts it for as long as its stream lives.
 #[derive(Debug)]
-struct Guard(AppState);
+struct Guard {
+    app: AppState,
+    permit: Option<Permit<ClientKey>>,
+}
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.0.subscribers.fetch_sub(1, Ordering::SeqCst);
-        self.0.metrics.sse_subscribers.dec();
+        // The slot first: once the gauge says a subscriber left, its slot is free.
+        drop(self.permit.take());
+        self.app.metrics.sse_subscribers.dec();
     }
 }
 

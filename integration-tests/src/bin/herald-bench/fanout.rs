@@ -25,8 +25,19 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let js = nats.jetstream().await;
     crate::api_list::fill(&js, 1, 10).await?;
+    // Every subscriber connects from this one address: lift the per-client shares too.
     let max = (subscribers * 2).to_string();
-    let (api, _) = Api::start(&nats, &dir, &["--max-sse-subscribers", &max]).await?;
+    let limits = [
+        "--max-sse-subscribers",
+        &max,
+        "--max-sse-subscribers-per-client",
+        &max,
+        "--max-connections",
+        &max,
+        "--max-connections-per-client",
+        &max,
+    ];
+    let (api, _) = Api::start(&nats, &dir, &limits).await?;
     let (idle_rss, _) = common::memory_mib(api.process.pid())?;
 
     let (receipt_tx, mut receipts) = mpsc::unbounded_channel();
