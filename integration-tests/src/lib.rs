@@ -8,8 +8,14 @@
 //! - [`timeout`]: [`timeout::within`] and [`timeout::eventually`], bounded waiting;
 //! - [`nats`]: [`nats::NatsServer`] and [`nats::NatsCluster`] (JetStream);
 //! - [`kube`]: [`kube::KubeApi`], etcd and an API server with the ToolHive CRDs;
-//! - [`herald`]: [`herald::HeraldProcess`], Herald's binaries started with test flags,
-//!   ready on /readyz, restartable;
+//! - [`objects`]: ToolHive objects in those servers: the API of a kind, opted-in
+//!   objects, status and patches;
+//! - [`herald`]: [`herald::Herald`], the one way to start Herald's binaries (the catalog
+//!   importer's name in [`herald::CATALOG_SYNC`]): long-running as a
+//!   [`herald::HeraldProcess`] (ready on /readyz, restartable), or run to completion
+//!   with its output captured;
+//! - [`stack`]: [`stack::Stack`], the whole pipeline (NATS, an API server and a watcher
+//!   per cluster, projector, API) and the helpers its tests repeat;
 //! - [`storm`]: seeded random changes to MCPServers, run while a fault is injected;
 //! - [`oracle`]: what `herald-api` must serve given the clusters' objects, and the check
 //!   that it does (nothing lost, nothing phantom);
@@ -24,7 +30,7 @@
 //!   set `HERALD_KEEP_TEST_DIRS=1` to keep the folders then;
 //! - nothing waits by sleeping: `within` bounds a future, `eventually` polls a condition;
 //! - Herald's binaries are found with [`tools::herald_binary`] after
-//!   `cargo build --workspace --bins`, and run as [`process::ChildProcess`].
+//!   `cargo build --workspace --bins`, and started only through [`herald::Herald`].
 //!
 //! Tests live in `tests/`: `harness.rs` checks this crate itself.
 
@@ -33,9 +39,11 @@ pub mod herald;
 pub mod kube;
 pub mod large_stack;
 pub mod nats;
+pub mod objects;
 pub mod oracle;
 pub mod ports;
 pub mod process;
+pub mod stack;
 pub mod storm;
 pub mod timeout;
 pub mod tools;

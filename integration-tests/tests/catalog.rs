@@ -1,10 +1,10 @@
-//! Catalog sources end to end: a real nats-server, the real `herald-projector`
-//! (`run` and `catalog sync`) and `herald-api` binaries, and a small HTTP server
-//! in the test that serves the official examples in the official paged format.
+//! Catalog sources end to end: a real nats-server, the real `herald-projector`,
+//! catalog importer (`herald::CATALOG_SYNC`) and `herald-api` binaries, and a small
+//! HTTP server in the test that serves the official examples in the official paged
+//! format.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,11 +17,9 @@ use herald_core::record::Withdrawal;
 use herald_core::record::{DeploymentRecord, Phase, RECORD_VERSION, Remote, RemoteTransport};
 use herald_core::{Event, EventData, Kind, ObjectRef, WithdrawReason};
 use herald_integration_tests::dir::TestDir;
-use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::ports::free_port;
-use herald_integration_tests::process::ChildProcess;
+use herald_integration_tests::herald::{Herald, projector_ops};
+use herald_integration_tests::stack::Stack;
 use herald_integration_tests::timeout::{eventually, within};
-use herald_integration_tests::tools::herald_binary;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -177,94 +175,43 @@ impl Upstream {
 
 // ---------------------------------------------------------------- Herald
 
-/// A projector and an API on one nats-server.
-struct Herald {
-    nats: NatsServer,
-    dir: TestDir,
-    _projector: ChildProcess,
-    api: ChildProcess,
+/// A projector and an API on one nats-server, no cluster.
+struct Pipeline {
+    stack: Stack,
     base: String,
     http: reqwest::Client,
 }
 
-impl Herald {
+impl Pipeline {
     async fn start() -> anyhow::Result<Self> {
-        let nats = NatsServer::start().await?;
-        let dir = TestDir::new("catalog")?;
-        let mut projector = Command::new(herald_binary("herald-projector"));
-        projector
-            .args([
-                "run",
-                "--health-listen",
-                &format!("127.0.0.1:{}", free_port()),
-            ])
-            .args(["--nats-url", &nats.url(), "--stream-max-age", "1h"])
-            .env("RUST_LOG", "info");
-        let projector =
-            ChildProcess::spawn("herald-projector", projector, &dir.join("projector.log"))?;
-        let port = free_port();
-        let mut api = Command::new(herald_binary("herald-api"));
-        api.args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--nats-url", &nats.url(), "--discovery-interval", "200ms"])
-            .env("RUST_LOG", "info");
-        let api = ChildProcess::spawn("herald-api", api, &dir.join("api.log"))?;
-        let herald = Self {
-            nats,
-            dir,
-            _projector: projector,
-            api,
-            base: format!("http://127.0.0.1:{port}"),
+        let stack = Stack::builder("catalog").clusters(&[]).build().await?;
+        Ok(Self {
+            base: stack.api().base().to_owned(),
+            stack,
             http: reqwest::Client::new(),
-        };
-        let url = format!("{}/healthz", herald.base);
-        let http = herald.http.clone();
-        eventually(START, "herald-api serving", || async {
-            Ok(http.get(&url).send().await.ok().map(|_| ()))
         })
-        .await
-        .map_err(|e| herald.api.explain(e))?;
-        Ok(herald)
     }
 
-    fn sync_command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(herald_binary("herald-projector"));
-        command
-            .args(["catalog", "sync"])
+    fn dir(&self) -> &TestDir {
+        &self.stack.dir
+    }
+
+    /// The catalog importer with `args`, logging into this pipeline's folder.
+    fn sync_command(&self, args: &[&str]) -> Herald {
+        Herald::catalog_sync(&self.stack.nats.url())
+            .dir(self.stack.dir.path())
             .args(args)
-            .args(["--nats-url", &self.nats.url(), "--stream-max-age", "1h"])
-            .env("RUST_LOG", "info");
-        command
     }
 
-    /// `catalog sync` once; returns its log (stderr).
+    /// The catalog importer once; returns its log (stderr).
     async fn sync(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut command = tokio::process::Command::from(self.sync_command(args));
-        command.kill_on_drop(true);
-        let out = within(STEP, "catalog sync", command.output()).await??;
-        let log = String::from_utf8_lossy(&out.stderr).into_owned();
-        ensure!(out.status.success(), "catalog sync {args:?} failed:\n{log}");
-        Ok(log)
+        let out = self.sync_command(args).output(STEP).await?.success()?;
+        Ok(out.stderr)
     }
 
     /// Runs an ops subcommand to completion; returns (exit code, stdout).
     async fn ops(&self, args: &[&str]) -> anyhow::Result<(i32, String)> {
-        let mut command = Command::new(herald_binary("herald-projector"));
-        command
-            .args(args)
-            .args(["--nats-url", &self.nats.url()])
-            .env("RUST_LOG", "warn");
-        let mut command = tokio::process::Command::from(command);
-        command.kill_on_drop(true);
-        let out = within(
-            STEP,
-            &format!("herald-projector {args:?}"),
-            command.output(),
-        )
-        .await??;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        ))
+        projector_ops(&self.stack.nats.url(), args, STEP).await
     }
 
     /// Reads an SSE stream until its text contains `needle`.
@@ -343,7 +290,7 @@ impl Herald {
     }
 
     async fn publish(&self, event: &Event) -> anyhow::Result<()> {
-        let js = jetstream::new(self.nats.client().await);
+        let js = jetstream::new(self.stack.nats.client().await);
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.id.as_str());
         within(STEP, "publish", async {
@@ -416,12 +363,12 @@ fn remote_urls(entry: &Value) -> Vec<String> {
 #[tokio::test]
 async fn file_and_paged_http_imports_skip_invalid_entries_and_import_the_rest() -> anyhow::Result<()>
 {
-    let herald = Herald::start().await?;
+    let herald = Pipeline::start().await?;
     let (mixed, expected) = mixed_examples()?;
     assert_eq!(expected.len(), 18, "3 valid and 15 docs examples");
 
     // From a file, into the default registry.
-    let file = herald.dir.join("catalog.json");
+    let file = herald.dir().join("catalog.json");
     std::fs::write(&file, official_list(&mixed).to_string())?;
     let file_arg = file.to_string_lossy().into_owned();
     let log = herald
@@ -523,7 +470,7 @@ async fn file_and_paged_http_imports_skip_invalid_entries_and_import_the_rest() 
 
 #[tokio::test]
 async fn toolhive_registry_json_imports_images_and_remotes() -> anyhow::Result<()> {
-    let herald = Herald::start().await?;
+    let herald = Pipeline::start().await?;
     let fixture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/toolhive-registry.json");
     let fixture = fixture.to_string_lossy().into_owned();
@@ -571,8 +518,8 @@ async fn toolhive_registry_json_imports_images_and_remotes() -> anyhow::Result<(
 
 #[tokio::test]
 async fn a_deployment_merges_into_its_catalog_entry_and_out_again() -> anyhow::Result<()> {
-    let herald = Herald::start().await?;
-    let file = herald.dir.join("catalog.json");
+    let herald = Pipeline::start().await?;
+    let file = herald.dir().join("catalog.json");
     std::fs::write(&file, official_list(&documents("valid")?).to_string())?;
     herald
         .sync(&["--source-id", "files", "--file", &file.to_string_lossy()])
@@ -682,13 +629,11 @@ async fn a_deployment_merges_into_its_catalog_entry_and_out_again() -> anyhow::R
 #[tokio::test]
 async fn removed_entries_are_withdrawn_and_a_source_that_goes_down_stays_served()
 -> anyhow::Result<()> {
-    let herald = Herald::start().await?;
+    let herald = Pipeline::start().await?;
     let docs = documents("valid")?;
     let (upstream, base) = Upstream::start(docs.clone()).await?;
-    let health = free_port();
-    let mut sync = ChildProcess::spawn(
-        "catalog-sync",
-        herald.sync_command(&[
+    let mut sync = herald
+        .sync_command(&[
             "--source-id",
             "web",
             "--url",
@@ -697,11 +642,10 @@ async fn removed_entries_are_withdrawn_and_a_source_that_goes_down_stays_served(
             "200ms",
             "--full-sync-every",
             "1",
-            "--health-listen",
-            &format!("127.0.0.1:{health}"),
-        ]),
-        &herald.dir.join("sync.log"),
-    )?;
+        ])
+        .health()
+        .log_name("sync.log")
+        .spawn()?;
     let all = set(&[
         ("io.github.user/weather", "1.0.2"),
         ("io.github.user/local-weather", "1.0.0"),
@@ -711,7 +655,7 @@ async fn removed_entries_are_withdrawn_and_a_source_that_goes_down_stays_served(
         .until_listed("/v0.1/servers", &all)
         .await
         .map_err(|e| sync.explain(e))?;
-    let readyz = format!("http://127.0.0.1:{health}/readyz");
+    let readyz = format!("{}/readyz", sync.base());
     let response = within(STEP, "readyz", herald.http.get(&readyz).send()).await??;
     assert_eq!(response.status(), StatusCode::OK);
 
@@ -762,8 +706,8 @@ async fn removed_entries_are_withdrawn_and_a_source_that_goes_down_stays_served(
 
 #[tokio::test]
 async fn a_herald_imports_another_heralds_api() -> anyhow::Result<()> {
-    let herald = Herald::start().await?;
-    let file = herald.dir.join("catalog.json");
+    let herald = Pipeline::start().await?;
+    let file = herald.dir().join("catalog.json");
     std::fs::write(&file, official_list(&documents("valid")?).to_string())?;
     herald
         .sync(&["--source-id", "files", "--file", &file.to_string_lossy()])
@@ -791,7 +735,7 @@ async fn a_herald_imports_another_heralds_api() -> anyhow::Result<()> {
     .await?;
 
     // A second Herald (the hub) imports the first one's API into registry "hub".
-    let hub = Herald::start().await?;
+    let hub = Pipeline::start().await?;
     hub.sync(&[
         "--source-id",
         "edge",
@@ -840,11 +784,10 @@ async fn a_herald_imports_another_heralds_api() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn interval_syncs_between_full_ones_ask_only_for_updates() -> anyhow::Result<()> {
-    let herald = Herald::start().await?;
+    let herald = Pipeline::start().await?;
     let (upstream, base) = Upstream::start(documents("valid")?).await?;
-    let mut sync = ChildProcess::spawn(
-        "catalog-sync",
-        herald.sync_command(&[
+    let mut sync = herald
+        .sync_command(&[
             "--source-id",
             "web",
             "--url",
@@ -853,9 +796,9 @@ async fn interval_syncs_between_full_ones_ask_only_for_updates() -> anyhow::Resu
             "100ms",
             "--full-sync-every",
             "2",
-        ]),
-        &herald.dir.join("sync.log"),
-    )?;
+        ])
+        .log_name("sync.log")
+        .spawn()?;
     eventually(STEP, "four syncs", || async {
         Ok((upstream.pages_served() >= 4).then_some(()))
     })
@@ -892,18 +835,14 @@ async fn https_sources_are_spoken_to_over_tls_and_untrusted_certificates_refused
         herald_integration_tests::kube::KubeApi::start(),
     )
     .await??;
-    let herald = Herald::start().await?;
+    let herald = Pipeline::start().await?;
     let url = format!("{}/v0.1/servers", kube.url());
     assert!(url.starts_with("https://"), "{url}");
-    let mut command = tokio::process::Command::from(herald.sync_command(&[
-        "--source-id",
-        "secure",
-        "--url",
-        &url,
-    ]));
-    command.kill_on_drop(true);
-    let out = within(STEP, "catalog sync over https", command.output()).await??;
-    let log = String::from_utf8_lossy(&out.stderr);
+    let out = herald
+        .sync_command(&["--source-id", "secure", "--url", &url])
+        .output(STEP)
+        .await?;
+    let log = &out.stderr;
     assert!(
         !out.status.success(),
         "an untrusted certificate must fail the sync:\n{log}"

@@ -6,7 +6,6 @@
 //! the suite fast.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -18,18 +17,13 @@ use herald_core::event::{Event, EventData, EventType};
 use herald_core::names::STREAM;
 use herald_core::object::{Kind, ObjectRef, TOOLHIVE_GROUP};
 use herald_core::record::{DeploymentRecord, Phase, RemoteTransport};
-use herald_integration_tests::dir::TestDir;
-use herald_integration_tests::kube::KubeApi;
+use herald_integration_tests::herald::{Herald, HeraldProcess};
 use herald_integration_tests::large_stack::run_on_large_stack as run;
-use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::ports::free_port;
-use herald_integration_tests::process::ChildProcess;
+use herald_integration_tests::objects::{self, create, merge, opted_in, set_status, with};
+use herald_integration_tests::stack::Stack;
 use herald_integration_tests::timeout::{eventually, within};
-use herald_integration_tests::tools::herald_binary;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
-};
-use serde_json::{Value, json};
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use serde_json::json;
 
 const START: Duration = Duration::from_secs(60);
 const STEP: Duration = Duration::from_secs(15);
@@ -40,109 +34,32 @@ const CLUSTER: &str = "test-cluster";
 // ---------------------------------------------------------------------------------------
 // Servers and the watcher process
 
-struct Env {
-    kube: KubeApi,
-    nats: NatsServer,
-    dir: TestDir,
+/// NATS and one API server; each test starts its own watcher.
+async fn servers() -> anyhow::Result<Stack> {
+    Stack::builder("watcher")
+        .clusters(&[CLUSTER])
+        .servers_only()
+        .build()
+        .await
 }
 
-impl Env {
-    async fn start() -> anyhow::Result<Env> {
-        let (kube, nats) = tokio::join!(
-            within(START, "kube-apiserver", KubeApi::start()),
-            within(START, "nats-server", NatsServer::start())
-        );
-        Ok(Env {
-            kube: kube??,
-            nats: nats??,
-            dir: TestDir::new("watcher")?,
-        })
-    }
-
-    fn api(&self, kind: Kind, version: &str, namespace: &str) -> Api<DynamicObject> {
-        let gvk = GroupVersionKind::gvk(TOOLHIVE_GROUP, version, kind.as_str());
-        let ar = ApiResource::from_gvk_with_plural(&gvk, kind.plural());
-        Api::namespaced_with(self.kube.client(), namespace, &ar)
-    }
+/// `kind` objects at `version` in `namespace`.
+fn api(env: &Stack, kind: Kind, version: &str, namespace: &str) -> Api<DynamicObject> {
+    objects::api_at(env.kube().client(), kind, version, namespace)
 }
 
-struct Watcher {
-    process: ChildProcess,
-    health: String,
-}
-
-impl Watcher {
-    /// Starts `herald-watcher` and waits until it reports ready.
-    async fn start(env: &Env, log: &str, extra: &[&str]) -> anyhow::Result<Watcher> {
-        let port = free_port();
-        let mut command = Command::new(herald_binary("herald-watcher"));
-        command
-            .env("KUBECONFIG", env.kube.kubeconfig_path())
-            .env("RUST_LOG", "info,herald_watcher=debug")
-            .args(["--log-format", "json"])
-            .args(["--cluster-id", CLUSTER, "--nats-url", &env.nats.url()])
-            .args(["--health-listen", &format!("127.0.0.1:{port}")])
-            .args(extra);
-        if !extra.contains(&"--shutdown-timeout") {
-            command.args(["--shutdown-timeout", "5s"]);
-        }
-        if !extra.contains(&"--heartbeat-interval") {
-            // Heartbeats are left out of what tests read; keep them rare.
-            command.args(["--heartbeat-interval", "1h"]);
-        }
-        let process = ChildProcess::spawn("herald-watcher", command, &env.dir.join(log))?;
-        let mut watcher = Watcher {
-            process,
-            health: format!("http://127.0.0.1:{port}"),
-        };
-        let ready = watcher.wait_ready(true).await;
-        if let Err(err) = ready {
-            return Err(watcher.process.explain(err));
-        }
-        Ok(watcher)
-    }
-
-    async fn readyz(&self) -> Option<u16> {
-        let response = reqwest::get(format!("{}/readyz", self.health)).await.ok()?;
-        Some(response.status().as_u16())
-    }
-
-    /// Polls /readyz until it answers 200 (`ready`) or 503; fails at once if the
-    /// watcher exits.
-    async fn wait_ready(&mut self, ready: bool) -> anyhow::Result<()> {
-        let want = if ready { 200 } else { 503 };
-        let poll = async {
-            loop {
-                if let Some(status) = self.process.try_exit() {
-                    bail!("herald-watcher exited ({status}) while waiting for /readyz {want}");
-                }
-                if self.readyz().await == Some(want) {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        within(START, &format!("/readyz {want}"), poll).await?
-    }
-
-    async fn metrics(&self) -> anyhow::Result<String> {
-        let body = reqwest::get(format!("{}/metrics", self.health))
-            .await?
-            .text()
-            .await?;
-        Ok(body)
-    }
-
-    /// The value of one sample line, e.g. `herald_watcher_rejections_total{reason="invalid_url"}`.
-    async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
-        let body = self.metrics().await?;
-        let value = body
-            .lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-            .map(|v| v.trim().parse::<f64>())
-            .transpose()?;
-        Ok(value.unwrap_or(0.0))
-    }
+/// Starts `herald-watcher` (logging to `log`) and waits until it reports ready.
+async fn start_watcher(env: &Stack, log: &str, extra: &[&str]) -> anyhow::Result<HeraldProcess> {
+    Herald::watcher(env.kube(), CLUSTER, &env.nats.url())
+        .dir(env.dir.path())
+        .log_name(log)
+        .env("RUST_LOG", "info,herald_watcher=debug")
+        // Heartbeats are left out of what tests read; keep them rare.
+        .default_flag("--heartbeat-interval", "1h")
+        .args(extra)
+        .ready_within(START)
+        .start()
+        .await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -280,68 +197,6 @@ impl Bracket {
 // ---------------------------------------------------------------------------------------
 // Objects
 
-fn opted_in(name: &str, description: &str) -> Value {
-    json!({
-        "metadata": {
-            "name": name,
-            "annotations": {
-                ann::REGISTRY_EXPORT: "true",
-                ann::REGISTRY_DESCRIPTION: description,
-            },
-        },
-        "spec": {},
-    })
-}
-
-fn with(mut base: Value, path: &[&str], value: Value) -> Value {
-    let mut at = &mut base;
-    for key in &path[..path.len() - 1] {
-        if at.get(*key).is_none() {
-            at[*key] = json!({});
-        }
-        at = &mut at[*key];
-    }
-    at[path[path.len() - 1]] = value;
-    base
-}
-
-async fn create(
-    api: &Api<DynamicObject>,
-    kind: Kind,
-    version: &str,
-    body: Value,
-) -> anyhow::Result<DynamicObject> {
-    let body = with(
-        body,
-        &["apiVersion"],
-        json!(format!("{TOOLHIVE_GROUP}/{version}")),
-    );
-    let body = with(body, &["kind"], json!(kind.as_str()));
-    let object: DynamicObject = serde_json::from_value(body)?;
-    Ok(api.create(&PostParams::default(), &object).await?)
-}
-
-async fn set_status(
-    api: &Api<DynamicObject>,
-    name: &str,
-    status: Value,
-) -> anyhow::Result<DynamicObject> {
-    let patch = Patch::Merge(json!({ "status": status }));
-    Ok(api
-        .patch_status(name, &PatchParams::default(), &patch)
-        .await?)
-}
-
-async fn merge(
-    api: &Api<DynamicObject>,
-    name: &str,
-    patch: Value,
-) -> anyhow::Result<DynamicObject> {
-    Ok(api
-        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-        .await?)
-}
-
 fn rv(object: &DynamicObject) -> String {
     object.metadata.resource_version.clone().unwrap_or_default()
 }
@@ -362,15 +217,15 @@ fn lifecycle_of_opted_in_servers() -> anyhow::Result<()> {
 }
 
 async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
-    let env = Env::start().await?;
+    let env = servers().await?;
     let args = ["--registry-namespaces", "partners=team-a"];
-    let mut watcher = Watcher::start(&env, "watcher.log", &args).await?;
+    let mut watcher = start_watcher(&env, "watcher.log", &args).await?;
     let mut reader = Reader::open(&env.nats.jetstream().await).await?;
     let brackets = reader.startup().await?;
     assert!(brackets.values().all(|b| b.applied.is_empty()));
 
     // v1alpha1 MCPServer: not advertised while Pending; applied once Running.
-    let alpha = env.api(Kind::MCPServer, "v1alpha1", "team-a");
+    let alpha = api(&env, Kind::MCPServer, "v1alpha1", "team-a");
     let body = opted_in("alpha", "Fetches web pages");
     let body = with(body, &["spec", "transport"], json!("sse"));
     let body = with(body, &["spec", "port"], json!(9090));
@@ -402,7 +257,7 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
     assert_eq!(record.uid, running.metadata.uid.clone().unwrap_or_default());
 
     // v1beta1 MCPServer with auth and a status URL, Ready right away.
-    let beta = env.api(Kind::MCPServer, "v1beta1", "team-b");
+    let beta = api(&env, Kind::MCPServer, "v1beta1", "team-b");
     let body = opted_in("beta", "Searches the web");
     let body = with(body, &["spec", "proxyPort"], json!(8081));
     let body = with(body, &["spec", "oidcConfigRef"], json!({"name": "idp"}));
@@ -419,7 +274,7 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
     assert_eq!(record.version, "1.0.0");
 
     // MCPRemoteProxy into another registry, with the URL annotation.
-    let proxies = env.api(Kind::MCPRemoteProxy, "v1alpha1", "team-a");
+    let proxies = api(&env, Kind::MCPRemoteProxy, "v1alpha1", "team-a");
     let body = opted_in("remote", "A remote proxy");
     let body = with(
         body,
@@ -443,7 +298,7 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
     assert_eq!(record.remote.url, "https://mcp.example.com/mcp");
 
     // VirtualMCPServer.
-    let virtuals = env.api(Kind::VirtualMCPServer, "v1alpha1", "team-a");
+    let virtuals = api(&env, Kind::VirtualMCPServer, "v1alpha1", "team-a");
     create(
         &virtuals,
         Kind::VirtualMCPServer,
@@ -549,7 +404,7 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
     create(&alpha, Kind::MCPServer, "v1alpha1", body).await?;
     set_status(&alpha, "bad-registry", ready.clone()).await?;
     // Only team-a may publish into "partners" (--registry-namespaces).
-    let team_b = env.api(Kind::MCPServer, "v1alpha1", "team-b");
+    let team_b = api(&env, Kind::MCPServer, "v1alpha1", "team-b");
     let body = opted_in("not-allowed", "Wrong namespace");
     let body = with(
         body,
@@ -586,7 +441,7 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
             "{sample}, reported once"
         );
     }
-    let log = watcher.process.log_contents();
+    let log = watcher.log_contents();
     for needle in [
         r#""name":"bad-url""#,
         r#""reason":"invalid_url""#,
@@ -610,8 +465,10 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
 
     // SIGTERM: exits 0, promptly.
     let started = std::time::Instant::now();
-    watcher.process.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = watcher.process.wait_exit(Duration::from_secs(5))?;
+    watcher
+        .process_mut()
+        .signal(nix::sys::signal::Signal::SIGTERM);
+    let status = watcher.process_mut().wait_exit(Duration::from_secs(5))?;
     assert!(status.success(), "exit status {status}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -629,13 +486,13 @@ fn restart_resyncs_what_was_deleted_meanwhile() -> anyhow::Result<()> {
 }
 
 async fn restart_resyncs_what_was_deleted_meanwhile_steps() -> anyhow::Result<()> {
-    let env = Env::start().await?;
-    let api = env.api(Kind::MCPServer, "v1beta1", "ns");
+    let env = servers().await?;
+    let api = api(&env, Kind::MCPServer, "v1beta1", "ns");
     for name in ["kept", "gone"] {
         create(&api, Kind::MCPServer, "v1beta1", opted_in(name, "A server")).await?;
         set_status(&api, name, json!({"phase": "Ready"})).await?;
     }
-    let mut watcher = Watcher::start(&env, "first.log", &[]).await?;
+    let mut watcher = start_watcher(&env, "first.log", &[]).await?;
     let mut reader = Reader::open(&env.nats.jetstream().await).await?;
     let first = reader.startup().await?;
     let names: Vec<&str> = first[&Kind::MCPServer]
@@ -649,10 +506,10 @@ async fn restart_resyncs_what_was_deleted_meanwhile_steps() -> anyhow::Result<()
         "{names:?}"
     );
     let stale_epoch = first[&Kind::MCPServer].applied[0].epoch;
-    assert!(watcher.process.terminate().success());
+    assert!(watcher.terminate().success());
 
     api.delete("gone", &DeleteParams::default()).await?;
-    let _watcher = Watcher::start(&env, "second.log", &[]).await?;
+    let _watcher = start_watcher(&env, "second.log", &[]).await?;
     let second = reader.startup().await?;
     let bracket = &second[&Kind::MCPServer];
     assert!(
@@ -675,14 +532,14 @@ fn nats_outage_loses_nothing() -> anyhow::Result<()> {
 }
 
 async fn nats_outage_loses_nothing_steps() -> anyhow::Result<()> {
-    let mut env = Env::start().await?;
-    let api = env.api(Kind::MCPServer, "v1beta1", "ns");
+    let mut env = servers().await?;
+    let api = api(&env, Kind::MCPServer, "v1beta1", "ns");
     for name in ["moves", "deleted", "opts-out", "flaps"] {
         create(&api, Kind::MCPServer, "v1beta1", opted_in(name, "A server")).await?;
         set_status(&api, name, json!({"phase": "Ready"})).await?;
     }
     let args = ["--shutdown-timeout", "1s"];
-    let mut watcher = Watcher::start(&env, "watcher.log", &args).await?;
+    let mut watcher = start_watcher(&env, "watcher.log", &args).await?;
     let mut reader = Reader::open(&env.nats.jetstream().await).await?;
     assert_eq!(reader.startup().await?[&Kind::MCPServer].applied.len(), 4);
     drop(reader);
@@ -713,7 +570,7 @@ async fn nats_outage_loses_nothing_steps() -> anyhow::Result<()> {
         let patch = json!({"metadata": {"annotations": {ann::REGISTRY_DESCRIPTION: format!("Version {i}")}}});
         merge(&api, "flaps", patch).await?;
     }
-    watcher.wait_ready(false).await?;
+    watcher.wait_not_ready().await?;
     // One event per (object, registry) waits, however often "flaps" changed: six keys,
     // one of them possibly in the publisher's hands.
     let pending = eventually(STEP, "the outbox holds the changes", || async {
@@ -724,7 +581,7 @@ async fn nats_outage_loses_nothing_steps() -> anyhow::Result<()> {
     assert!(pending <= 6.0, "{pending} pending events");
 
     within(START, "NATS restart", env.nats.restart()).await??;
-    watcher.wait_ready(true).await?;
+    watcher.wait_ready().await?;
     eventually(CATCH_UP, "an empty outbox", || async {
         Ok((watcher.metric("herald_watcher_pending_events").await? == 0.0).then_some(()))
     })
@@ -807,34 +664,32 @@ async fn nats_outage_loses_nothing_steps() -> anyhow::Result<()> {
         json!({"metadata": {"annotations": {ann::REGISTRY_EXPORT: "false"}}}),
     )
     .await?;
-    watcher.wait_ready(false).await?;
+    watcher.wait_not_ready().await?;
     let started = std::time::Instant::now();
-    watcher.process.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = watcher.process.wait_exit(Duration::from_secs(5))?;
+    watcher
+        .process_mut()
+        .signal(nix::sys::signal::Signal::SIGTERM);
+    let status = watcher.process_mut().wait_exit(Duration::from_secs(5))?;
     assert!(status.success(), "exit status {status}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );
-    assert!(
-        watcher
-            .process
-            .log_contents()
-            .contains("shutdown timeout reached")
-    );
+    assert!(watcher.log_contents().contains("shutdown timeout reached"));
     Ok(())
 }
 
 /// A bad flag or cluster id: non-zero exit and a one-line reason.
-#[test]
-fn bad_cluster_id_exits_with_one_line() -> anyhow::Result<()> {
-    let output = Command::new(herald_binary("herald-watcher"))
+#[tokio::test]
+async fn bad_cluster_id_exits_with_one_line() -> anyhow::Result<()> {
+    let output = Herald::bare("herald-watcher")
         .args(["--cluster-id", "Not_Valid"])
         .env_remove("HERALD_CLUSTER_ID")
-        .output()?;
+        .output(STEP)
+        .await?;
     assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = &output.stderr;
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("cluster-id"), "{stderr}");
     Ok(())
@@ -851,8 +706,8 @@ fn late_kind_and_namespace_list() -> anyhow::Result<()> {
 async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
-    let env = Env::start().await?;
-    let crds: Api<CustomResourceDefinition> = Api::all(env.kube.client());
+    let env = servers().await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(env.kube().client());
     let crd_name = format!("{}.{TOOLHIVE_GROUP}", Kind::VirtualMCPServer.plural());
     let mut crd = crds.get(&crd_name).await?;
     crds.delete(&crd_name, &DeleteParams::default()).await?;
@@ -862,7 +717,7 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
     .await?;
 
     for ns in ["team-a", "team-b", "team-c"] {
-        let api = env.api(Kind::MCPServer, "v1beta1", ns);
+        let api = api(&env, Kind::MCPServer, "v1beta1", ns);
         create(
             &api,
             Kind::MCPServer,
@@ -880,7 +735,7 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
         "--heartbeat-interval",
         "200ms",
     ];
-    let watcher = Watcher::start(&env, "watcher.log", &args).await?;
+    let watcher = start_watcher(&env, "watcher.log", &args).await?;
     let mut reader = Reader::open(&env.nats.jetstream().await).await?;
     let present = [Kind::MCPServer, Kind::MCPRemoteProxy];
     let brackets = reader.brackets(&present).await?;
@@ -896,10 +751,7 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
         "one bracket over both namespaces"
     );
     assert!(
-        watcher
-            .process
-            .log_contents()
-            .contains("does not serve this kind"),
+        watcher.log_contents().contains("does not serve this kind"),
         "the missing kind is logged"
     );
 
@@ -912,7 +764,7 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
     crds.create(&PostParams::default(), &crd).await?;
     let brackets = reader.brackets(&[Kind::VirtualMCPServer]).await?;
     assert!(brackets[&Kind::VirtualMCPServer].applied.is_empty());
-    let virtuals = env.api(Kind::VirtualMCPServer, "v1alpha1", "team-b");
+    let virtuals = api(&env, Kind::VirtualMCPServer, "v1alpha1", "team-b");
     create(
         &virtuals,
         Kind::VirtualMCPServer,
