@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,12 +20,9 @@ use herald_core::stored::{DeploymentState, StoredDeployment};
 use herald_core::{
     ClusterId, DeploymentRecord, Event, EventData, Kind, ObjectRef, RegistryName, WithdrawReason,
 };
-use herald_integration_tests::dir::TestDir;
+use herald_integration_tests::herald::{Herald, HeraldProcess, projector_ops};
 use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::ports::free_port;
-use herald_integration_tests::process::ChildProcess;
 use herald_integration_tests::timeout::{eventually, within};
-use herald_integration_tests::tools::herald_binary;
 use herald_projector::CancellationToken;
 use herald_projector::apply::{self, KeyWritten};
 use herald_projector::fold;
@@ -906,50 +902,16 @@ async fn poison_messages_are_dead_lettered_and_later_events_still_apply() -> any
 
 // ---------------------------------------------------------------- the binary
 
-fn projector_command(nats: &NatsServer, args: &[&str]) -> Command {
-    let mut command = Command::new(herald_binary("herald-projector"));
-    command
-        .args(args)
-        .args(["--nats-url", &nats.url(), "--stream-max-age", "1h"])
-        .env("RUST_LOG", "info");
-    command
-}
-
-fn spawn_projector(
-    nats: &NatsServer,
-    dir: &TestDir,
-    health: u16,
-    extra: &[&str],
-) -> anyhow::Result<ChildProcess> {
-    let listen = format!("127.0.0.1:{health}");
-    let mut args = vec!["run", "--health-listen", &listen];
-    args.extend_from_slice(extra);
-    ChildProcess::spawn(
-        "herald-projector",
-        projector_command(nats, &args),
-        &dir.join("projector.log"),
-    )
+/// `herald-projector run` with `extra` flags, on the stream the tests create (one hour).
+fn projector(nats: &NatsServer, extra: &[&str]) -> Herald {
+    Herald::projector(&nats.url())
+        .flag("--stream-max-age", "1h")
+        .args(extra)
 }
 
 /// Runs an ops subcommand to completion; returns (exit code, stdout).
 async fn ops(nats: &NatsServer, args: &[&str]) -> anyhow::Result<(i32, String)> {
-    let mut command = tokio::process::Command::from(projector_command(nats, args));
-    command.kill_on_drop(true);
-    let out = within(
-        STEP,
-        &format!("herald-projector {args:?}"),
-        command.output(),
-    )
-    .await??;
-    let stdout = String::from_utf8(out.stdout)?;
-    let code = out.status.code().context("exited by a signal")?;
-    if code != 0 && code != 1 {
-        anyhow::bail!(
-            "herald-projector {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok((code, stdout))
+    projector_ops(&nats.url(), args, STEP).await
 }
 
 #[tokio::test]
@@ -966,10 +928,9 @@ async fn sigkill_mid_batch_and_restart_ends_like_an_uninterrupted_run() -> anyho
         ensure_stream(&js).await?;
         last = publish_all(&js, &events).await?;
     }
-    let dir = TestDir::new("projector-kill")?;
     let js = crashing.jetstream().await;
     let args = ["--batch", "50", "--ack-wait", "1s"];
-    let mut first = spawn_projector(&crashing, &dir, free_port(), &args)?;
+    let mut first = projector(&crashing, &args).spawn()?;
     eventually(STEP, "the projector to be part-way", || async {
         let stream = js.get_stream(STREAM).await?;
         let floor = stream
@@ -989,7 +950,7 @@ async fn sigkill_mid_batch_and_restart_ends_like_an_uninterrupted_run() -> anyho
         "killed before the end: {at_kill:?}"
     );
 
-    let mut second = spawn_projector(&crashing, &dir, free_port(), &args)?;
+    let mut second = projector(&crashing, &args).spawn()?;
     let calm_projector = InProcess::start(
         &calm,
         run_config("herald-projector", 50, Duration::from_secs(1)),
@@ -1018,21 +979,10 @@ async fn sigterm_finishes_the_batch_acks_it_and_exits_zero() -> anyhow::Result<(
     let js = nats.jetstream().await;
     ensure_stream(&js).await?;
     let last = publish_all(&js, &random_history(3, 800)).await?;
-    let dir = TestDir::new("projector-term")?;
-    let port = free_port();
-    let mut projector = spawn_projector(&nats, &dir, port, &["--batch", "100"])?;
+    // Ready: /readyz says 200.
+    let mut projector = projector(&nats, &["--batch", "100"]).start().await?;
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    eventually(STEP, "/readyz to say ready", || async {
-        let ready = http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .map(|r| r.status().is_success());
-        Ok(ready.unwrap_or(false).then_some(()))
-    })
-    .await
-    .map_err(|e| projector.explain(e))?;
+    let base = projector.base().to_owned();
     assert!(
         http.get(format!("{base}/healthz"))
             .send()
@@ -1053,7 +1003,12 @@ async fn sigterm_finishes_the_batch_acks_it_and_exits_zero() -> anyhow::Result<(
     })
     .await?;
     let status = projector.terminate();
-    assert_eq!(status.code(), Some(0), "{}", projector.log_tail(20));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        projector.process().log_tail(20)
+    );
     assert!(projector.log_contents().contains("projector stopped"));
     let stream = js.get_stream(STREAM).await?;
     let info = stream.consumer_info("herald-projector").await?.clone();
@@ -1350,24 +1305,19 @@ async fn events_prints_the_lines_a_filter_selects() -> anyhow::Result<()> {
     assert_eq!(lines[1]["natsSubject"], "herald.events.east.default");
 
     // --follow keeps printing new events until it is told to stop.
-    let dir = TestDir::new("projector-follow")?;
-    let mut follow = ChildProcess::spawn(
-        "herald-projector events --follow",
-        projector_command(
-            &nats,
-            &[
-                "events",
-                "--follow",
-                "--json",
-                "--cluster",
-                "west",
-                "--log-format",
-                "json",
-            ],
-        ),
-        &dir.join("follow.log"),
-    )?;
-    let printed = |follow: &ChildProcess, seq: u64| {
+    let mut follow = Herald::projector_ops(&nats.url())
+        .args([
+            "events",
+            "--follow",
+            "--json",
+            "--cluster",
+            "west",
+            "--log-format",
+            "json",
+        ])
+        .log_name("follow.log")
+        .spawn()?;
+    let printed = |follow: &HeraldProcess, seq: u64| {
         follow
             .log_contents()
             .lines()
