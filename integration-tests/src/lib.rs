@@ -16,6 +16,7 @@
 //!   with its output captured;
 //! - [`stack`]: [`stack::Stack`], the whole pipeline (NATS, an API server and a watcher
 //!   per cluster, projector, API) and the helpers its tests repeat;
+//! - [`sse`]: the frames of `herald-api`'s event feed, parsed as bytes arrive;
 //! - [`storm`]: seeded random changes to MCPServers, run while a fault is injected;
 //! - [`oracle`]: what `herald-api` must serve given the clusters' objects, and the check
 //!   that it does (nothing lost, nothing phantom);
@@ -43,6 +44,7 @@ pub mod objects;
 pub mod oracle;
 pub mod ports;
 pub mod process;
+pub mod sse;
 pub mod stack;
 pub mod storm;
 pub mod timeout;

@@ -15,6 +15,7 @@ use herald_core::names::STREAM;
 use herald_integration_tests::large_stack::run_on_large_stack as run;
 use herald_integration_tests::objects::create_running;
 use herald_integration_tests::oracle::{EntryView, expected_view};
+use herald_integration_tests::sse::Frames;
 use herald_integration_tests::stack::Stack;
 use herald_integration_tests::storm::Storm;
 use herald_integration_tests::timeout::eventually;
@@ -252,26 +253,13 @@ async fn subscribe(base: String, fold: Arc<Mutex<Fold>>) -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("poisoned"))?
             .connects += 1;
         let mut body = response.bytes_stream();
-        let mut buffer = String::new();
+        let mut frames = Frames::default();
         while let Some(Ok(chunk)) = body.next().await {
-            buffer.push_str(std::str::from_utf8(&chunk)?);
-            while let Some(end) = buffer.find("\n\n") {
-                let frame: String = buffer.drain(..end + 2).collect();
-                let (mut event, mut id, mut data) = (None, None, String::new());
-                for line in frame.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        event = Some(v.trim().to_owned());
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim().parse()?);
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                    }
-                }
-                if let Some(event) = event {
-                    fold.lock()
-                        .map_err(|_| anyhow::anyhow!("poisoned"))?
-                        .apply(&event, id, serde_json::from_str(&data)?)?;
-                }
+            frames.push(&chunk)?;
+            while let Some(e) = frames.next_event()? {
+                fold.lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .apply(&e.event, e.id, e.data)?;
             }
         }
     }
