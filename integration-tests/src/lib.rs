@@ -20,7 +20,8 @@
 //! - [`storm`]: seeded random changes to MCPServers, run while a fault is injected;
 //! - [`oracle`]: what `herald-api` must serve given the clusters' objects, and the check
 //!   that it does (nothing lost, nothing phantom);
-//! - [`large_stack`]: async tests on a thread with a stack big enough for kube's futures.
+//! - [`large_stack`]: async tests on a thread with a stack big enough for kube's futures
+//!   ([`large_stack_test!`]);
 //!
 //! Conventions:
 //! - every server gets free loopback ports and its own folder under the system temp

@@ -343,6 +343,34 @@ async fn ensure_stream(js: &jetstream::Context) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A nats-server with HERALD_EVENTS, and JetStream on it.
+async fn nats_with_stream() -> anyhow::Result<(NatsServer, jetstream::Context)> {
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    let js = nats.jetstream().await;
+    ensure_stream(&js).await?;
+    Ok((nats, js))
+}
+
+/// Two nats-servers with the same history; the sequence of its last event (the same on
+/// both).
+async fn twins(events: &[Event]) -> anyhow::Result<(NatsServer, NatsServer, u64)> {
+    let (a, b) = tokio::try_join!(nats_with_stream(), nats_with_stream())?;
+    let mut last = 0;
+    for js in [&a.1, &b.1] {
+        last = publish_all(js, events).await?;
+    }
+    Ok((a.0, b.0, last))
+}
+
+/// Runs a projector in this process (consumer `herald-projector`, batches of 100) until
+/// it acknowledged everything up to `last`, then stops it.
+async fn project(nats: &NatsServer, metrics: Metrics, last: u64) -> anyhow::Result<()> {
+    let config = run_config("herald-projector", 100, Duration::from_secs(30));
+    let projector = InProcess::start(nats, config, metrics).await;
+    caught_up(&nats.jetstream().await, "herald-projector", last).await?;
+    projector.stop().await
+}
+
 /// Waits until the consumer acknowledged everything up to `last`.
 async fn caught_up(js: &jetstream::Context, consumer: &str, last: u64) -> anyhow::Result<()> {
     eventually(
@@ -432,9 +460,7 @@ fn metrics_text(registry: &Registry) -> String {
 
 #[tokio::test]
 async fn applies_events_in_order_into_one_bucket_per_registry() -> anyhow::Result<()> {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     let a1 = record("east", "default", Kind::MCPServer, "tools", "search", 10, 1);
     let b = record("east", "default", Kind::MCPServer, "tools", "fetch", 11, 1);
     let a2 = DeploymentRecord {
@@ -463,14 +489,7 @@ async fn applies_events_in_order_into_one_bucket_per_registry() -> anyhow::Resul
 
     let mut prometheus = Registry::default();
     let metrics = Metrics::register(&mut prometheus);
-    let projector = InProcess::start(
-        &nats,
-        run_config("herald-projector", 100, Duration::from_secs(30)),
-        metrics,
-    )
-    .await;
-    caught_up(&js, "herald-projector", last).await?;
-    projector.stop().await?;
+    project(&nats, metrics, last).await?;
 
     let (a, _) = stored(&js, "default", &key_of(&a1))
         .await?
@@ -531,9 +550,7 @@ async fn applies_events_in_order_into_one_bucket_per_registry() -> anyhow::Resul
 
 #[tokio::test]
 async fn duplicates_and_older_redeliveries_never_regress_a_key() -> anyhow::Result<()> {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     let v1 = record("east", "default", Kind::MCPServer, "tools", "search", 10, 1);
     let v2 = DeploymentRecord {
         version: "2.0.0".into(),
@@ -602,18 +619,7 @@ async fn duplicates_and_older_redeliveries_never_regress_a_key() -> anyhow::Resu
 
 #[tokio::test]
 async fn two_projectors_on_one_consumer_build_the_same_buckets_as_one() -> anyhow::Result<()> {
-    let (shared, single) = tokio::try_join!(
-        within(START, "nats-server", NatsServer::start()),
-        within(START, "nats-server", NatsServer::start())
-    )?;
-    let (shared, single) = (shared?, single?);
-    let events = random_history(7, 600);
-    let mut last = 0;
-    for nats in [&shared, &single] {
-        let js = nats.jetstream().await;
-        ensure_stream(&js).await?;
-        last = publish_all(&js, &events).await?;
-    }
+    let (shared, single, last) = twins(&random_history(7, 600)).await?;
     assert_eq!(
         last, 600,
         "every event is stored once, at the same sequence on both"
@@ -665,9 +671,7 @@ async fn two_projectors_on_one_consumer_build_the_same_buckets_as_one() -> anyho
 #[tokio::test]
 async fn a_resync_sweeps_exactly_the_unconfirmed_keys_of_its_cluster_and_kind() -> anyhow::Result<()>
 {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     let east = |reg, kind, name, rv| record("east", reg, kind, "tools", name, rv, 1);
     let kept = east("default", Kind::MCPServer, "kept", 1);
     let gone = east("default", Kind::MCPServer, "gone", 2);
@@ -690,26 +694,12 @@ async fn a_resync_sweeps_exactly_the_unconfirmed_keys_of_its_cluster_and_kind() 
     events.push(resync("east", Kind::MCPServer, 2, Some(1), 10));
     let before = {
         let last = publish_all(&js, &events[..events.len() - 1]).await?;
-        let p = InProcess::start(
-            &nats,
-            run_config("herald-projector", 100, Duration::from_secs(30)),
-            Metrics::default(),
-        )
-        .await;
-        caught_up(&js, "herald-projector", last).await?;
-        p.stop().await?;
+        project(&nats, Metrics::default(), last).await?;
         snapshot(&js).await?
     };
     let mut prometheus = Registry::default();
     let completed = publish(&js, events.last().unwrap()).await?;
-    let p = InProcess::start(
-        &nats,
-        run_config("herald-projector", 100, Duration::from_secs(30)),
-        Metrics::register(&mut prometheus),
-    )
-    .await;
-    caught_up(&js, "herald-projector", completed).await?;
-    p.stop().await?;
+    project(&nats, Metrics::register(&mut prometheus), completed).await?;
     let after = snapshot(&js).await?;
 
     let changed: Vec<&(String, String)> = after
@@ -754,9 +744,7 @@ async fn a_resync_sweeps_exactly_the_unconfirmed_keys_of_its_cluster_and_kind() 
 
 #[tokio::test]
 async fn a_sweep_waits_for_earlier_events_another_projector_holds() -> anyhow::Result<()> {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     // Applied just before a re-list that no longer finds it: the sweep must see it.
     let doomed = record("east", "default", Kind::MCPServer, "tools", "doomed", 1, 1);
     publish(&js, &applied(&doomed)).await?;
@@ -793,9 +781,7 @@ async fn a_sweep_waits_for_earlier_events_another_projector_holds() -> anyhow::R
 
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_and_later_events_still_apply() -> anyhow::Result<()> {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     let watcher = nats.client().await;
     let mut dlq = watcher.subscribe("herald.dlq.>").await?;
     watcher.flush().await?;
@@ -824,14 +810,7 @@ async fn poison_messages_are_dead_lettered_and_later_events_still_apply() -> any
 
     let mut prometheus = Registry::default();
     let metrics = Metrics::register(&mut prometheus);
-    let p = InProcess::start(
-        &nats,
-        run_config("herald-projector", 100, Duration::from_secs(30)),
-        metrics,
-    )
-    .await;
-    caught_up(&js, "herald-projector", s3).await?;
-    p.stop().await?;
+    project(&nats, metrics, s3).await?;
 
     let first = within(STEP, "the first dead letter", dlq.next())
         .await?
@@ -916,18 +895,7 @@ async fn ops(nats: &NatsServer, args: &[&str]) -> anyhow::Result<(i32, String)> 
 
 #[tokio::test]
 async fn sigkill_mid_batch_and_restart_ends_like_an_uninterrupted_run() -> anyhow::Result<()> {
-    let (crashing, calm) = tokio::try_join!(
-        within(START, "nats-server", NatsServer::start()),
-        within(START, "nats-server", NatsServer::start())
-    )?;
-    let (crashing, calm) = (crashing?, calm?);
-    let events = random_history(11, 1500);
-    let mut last = 0;
-    for nats in [&crashing, &calm] {
-        let js = nats.jetstream().await;
-        ensure_stream(&js).await?;
-        last = publish_all(&js, &events).await?;
-    }
+    let (crashing, calm, last) = twins(&random_history(11, 1500)).await?;
     let js = crashing.jetstream().await;
     let args = ["--batch", "50", "--ack-wait", "1s"];
     let mut first = projector(&crashing, &args).spawn()?;
@@ -975,9 +943,7 @@ async fn sigkill_mid_batch_and_restart_ends_like_an_uninterrupted_run() -> anyho
 
 #[tokio::test]
 async fn sigterm_finishes_the_batch_acks_it_and_exits_zero() -> anyhow::Result<()> {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     let last = publish_all(&js, &random_history(3, 800)).await?;
     // Ready: /readyz says 200.
     let mut projector = projector(&nats, &["--batch", "100"]).start().await?;
@@ -1026,9 +992,7 @@ async fn sigterm_finishes_the_batch_acks_it_and_exits_zero() -> anyhow::Result<(
 
 #[tokio::test]
 async fn replay_rebuilds_the_live_buckets_and_shows_a_tampered_key() -> anyhow::Result<()> {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     let events = random_history(42, 2000);
     let last = publish_all(&js, &events).await?;
     // Plus a poison message, which replay skips as run dead-letters it.
@@ -1040,14 +1004,7 @@ async fn replay_rebuilds_the_live_buckets_and_shows_a_tampered_key() -> anyhow::
     )
     .await?;
     let last = last + 1;
-    let p = InProcess::start(
-        &nats,
-        run_config("herald-projector", 100, Duration::from_secs(30)),
-        Metrics::default(),
-    )
-    .await;
-    caught_up(&js, "herald-projector", last).await?;
-    p.stop().await?;
+    project(&nats, Metrics::default(), last).await?;
 
     let options = ReplayOptions {
         registry: None,
@@ -1194,9 +1151,7 @@ fn snapshot_counts(snapshot: &BTreeMap<(String, String), Value>, bucket: &str) -
 
 #[tokio::test]
 async fn events_prints_the_lines_a_filter_selects() -> anyhow::Result<()> {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     let search = record("east", "default", Kind::MCPServer, "tools", "search", 10, 3);
     let fetch = record("east", "default", Kind::MCPServer, "tools", "fetch", 11, 3);
     let west = record("west", "default", Kind::MCPServer, "tools", "search", 12, 1);

@@ -12,7 +12,7 @@ use futures::StreamExt as _;
 use herald_core::RegistryName;
 use herald_core::annotations as ann;
 use herald_core::names::STREAM;
-use herald_integration_tests::large_stack::run_on_large_stack as run;
+use herald_integration_tests::large_stack_test;
 use herald_integration_tests::objects::create_running;
 use herald_integration_tests::oracle::{EntryView, expected_view};
 use herald_integration_tests::sse::Frames;
@@ -42,10 +42,7 @@ fn storm(env: &Stack, seed: u64) -> Storm {
     env.storm(seed, &NAMESPACES, 8)
 }
 
-#[test]
-fn nats_killed_and_restarted_during_a_storm() -> anyhow::Result<()> {
-    run(nats_killed_and_restarted_steps)
-}
+large_stack_test!(nats_killed_and_restarted_during_a_storm => nats_killed_and_restarted_steps);
 
 async fn nats_killed_and_restarted_steps() -> anyhow::Result<()> {
     let started = Instant::now();
@@ -71,10 +68,7 @@ async fn nats_killed_and_restarted_steps() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn projector_sigkilled_mid_batch_and_restarted() -> anyhow::Result<()> {
-    run(projector_sigkilled_mid_batch_steps)
-}
+large_stack_test!(projector_sigkilled_mid_batch_and_restarted => projector_sigkilled_mid_batch_steps);
 
 async fn projector_sigkilled_mid_batch_steps() -> anyhow::Result<()> {
     let started = Instant::now();
@@ -111,10 +105,7 @@ async fn projector_sigkilled_mid_batch_steps() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn watcher_sigkilled_mid_resync_with_deletes_while_down() -> anyhow::Result<()> {
-    run(watcher_sigkilled_mid_resync_steps)
-}
+large_stack_test!(watcher_sigkilled_mid_resync_with_deletes_while_down => watcher_sigkilled_mid_resync_steps);
 
 async fn watcher_sigkilled_mid_resync_steps() -> anyhow::Result<()> {
     const BULK: usize = 150;
@@ -265,10 +256,7 @@ async fn subscribe(base: String, fold: Arc<Mutex<Fold>>) -> anyhow::Result<()> {
     }
 }
 
-#[test]
-fn api_restarted_while_sse_subscribers_resume_and_miss_nothing() -> anyhow::Result<()> {
-    run(api_restarted_with_sse_steps)
-}
+large_stack_test!(api_restarted_while_sse_subscribers_resume_and_miss_nothing => api_restarted_with_sse_steps);
 
 async fn api_restarted_with_sse_steps() -> anyhow::Result<()> {
     let started = Instant::now();

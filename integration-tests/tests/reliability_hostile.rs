@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use herald_core::annotations as ann;
 use herald_core::names::{DLQ_STREAM, STREAM};
 use herald_integration_tests::herald::Herald;
-use herald_integration_tests::large_stack::run_on_large_stack as run;
+use herald_integration_tests::large_stack_test;
 use herald_integration_tests::nats::NatsServer;
 use herald_integration_tests::objects::create_running;
 use herald_integration_tests::oracle::served_view;
@@ -100,10 +100,7 @@ fn garbage(rng: &mut Rng, base: &Value, base_subject: &str) -> (String, Vec<u8>,
     }
 }
 
-#[test]
-fn malformed_events_are_dead_lettered_and_the_consumer_keeps_going() -> anyhow::Result<()> {
-    run(malformed_events_steps)
-}
+large_stack_test!(malformed_events_are_dead_lettered_and_the_consumer_keeps_going => malformed_events_steps);
 
 async fn malformed_events_steps() -> anyhow::Result<()> {
     const GARBAGE: usize = 80;
@@ -202,10 +199,7 @@ async fn malformed_events_steps() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn extreme_annotations_are_rejected_or_escaped_and_the_watcher_survives() -> anyhow::Result<()> {
-    run(extreme_annotations_steps)
-}
+large_stack_test!(extreme_annotations_are_rejected_or_escaped_and_the_watcher_survives => extreme_annotations_steps);
 
 async fn extreme_annotations_steps() -> anyhow::Result<()> {
     let started = Instant::now();
@@ -373,10 +367,7 @@ fn random_query(rng: &mut Rng) -> String {
         .join("&")
 }
 
-#[test]
-fn random_paths_and_queries_never_get_a_5xx() -> anyhow::Result<()> {
-    run(random_paths_steps)
-}
+large_stack_test!(random_paths_and_queries_never_get_a_5xx => random_paths_steps);
 
 async fn random_paths_steps() -> anyhow::Result<()> {
     const REQUESTS: usize = 600;
@@ -461,10 +452,7 @@ accounts {
 }
 "#;
 
-#[test]
-fn a_watcher_with_another_clusters_credentials_cannot_publish() -> anyhow::Result<()> {
-    run(per_cluster_users_steps)
-}
+large_stack_test!(a_watcher_with_another_clusters_credentials_cannot_publish => per_cluster_users_steps);
 
 async fn per_cluster_users_steps() -> anyhow::Result<()> {
     let started = Instant::now();

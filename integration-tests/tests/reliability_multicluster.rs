@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use herald_core::RegistryName;
 use herald_core::annotations as ann;
-use herald_integration_tests::large_stack::run_on_large_stack as run;
+use herald_integration_tests::large_stack_test;
 use herald_integration_tests::objects::{create_running, merge};
 use herald_integration_tests::oracle::served_view;
 use herald_integration_tests::stack::Stack;
@@ -57,10 +57,7 @@ async fn shared_entry(env: &Stack) -> anyhow::Result<(BTreeSet<String>, BTreeSet
     ))
 }
 
-#[test]
-fn one_server_in_three_clusters_is_one_entry_with_three_remotes() -> anyhow::Result<()> {
-    run(one_server_in_three_clusters_steps)
-}
+large_stack_test!(one_server_in_three_clusters_is_one_entry_with_three_remotes => one_server_in_three_clusters_steps);
 
 async fn one_server_in_three_clusters_steps() -> anyhow::Result<()> {
     let started = Instant::now();
@@ -121,10 +118,7 @@ async fn one_server_in_three_clusters_steps() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_storm_across_three_clusters_converges() -> anyhow::Result<()> {
-    run(a_storm_across_three_clusters_steps)
-}
+large_stack_test!(a_storm_across_three_clusters_converges => a_storm_across_three_clusters_steps);
 
 async fn a_storm_across_three_clusters_steps() -> anyhow::Result<()> {
     let started = Instant::now();

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use herald_core::names::STREAM;
-use herald_integration_tests::large_stack::run_on_large_stack as run;
+use herald_integration_tests::large_stack_test;
 use herald_integration_tests::nats::{NatsCluster, NatsServer};
 use herald_integration_tests::ports::free_port;
 use herald_integration_tests::stack::{Nats, Stack, StackBuilder};
@@ -30,10 +30,7 @@ fn storm<N: Nats>(env: &Stack<N>, seed: u64) -> Storm {
     env.storm(seed, &NAMESPACES, 8)
 }
 
-#[test]
-fn three_node_cluster_loses_a_node_and_gets_it_back() -> anyhow::Result<()> {
-    run(three_node_cluster_steps)
-}
+large_stack_test!(three_node_cluster_loses_a_node_and_gets_it_back => three_node_cluster_steps);
 
 async fn three_node_cluster_steps() -> anyhow::Result<()> {
     let started = Instant::now();
@@ -85,10 +82,7 @@ async fn three_node_cluster_steps() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn watcher_behind_a_leaf_node_survives_a_cut_link() -> anyhow::Result<()> {
-    run(leaf_node_steps)
-}
+large_stack_test!(watcher_behind_a_leaf_node_survives_a_cut_link => leaf_node_steps);
 
 async fn leaf_node_steps() -> anyhow::Result<()> {
     let started = Instant::now();

@@ -18,7 +18,7 @@ use herald_core::names::STREAM;
 use herald_core::object::{Kind, ObjectRef, TOOLHIVE_GROUP};
 use herald_core::record::{DeploymentRecord, Phase, RemoteTransport};
 use herald_integration_tests::herald::{Herald, HeraldProcess};
-use herald_integration_tests::large_stack::run_on_large_stack as run;
+use herald_integration_tests::large_stack_test;
 use herald_integration_tests::objects::{self, create, merge, opted_in, set_status, with};
 use herald_integration_tests::stack::Stack;
 use herald_integration_tests::timeout::{eventually, within};
@@ -208,14 +208,11 @@ fn object_ref(kind: Kind, ns: &str, name: &str) -> ObjectRef {
 // ---------------------------------------------------------------------------------------
 // Tests
 
+large_stack_test!(lifecycle_of_opted_in_servers => lifecycle_of_opted_in_servers_steps);
+
 /// Creation in both CRD eras and each kind, readiness later, opt-out, a move between
 /// registries, deletion, rejections (new and of an advertised object), metrics and
 /// SIGTERM, all with one watcher.
-#[test]
-fn lifecycle_of_opted_in_servers() -> anyhow::Result<()> {
-    run(lifecycle_of_opted_in_servers_steps)
-}
-
 async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
     let env = servers().await?;
     let args = ["--registry-namespaces", "partners=team-a"];
@@ -478,13 +475,10 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
     Ok(())
 }
 
+large_stack_test!(restart_resyncs_what_was_deleted_meanwhile => restart_resyncs_what_was_deleted_meanwhile_steps);
+
 /// Objects deleted while the watcher was stopped: the restart's resync bracket re-applies
 /// what still exists with a newer epoch, so a consumer can sweep the rest.
-#[test]
-fn restart_resyncs_what_was_deleted_meanwhile() -> anyhow::Result<()> {
-    run(restart_resyncs_what_was_deleted_meanwhile_steps)
-}
-
 async fn restart_resyncs_what_was_deleted_meanwhile_steps() -> anyhow::Result<()> {
     let env = servers().await?;
     let api = api(&env, Kind::MCPServer, "v1beta1", "ns");
@@ -523,14 +517,11 @@ async fn restart_resyncs_what_was_deleted_meanwhile_steps() -> anyhow::Result<()
     Ok(())
 }
 
+large_stack_test!(nats_outage_loses_nothing => nats_outage_loses_nothing_steps);
+
 /// NATS stops while objects change: the watcher reports not-ready, keeps the latest state
 /// per object, and after NATS returns the last event of every object matches the API
 /// server, with each object's events in order.
-#[test]
-fn nats_outage_loses_nothing() -> anyhow::Result<()> {
-    run(nats_outage_loses_nothing_steps)
-}
-
 async fn nats_outage_loses_nothing_steps() -> anyhow::Result<()> {
     let mut env = servers().await?;
     let api = api(&env, Kind::MCPServer, "v1beta1", "ns");
@@ -695,14 +686,11 @@ async fn bad_cluster_id_exits_with_one_line() -> anyhow::Result<()> {
     Ok(())
 }
 
+large_stack_test!(late_kind_and_namespace_list => late_kind_and_namespace_list_steps);
+
 /// A kind the cluster does not serve at start is picked up once installed, without a
 /// restart; only the configured namespaces are watched, in one resync bracket per kind;
 /// heartbeats flow.
-#[test]
-fn late_kind_and_namespace_list() -> anyhow::Result<()> {
-    run(late_kind_and_namespace_list_steps)
-}
-
 async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 

@@ -70,7 +70,7 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
 /// spawn to the first acknowledgement.
 async fn follow(
     js: &jetstream::Context,
-    projector: &mut herald_integration_tests::process::ChildProcess,
+    projector: &mut herald_integration_tests::herald::HeraldProcess,
     last: u64,
 ) -> anyhow::Result<(f64, Duration)> {
     let spawned = Instant::now();

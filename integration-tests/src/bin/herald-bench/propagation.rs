@@ -8,18 +8,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
+use herald_core::Kind;
 use herald_core::annotations as ann;
+use herald_integration_tests::herald::HeraldProcess;
 use herald_integration_tests::kube::KubeApi;
 use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::ports::free_port;
-use herald_integration_tests::process::ChildProcess;
-use herald_integration_tests::tools::herald_binary;
+use herald_integration_tests::objects;
 use kube::api::{Api as KubeObjects, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::common::{self, Api, FEED, Latency, MARKER, SseReader};
+use crate::common::{self, FEED, Latency, MARKER, SseReader};
 use crate::report::{Report, Row, per_second, ratio};
 
 /// Objects the events rotate over (a change of each one is its own SSE upsert).
@@ -65,7 +64,7 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
     let js = nats.jetstream().await;
     common::ensure_stream(&js).await?;
     let mut projector = common::spawn_projector(&nats, &dir)?;
-    let (api, _) = Api::start(&nats, &dir, &[]).await?;
+    let (api, _) = common::start_api(&nats, &dir, &[]).await?;
 
     // Raw baseline on its own stream of the same server.
     js.create_stream(stream::Config {
@@ -88,7 +87,7 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
         }
     });
 
-    let mut sse = SseReader::connect(api.port, FEED).await?;
+    let mut sse = SseReader::connect(api.port(), FEED).await?;
     sse.wait_for(b"event: snapshot").await?;
     let (sse_tx, mut sse_rx) = mpsc::unbounded_channel();
     // The projector's hop: the bucket's values as they are written.
@@ -413,12 +412,12 @@ where
 async fn kube_path(
     nats: &NatsServer,
     dir: &herald_integration_tests::dir::TestDir,
-    api: &Api,
+    api: &HeraldProcess,
     quick: bool,
 ) -> anyhow::Result<(Latency, Latency)> {
     let changes = if quick { 20 } else { 200 };
     let kube = KubeApi::start().await?;
-    let mut watcher = spawn_watcher(nats, &kube, dir, "cluster-k8s")?;
+    let mut watcher = common::spawn_watcher(nats, &kube, dir, "cluster-k8s")?;
     let objects = mcpservers(&kube, "tools");
     let body = mcpserver("kube-0", 1);
     let object: DynamicObject = serde_json::from_value(body)?;
@@ -428,7 +427,7 @@ async fn kube_path(
         .patch_status("kube-0", &PatchParams::default(), &patch)
         .await?;
 
-    let mut sse = SseReader::connect(api.port, FEED).await?;
+    let mut sse = SseReader::connect(api.port(), FEED).await?;
     let mut watch = {
         use futures::StreamExt as _;
         use kube::runtime::watcher;
@@ -497,28 +496,9 @@ async fn kube_path(
     Ok((Latency::of(&mut herald), Latency::of(&mut watched)))
 }
 
-/// `herald-watcher` for `cluster` on `kube`, feeding `nats`.
-pub fn spawn_watcher(
-    nats: &NatsServer,
-    kube: &KubeApi,
-    dir: &herald_integration_tests::dir::TestDir,
-    cluster: &str,
-) -> anyhow::Result<ChildProcess> {
-    let mut command = std::process::Command::new(herald_binary("herald-watcher"));
-    command
-        .env("KUBECONFIG", kube.kubeconfig_path())
-        .env("RUST_LOG", "warn")
-        .args(["--cluster-id", cluster, "--nats-url", &nats.url()])
-        .args(["--health-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--heartbeat-interval", "1h"]);
-    ChildProcess::spawn("herald-watcher", command, &dir.join("herald-watcher.log"))
-}
-
 /// MCPServers (v1alpha1) in `namespace`.
 pub fn mcpservers(kube: &KubeApi, namespace: &str) -> KubeObjects<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("toolhive.stacklok.dev", "v1alpha1", "MCPServer");
-    let resource = ApiResource::from_gvk_with_plural(&gvk, "mcpservers");
-    KubeObjects::namespaced_with(kube.client(), namespace, &resource)
+    objects::api_at(kube.client(), Kind::MCPServer, "v1alpha1", namespace)
 }
 
 /// An opted-in MCPServer whose description carries marker `seq`.

@@ -11,7 +11,8 @@ use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::common;
-use crate::propagation::{mcpserver, mcpservers, spawn_watcher};
+use crate::common::spawn_watcher;
+use crate::propagation::{mcpserver, mcpservers};
 use crate::report::{Report, Row, per_second};
 
 const TARGET_MIB: f64 = 150.0;
