@@ -10,6 +10,8 @@
 //! - [`kube`]: [`kube::KubeApi`], etcd and an API server with the ToolHive CRDs;
 //! - [`objects`]: ToolHive objects in those servers: the API of a kind, opted-in
 //!   objects, status and patches;
+//! - [`events`]: events as the watcher publishes them (withdrawals, `Nats-Msg-Id`), for
+//!   tests that write the stream directly;
 //! - [`herald`]: [`herald::Herald`], the one way to start Herald's binaries (the catalog
 //!   importer's name in [`herald::CATALOG_SYNC`]): long-running as a
 //!   [`herald::HeraldProcess`] (ready on /readyz, restartable), or run to completion
@@ -37,6 +39,7 @@
 //! Tests live in `tests/`: `harness.rs` checks this crate itself.
 
 pub mod dir;
+pub mod events;
 pub mod herald;
 pub mod kube;
 pub mod large_stack;

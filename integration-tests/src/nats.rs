@@ -161,6 +161,14 @@ impl NatsServer {
         self.process.kill();
     }
 
+    /// An outage: SIGKILL, `down` without the server (the fault a test injects, not a
+    /// wait for something), then [`NatsServer::restart`].
+    pub async fn outage(&mut self, down: Duration) -> anyhow::Result<()> {
+        self.kill();
+        tokio::time::sleep(down).await;
+        self.restart().await
+    }
+
     /// Starts the server again on the same port with the same store, after `stop` or
     /// `kill` (a running server is stopped first), and waits until it is ready.
     pub async fn restart(&mut self) -> anyhow::Result<()> {

@@ -61,6 +61,15 @@ pub fn with(mut base: Value, path: &[&str], value: Value) -> Value {
     base
 }
 
+/// `body` labelled into `registry`.
+pub fn in_registry(body: Value, registry: &str) -> Value {
+    with(
+        body,
+        &["metadata", "labels"],
+        json!({ ann::REGISTRY_NAME: registry }),
+    )
+}
+
 /// Creates `body` as a `kind` object at `version` (apiVersion and kind filled in).
 pub async fn create(
     api: &Api<DynamicObject>,

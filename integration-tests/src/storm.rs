@@ -123,6 +123,15 @@ fn mcpserver() -> ApiResource {
     objects::resource(Kind::MCPServer)
 }
 
+/// One `RELIABILITY` line on stderr: what a reliability test did (`figures`, e.g.
+/// `requests=600 entries_compared=12`) and how long it took, for `docs/reliability.md`.
+pub fn report(test: &str, figures: &str, started: std::time::Instant) {
+    eprintln!(
+        "RELIABILITY {test}: {figures} duration={:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 impl Storm {
     /// One `RELIABILITY` line on stderr: what a reliability test did, for
     /// `docs/reliability.md`.

@@ -12,13 +12,13 @@ use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use herald_core::names::{DeploymentKey, bucket_name};
 use herald_core::projection::{Fold, fold_applied, fold_withdrawn};
-use herald_core::record::Withdrawal;
 use herald_core::record::{
     DeploymentRecord, Header, Phase, RECORD_VERSION, Remote, RemoteTransport,
 };
 use herald_core::stored::StoredDeployment;
 use herald_core::{Kind, ObjectRef, WithdrawReason};
 use herald_integration_tests::dir::TestDir;
+use herald_integration_tests::events::withdrawal;
 use herald_integration_tests::herald::{Herald, HeraldProcess};
 use herald_integration_tests::nats::NatsServer;
 use herald_integration_tests::ports::free_port;
@@ -110,17 +110,7 @@ impl Bucket {
         let record = self.record(d)?;
         let key = DeploymentKey::new(record.cluster.clone(), record.object.clone()).to_string();
         self.seq += 1;
-        let withdrawal = Withdrawal {
-            v: RECORD_VERSION,
-            cluster: record.cluster.clone(),
-            registry: record.registry.clone(),
-            object: record.object.clone(),
-            uid: record.uid.clone(),
-            resource_version: "2".into(),
-            epoch: 1,
-            reason: WithdrawReason::Deleted,
-            message: None,
-        };
+        let withdrawal = withdrawal(&record, "2", WithdrawReason::Deleted);
         let Fold::Write(value) =
             fold_withdrawn(self.current.get(&key), &withdrawal, self.seq, Utc::now())
         else {

@@ -10,13 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use async_nats::HeaderMap;
 use async_nats::jetstream;
 use chrono::{TimeZone as _, Utc};
-use herald_core::record::Withdrawal;
 use herald_core::record::{DeploymentRecord, Phase, RECORD_VERSION, Remote, RemoteTransport};
 use herald_core::{Event, EventData, Kind, ObjectRef, WithdrawReason};
 use herald_integration_tests::dir::TestDir;
+use herald_integration_tests::events;
 use herald_integration_tests::herald::{Herald, projector_ops};
 use herald_integration_tests::stack::Stack;
 use herald_integration_tests::timeout::{eventually, within};
@@ -203,10 +202,28 @@ impl Pipeline {
             .args(args)
     }
 
+    /// The catalog importer reading registry `base` as source `web` every `interval`,
+    /// listing all of it every `full_every`-th time; it runs until the test ends it.
+    fn sync_every(&self, base: &str, interval: &str, full_every: &str) -> Herald {
+        let flags = ["--source-id", "web", "--url", base, "--interval", interval];
+        self.sync_command(&flags)
+            .args(["--full-sync-every", full_every])
+            .log_name("sync.log")
+    }
+
     /// The catalog importer once; returns its log (stderr).
     async fn sync(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.sync_command(args).output(STEP).await?.success()?;
         Ok(out.stderr)
+    }
+
+    /// Imports the valid examples from a file: source `files`, registry `default`.
+    async fn import_valid_examples(&self) -> anyhow::Result<()> {
+        let file = self.dir().join("catalog.json");
+        std::fs::write(&file, official_list(&documents("valid")?).to_string())?;
+        self.sync(&["--source-id", "files", "--file", &file.to_string_lossy()])
+            .await?;
+        Ok(())
     }
 
     /// Runs an ops subcommand to completion; returns (exit code, stdout).
@@ -289,22 +306,44 @@ impl Pipeline {
         }
     }
 
+    /// The (name, version) of each entry `path` lists, in order.
+    async fn listed(&self, path: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let list = self.json(path).await?;
+        let servers = list["servers"].as_array().context("servers")?;
+        Ok(servers.iter().map(|e| name_version(&e["server"])).collect())
+    }
+
+    /// Publishes `record` applied, as a watcher would.
+    async fn apply(&self, record: &DeploymentRecord) -> anyhow::Result<()> {
+        let applied = EventData::Applied(Box::new(record.clone()));
+        self.publish(&Event::new(applied, Utc::now())).await
+    }
+
+    /// Waits until io.github.user/remote-weather 2.1.0 has `remotes` remotes; the entry.
+    async fn remote_weather_with(&self, remotes: usize, what: &str) -> anyhow::Result<Value> {
+        eventually(STEP, what, || async {
+            let entry = self
+                .json("/v0.1/servers/io.github.user%2Fremote-weather/versions/2.1.0")
+                .await?;
+            Ok((remote_urls(&entry).len() == remotes).then_some(entry))
+        })
+        .await
+    }
+
     async fn publish(&self, event: &Event) -> anyhow::Result<()> {
         let js = jetstream::new(self.stack.nats.client().await);
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", event.id.as_str());
-        within(STEP, "publish", async {
-            js.publish_with_headers(
-                event.nats_subject().to_string(),
-                headers,
-                event.to_json().into(),
-            )
-            .await?
-            .await
-        })
-        .await??;
+        within(STEP, "publish", events::publish(&js, event)).await??;
         Ok(())
     }
+}
+
+/// The (name, version) of the three valid examples.
+fn valid_examples() -> Listed {
+    set(&[
+        ("io.github.user/weather", "1.0.2"),
+        ("io.github.user/local-weather", "1.0.0"),
+        ("io.github.user/remote-weather", "2.1.0"),
+    ])
 }
 
 fn set(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
@@ -519,16 +558,8 @@ async fn toolhive_registry_json_imports_images_and_remotes() -> anyhow::Result<(
 #[tokio::test]
 async fn a_deployment_merges_into_its_catalog_entry_and_out_again() -> anyhow::Result<()> {
     let herald = Pipeline::start().await?;
-    let file = herald.dir().join("catalog.json");
-    std::fs::write(&file, official_list(&documents("valid")?).to_string())?;
-    herald
-        .sync(&["--source-id", "files", "--file", &file.to_string_lossy()])
-        .await?;
-    let catalog_only = set(&[
-        ("io.github.user/weather", "1.0.2"),
-        ("io.github.user/local-weather", "1.0.0"),
-        ("io.github.user/remote-weather", "2.1.0"),
-    ]);
+    herald.import_valid_examples().await?;
+    let catalog_only = valid_examples();
     let before = herald.until_listed("/v0.1/servers", &catalog_only).await?;
     let key = (
         "io.github.user/remote-weather".to_owned(),
@@ -540,19 +571,10 @@ async fn a_deployment_merges_into_its_catalog_entry_and_out_again() -> anyhow::R
     // A deployment of the catalog's version: one entry, both remotes.
     let deployed_url = "https://weather.eu-1.example.com/mcp";
     let record = deployment("io.github.user/remote-weather", "2.1.0", deployed_url)?;
-    herald
-        .publish(&Event::new(
-            EventData::Applied(Box::new(record.clone())),
-            Utc::now(),
-        ))
+    herald.apply(&record).await?;
+    let merged = herald
+        .remote_weather_with(2, "the deployment merged")
         .await?;
-    let merged = eventually(STEP, "the deployment merged", || async {
-        let entry = herald
-            .json("/v0.1/servers/io.github.user%2Fremote-weather/versions/2.1.0")
-            .await?;
-        Ok((remote_urls(&entry).len() == 2).then_some(entry))
-    })
-    .await?;
     let mut expected_remotes = catalog_remotes.clone();
     expected_remotes.push(deployed_url.to_owned());
     assert_eq!(remote_urls(&merged), expected_remotes);
@@ -568,13 +590,7 @@ async fn a_deployment_merges_into_its_catalog_entry_and_out_again() -> anyhow::R
         merged["_meta"]["dev.herald"]["catalogs"][0]["source"],
         "files"
     );
-    let deployed = herald.json("/v0.1/servers/deployed").await?;
-    let deployed: Vec<(String, String)> = deployed["servers"]
-        .as_array()
-        .context("servers")?
-        .iter()
-        .map(|e| name_version(&e["server"]))
-        .collect();
+    let deployed = herald.listed("/v0.1/servers/deployed").await?;
     assert_eq!(deployed, std::slice::from_ref(&key));
 
     // A deployment of a version the catalog lacks is its own, latest entry.
@@ -582,9 +598,7 @@ async fn a_deployment_merges_into_its_catalog_entry_and_out_again() -> anyhow::R
     newer.object =
         ObjectRef::new(Kind::MCPServer, "tools", "weather-3").map_err(anyhow::Error::msg)?;
     newer.uid = "uid-weather-3".into();
-    herald
-        .publish(&Event::new(EventData::Applied(Box::new(newer)), Utc::now()))
-        .await?;
+    herald.apply(&newer).await?;
     let mut with_newer = catalog_only.clone();
     with_newer.insert((
         "io.github.user/remote-weather".to_owned(),
@@ -600,27 +614,13 @@ async fn a_deployment_merges_into_its_catalog_entry_and_out_again() -> anyhow::R
     assert_eq!(latest("2.1.0"), json!(false));
 
     // Withdrawn: the catalog entry is as it was.
-    let withdrawal = Withdrawal {
-        v: RECORD_VERSION,
-        cluster: record.cluster.clone(),
-        registry: record.registry.clone(),
-        object: record.object.clone(),
-        uid: record.uid.clone(),
-        resource_version: "2".into(),
-        epoch: 1,
-        reason: WithdrawReason::Deleted,
-        message: None,
-    };
+    let withdrawal = events::withdrawal(&record, "2", WithdrawReason::Deleted);
     herald
         .publish(&Event::new(EventData::Withdrawn(withdrawal), Utc::now()))
         .await?;
-    let after = eventually(STEP, "the deployment merged out", || async {
-        let entry = herald
-            .json("/v0.1/servers/io.github.user%2Fremote-weather/versions/2.1.0")
-            .await?;
-        Ok((remote_urls(&entry).len() == 1).then_some(entry))
-    })
-    .await?;
+    let after = herald
+        .remote_weather_with(1, "the deployment merged out")
+        .await?;
     assert_eq!(remote_urls(&after), catalog_remotes);
     assert_eq!(after["_meta"]["dev.herald"]["deployments"], json!([]));
     Ok(())
@@ -632,25 +632,8 @@ async fn removed_entries_are_withdrawn_and_a_source_that_goes_down_stays_served(
     let herald = Pipeline::start().await?;
     let docs = documents("valid")?;
     let (upstream, base) = Upstream::start(docs.clone()).await?;
-    let mut sync = herald
-        .sync_command(&[
-            "--source-id",
-            "web",
-            "--url",
-            &base,
-            "--interval",
-            "200ms",
-            "--full-sync-every",
-            "1",
-        ])
-        .health()
-        .log_name("sync.log")
-        .spawn()?;
-    let all = set(&[
-        ("io.github.user/weather", "1.0.2"),
-        ("io.github.user/local-weather", "1.0.0"),
-        ("io.github.user/remote-weather", "2.1.0"),
-    ]);
+    let mut sync = herald.sync_every(&base, "200ms", "1").health().spawn()?;
+    let all = valid_examples();
     herald
         .until_listed("/v0.1/servers", &all)
         .await
@@ -707,24 +690,11 @@ async fn removed_entries_are_withdrawn_and_a_source_that_goes_down_stays_served(
 #[tokio::test]
 async fn a_herald_imports_another_heralds_api() -> anyhow::Result<()> {
     let herald = Pipeline::start().await?;
-    let file = herald.dir().join("catalog.json");
-    std::fs::write(&file, official_list(&documents("valid")?).to_string())?;
-    herald
-        .sync(&["--source-id", "files", "--file", &file.to_string_lossy()])
-        .await?;
+    herald.import_valid_examples().await?;
     let deployed_url = "https://weather.eu-1.example.com/mcp";
     let record = deployment("io.github.user/remote-weather", "2.1.0", deployed_url)?;
-    herald
-        .publish(&Event::new(
-            EventData::Applied(Box::new(record)),
-            Utc::now(),
-        ))
-        .await?;
-    let expected = set(&[
-        ("io.github.user/weather", "1.0.2"),
-        ("io.github.user/local-weather", "1.0.0"),
-        ("io.github.user/remote-weather", "2.1.0"),
-    ]);
+    herald.apply(&record).await?;
+    let expected = valid_examples();
     let upstream = eventually(STEP, "the deployment merged", || async {
         let entries = herald.until_listed("/v0.1/servers", &expected).await?;
         let merged = entries
@@ -758,13 +728,7 @@ async fn a_herald_imports_another_heralds_api() -> anyhow::Result<()> {
         assert_eq!(copy["server"]["packages"], entry["server"]["packages"]);
     }
     // The upstream deployment still counts as deployed in the hub.
-    let deployed = hub.json("/registry/hub/v0.1/servers/deployed").await?;
-    let deployed: Vec<(String, String)> = deployed["servers"]
-        .as_array()
-        .context("servers")?
-        .iter()
-        .map(|e| name_version(&e["server"]))
-        .collect();
+    let deployed = hub.listed("/registry/hub/v0.1/servers/deployed").await?;
     assert_eq!(
         deployed,
         [(
@@ -786,19 +750,7 @@ async fn a_herald_imports_another_heralds_api() -> anyhow::Result<()> {
 async fn interval_syncs_between_full_ones_ask_only_for_updates() -> anyhow::Result<()> {
     let herald = Pipeline::start().await?;
     let (upstream, base) = Upstream::start(documents("valid")?).await?;
-    let mut sync = herald
-        .sync_command(&[
-            "--source-id",
-            "web",
-            "--url",
-            &base,
-            "--interval",
-            "100ms",
-            "--full-sync-every",
-            "2",
-        ])
-        .log_name("sync.log")
-        .spawn()?;
+    let mut sync = herald.sync_every(&base, "100ms", "2").spawn()?;
     eventually(STEP, "four syncs", || async {
         Ok((upstream.pages_served() >= 4).then_some(()))
     })

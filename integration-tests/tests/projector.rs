@@ -14,12 +14,12 @@ use futures::StreamExt as _;
 use herald_core::cluster_state::ClusterState;
 use herald_core::event::{Heartbeat, Resync};
 use herald_core::names::{CLUSTERS_BUCKET, DeploymentKey, STREAM, bucket_name};
-use herald_core::record::Withdrawal;
 use herald_core::record::{Phase, Remote, RemoteTransport};
 use herald_core::stored::{DeploymentState, StoredDeployment};
 use herald_core::{
     ClusterId, DeploymentRecord, Event, EventData, Kind, ObjectRef, RegistryName, WithdrawReason,
 };
+use herald_integration_tests::events::{publish, withdrawal};
 use herald_integration_tests::herald::{Herald, HeraldProcess, projector_ops};
 use herald_integration_tests::nats::NatsServer;
 use herald_integration_tests::timeout::{eventually, within};
@@ -101,20 +101,8 @@ fn applied(r: &DeploymentRecord) -> Event {
 }
 
 fn withdrawn(r: &DeploymentRecord, rv: u64, reason: WithdrawReason) -> Event {
-    Event::new(
-        EventData::Withdrawn(Withdrawal {
-            v: 1,
-            cluster: r.cluster.clone(),
-            registry: r.registry.clone(),
-            object: r.object.clone(),
-            uid: r.uid.clone(),
-            resource_version: rv.to_string(),
-            epoch: r.epoch,
-            reason,
-            message: None,
-        }),
-        at(i64::try_from(rv).unwrap()),
-    )
+    let data = EventData::Withdrawn(withdrawal(r, &rv.to_string(), reason));
+    Event::new(data, at(i64::try_from(rv).unwrap()))
 }
 
 fn resync(c: &str, kind: Kind, epoch: u64, completed: Option<u64>, time: i64) -> Event {
@@ -156,19 +144,6 @@ async fn publish_raw(
         .await?
         .await?;
     Ok(ack.sequence)
-}
-
-/// Publishes as the watcher does (with `Nats-Msg-Id`); returns the stream sequence.
-async fn publish(js: &jetstream::Context, event: &Event) -> anyhow::Result<u64> {
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", event.id.as_str());
-    publish_raw(
-        js,
-        &event.nats_subject().to_string(),
-        headers,
-        event.to_json(),
-    )
-    .await
 }
 
 async fn publish_all(js: &jetstream::Context, events: &[Event]) -> anyhow::Result<u64> {
@@ -371,6 +346,20 @@ async fn project(nats: &NatsServer, metrics: Metrics, last: u64) -> anyhow::Resu
     projector.stop().await
 }
 
+/// Takes the first event from the durable consumer of `config` and holds it, not
+/// acknowledged, as another projector would.
+async fn take_event_1(
+    js: &jetstream::Context,
+    config: &RunConfig,
+) -> anyhow::Result<jetstream::Message> {
+    let consumer = herald_projector::run::bind_consumer(js, config).await?;
+    let mut taken = consumer.fetch().max_messages(1).messages().await?;
+    within(STEP, "taking event 1", taken.next())
+        .await?
+        .context("event 1")?
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
 /// Waits until the consumer acknowledged everything up to `last`.
 async fn caught_up(js: &jetstream::Context, consumer: &str, last: u64) -> anyhow::Result<()> {
     eventually(
@@ -565,12 +554,7 @@ async fn duplicates_and_older_redeliveries_never_regress_a_key() -> anyhow::Resu
     // Someone takes event 1 from the durable consumer and never acknowledges it: the
     // projector applies event 2 first and gets event 1 again after the ack wait.
     let config = run_config("herald-projector", 10, Duration::from_secs(1));
-    let consumer = herald_projector::run::bind_consumer(&js, &config).await?;
-    let mut taken = consumer.fetch().max_messages(1).messages().await?;
-    let first = within(STEP, "taking event 1", taken.next())
-        .await?
-        .context("event 1")?
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let first = take_event_1(&js, &config).await?;
     assert_eq!(
         first
             .info()
@@ -753,12 +737,7 @@ async fn a_sweep_waits_for_earlier_events_another_projector_holds() -> anyhow::R
 
     // A second, slower projector on the same consumer holds the applied event.
     let config = run_config("herald-projector", 10, Duration::from_secs(10));
-    let consumer = herald_projector::run::bind_consumer(&js, &config).await?;
-    let mut held = consumer.fetch().max_messages(1).messages().await?;
-    let message = within(STEP, "taking event 1", held.next())
-        .await?
-        .context("event 1")?
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let message = take_event_1(&js, &config).await?;
     let p = InProcess::start(&nats, config, Metrics::default()).await;
     // The slow projector's work: it finishes well after the other took the sweep.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -52,13 +52,9 @@ async fn nats_killed_and_restarted_steps() -> anyhow::Result<()> {
     let mut faults = 0;
     for _ in 0..2 {
         let nats = &mut env.nats;
+        // The storm keeps changing objects during the outage.
         storm
-            .during(PACE, async {
-                nats.kill();
-                // The outage itself: the storm keeps changing objects meanwhile.
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                nats.restart().await
-            })
+            .during(PACE, nats.outage(Duration::from_secs(2)))
             .await??;
         faults += 1;
         storm.run(20, PACE).await?;

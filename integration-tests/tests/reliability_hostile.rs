@@ -16,7 +16,7 @@ use herald_integration_tests::nats::NatsServer;
 use herald_integration_tests::objects::create_running;
 use herald_integration_tests::oracle::served_view;
 use herald_integration_tests::stack::Stack;
-use herald_integration_tests::storm::{Rng, seed};
+use herald_integration_tests::storm::{Rng, report, seed};
 use herald_integration_tests::timeout::eventually;
 use serde_json::{Value, json};
 
@@ -189,13 +189,13 @@ async fn malformed_events_steps() -> anyhow::Result<()> {
         "nothing stuck on the projector's consumer"
     );
     eprintln!("garbage kinds: {kinds:?}; dead-letter subjects: {reasons:?}");
-    eprintln!(
-        "RELIABILITY malformed-events: changes={} faults={published} dead_letters={} entries_compared={} duration={:.1}s",
+    let figures = format!(
+        "changes={} faults={published} dead_letters={} entries_compared={}",
         storm.stats.changes(),
         info.messages,
         converged.entries,
-        started.elapsed().as_secs_f64()
     );
+    report("malformed-events", &figures, started);
     Ok(())
 }
 
@@ -289,12 +289,12 @@ async fn extreme_annotations_steps() -> anyhow::Result<()> {
         !html.contains(script),
         "the catalog page does not embed annotation markup"
     );
-    eprintln!(
-        "RELIABILITY extreme-annotations: objects={n} accepted_entries={} entries_compared={} watcher_alive=true duration={:.1}s",
+    let figures = format!(
+        "objects={n} accepted_entries={} entries_compared={} watcher_alive=true",
         served.len(),
         converged.entries,
-        started.elapsed().as_secs_f64()
     );
+    report("extreme-annotations", &figures, started);
     Ok(())
 }
 
@@ -420,13 +420,13 @@ async fn random_paths_steps() -> anyhow::Result<()> {
         .await??;
     let converged = env.converge().await?;
     assert!(server_errors.is_empty(), "5xx answers: {server_errors:#?}");
-    eprintln!(
-        "RELIABILITY random-http: requests={} statuses={statuses:?} changes={} entries_compared={} duration={:.1}s",
+    let figures = format!(
+        "requests={} statuses={statuses:?} changes={} entries_compared={}",
         statuses.values().sum::<usize>(),
         storm.stats.changes(),
         converged.entries,
-        started.elapsed().as_secs_f64()
     );
+    report("random-http", &figures, started);
     Ok(())
 }
 
@@ -519,10 +519,10 @@ async fn per_cluster_users_steps() -> anyhow::Result<()> {
     env.watchers.push(east);
     let converged = env.converge().await?;
     assert_eq!(converged.entries, 5);
-    eprintln!(
-        "RELIABILITY permissions: impostor_alive={impostor_alive} west_events=0 entries_compared={} duration={:.1}s",
+    let figures = format!(
+        "impostor_alive={impostor_alive} west_events=0 entries_compared={}",
         converged.entries,
-        started.elapsed().as_secs_f64()
     );
+    report("permissions", &figures, started);
     Ok(())
 }

@@ -13,6 +13,7 @@ use herald_integration_tests::large_stack_test;
 use herald_integration_tests::objects::{create_running, merge};
 use herald_integration_tests::oracle::served_view;
 use herald_integration_tests::stack::Stack;
+use herald_integration_tests::storm::report;
 use kube::api::DeleteParams;
 use serde_json::json;
 
@@ -110,11 +111,8 @@ async fn one_server_in_three_clusters_steps() -> anyhow::Result<()> {
             .into_iter()
             .collect()
     );
-    eprintln!(
-        "RELIABILITY multicluster-shared: clusters=3 entries_compared={} duration={:.1}s",
-        converged.entries,
-        started.elapsed().as_secs_f64()
-    );
+    let figures = format!("clusters=3 entries_compared={}", converged.entries,);
+    report("multicluster-shared", &figures, started);
     Ok(())
 }
 
@@ -126,14 +124,14 @@ async fn a_storm_across_three_clusters_steps() -> anyhow::Result<()> {
     let mut storm = env.storm(0x5eed_0001, &["team", "payments", "search"], 6);
     storm.run(300, Duration::from_millis(5)).await?;
     let converged = env.converge().await?;
-    eprintln!(
-        "RELIABILITY multicluster-storm: changes={} stats={:?} faults=0 registries={} entries_compared={} duration={:.1}s",
+    let figures = format!(
+        "changes={} stats={:?} faults=0 registries={} entries_compared={}",
         storm.stats.changes(),
         storm.stats,
         converged.registries,
         converged.entries,
-        started.elapsed().as_secs_f64()
     );
+    report("multicluster-storm", &figures, started);
     assert!(converged.entries > 0, "the storm left something deployed");
     Ok(())
 }

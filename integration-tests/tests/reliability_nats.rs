@@ -68,13 +68,9 @@ async fn three_node_cluster_steps() -> anyhow::Result<()> {
     drop(js);
     // Node 0 is first in every client's URL list: its clients must fail over too.
     let nodes = &mut env.nats;
+    // The outage, while the storm goes on.
     storm
-        .during(PACE, async {
-            nodes.kill_node(0);
-            // The outage itself, while the storm goes on.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            nodes.restart_node(0).await
-        })
+        .during(PACE, nodes.node_outage(0, Duration::from_secs(3)))
         .await??;
     storm.run(20, PACE).await?;
     let converged = env.converge().await?;
@@ -109,13 +105,9 @@ async fn leaf_node_steps() -> anyhow::Result<()> {
     storm.run(30, PACE).await?;
     let first = env.converge().await?;
     let link = &mut leaf;
+    // The link is down: the storm goes on in the cluster.
     storm
-        .during(PACE, async {
-            link.kill();
-            // The link is down: the storm goes on in the cluster.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            link.restart().await
-        })
+        .during(PACE, link.outage(Duration::from_secs(2)))
         .await??;
     storm.run(20, PACE).await?;
     let converged = env.converge().await?;

@@ -19,11 +19,13 @@ use herald_core::object::{Kind, ObjectRef, TOOLHIVE_GROUP};
 use herald_core::record::{DeploymentRecord, Phase, RemoteTransport};
 use herald_integration_tests::herald::{Herald, HeraldProcess};
 use herald_integration_tests::large_stack_test;
-use herald_integration_tests::objects::{self, create, merge, opted_in, set_status, with};
+use herald_integration_tests::objects::{
+    self, create, in_registry, merge, opted_in, set_status, with,
+};
 use herald_integration_tests::stack::Stack;
 use herald_integration_tests::timeout::{eventually, within};
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const START: Duration = Duration::from_secs(60);
 const STEP: Duration = Duration::from_secs(15);
@@ -43,9 +45,45 @@ async fn servers() -> anyhow::Result<Stack> {
         .await
 }
 
-/// `kind` objects at `version` in `namespace`.
-fn api(env: &Stack, kind: Kind, version: &str, namespace: &str) -> Api<DynamicObject> {
-    objects::api_at(env.kube().client(), kind, version, namespace)
+/// `kind` objects at `version` in one namespace (the API of those objects by `Deref`).
+struct Objects {
+    api: Api<DynamicObject>,
+    kind: Kind,
+    version: &'static str,
+    namespace: &'static str,
+}
+
+impl std::ops::Deref for Objects {
+    type Target = Api<DynamicObject>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.api
+    }
+}
+
+impl Objects {
+    fn new(env: &Stack, kind: Kind, version: &'static str, namespace: &'static str) -> Self {
+        Self {
+            api: objects::api_at(env.kube().client(), kind, version, namespace),
+            kind,
+            version,
+            namespace,
+        }
+    }
+
+    /// Creates `body` and sets `status`; returns the object after the status change.
+    async fn create_with(&self, body: Value, status: Value) -> anyhow::Result<DynamicObject> {
+        let name = body["metadata"]["name"]
+            .as_str()
+            .context("the body names the object")?
+            .to_owned();
+        create(&self.api, self.kind, self.version, body).await?;
+        set_status(&self.api, &name, status).await
+    }
+
+    fn object_ref(&self, name: &str) -> ObjectRef {
+        object_ref(self.kind, self.namespace, name)
+    }
 }
 
 /// Starts `herald-watcher` (logging to `log`) and waits until it reports ready.
@@ -60,6 +98,22 @@ async fn start_watcher(env: &Stack, log: &str, extra: &[&str]) -> anyhow::Result
         .ready_within(START)
         .start()
         .await
+}
+
+/// SIGTERM: the watcher exits 0 within 3 s.
+fn sigterm_exits_promptly(watcher: &mut HeraldProcess) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    watcher
+        .process_mut()
+        .signal(nix::sys::signal::Signal::SIGTERM);
+    let status = watcher.process_mut().wait_exit(Duration::from_secs(5))?;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -169,6 +223,19 @@ impl Reader {
         }
     }
 
+    /// The next event applies `object` of `objects`, at its resource version.
+    async fn applied_as(
+        &mut self,
+        objects: &Objects,
+        object: &DynamicObject,
+    ) -> anyhow::Result<DeploymentRecord> {
+        let record = self.applied().await?;
+        let name = object.metadata.name.as_deref().unwrap_or_default();
+        assert_eq!(record.object, objects.object_ref(name));
+        assert_eq!(record.resource_version, rv(object));
+        Ok(record)
+    }
+
     async fn withdrawn(&mut self) -> anyhow::Result<herald_core::record::Withdrawal> {
         match self.next().await?.data {
             EventData::Withdrawn(w) => Ok(w),
@@ -222,18 +289,14 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
     assert!(brackets.values().all(|b| b.applied.is_empty()));
 
     // v1alpha1 MCPServer: not advertised while Pending; applied once Running.
-    let alpha = api(&env, Kind::MCPServer, "v1alpha1", "team-a");
+    let alpha = Objects::new(&env, Kind::MCPServer, "v1alpha1", "team-a");
     let body = opted_in("alpha", "Fetches web pages");
     let body = with(body, &["spec", "transport"], json!("sse"));
     let body = with(body, &["spec", "port"], json!(9090));
     let body = with(body, &["spec", "image"], json!("ghcr.io/x/fetch:2.1.0"));
-    create(&alpha, Kind::MCPServer, "v1alpha1", body).await?;
-    let running = set_status(&alpha, "alpha", json!({"phase": "Running"})).await?;
+    let running = alpha.create_with(body, json!({"phase": "Running"})).await?;
     let record = reader.applied().await?;
-    assert_eq!(
-        record.object,
-        object_ref(Kind::MCPServer, "team-a", "alpha")
-    );
+    assert_eq!(record.object, alpha.object_ref("alpha"));
     assert_eq!(
         record.resource_version,
         rv(&running),
@@ -254,16 +317,15 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
     assert_eq!(record.uid, running.metadata.uid.clone().unwrap_or_default());
 
     // v1beta1 MCPServer with auth and a status URL, Ready right away.
-    let beta = api(&env, Kind::MCPServer, "v1beta1", "team-b");
+    let beta = Objects::new(&env, Kind::MCPServer, "v1beta1", "team-b");
     let body = opted_in("beta", "Searches the web");
     let body = with(body, &["spec", "proxyPort"], json!(8081));
     let body = with(body, &["spec", "oidcConfigRef"], json!({"name": "idp"}));
-    create(&beta, Kind::MCPServer, "v1beta1", body).await?;
     let url = "http://mcp-beta-proxy.team-b.svc.cluster.local:8081/mcp";
-    let ready = set_status(&beta, "beta", json!({"phase": "Ready", "url": url})).await?;
-    let record = reader.applied().await?;
-    assert_eq!(record.object, object_ref(Kind::MCPServer, "team-b", "beta"));
-    assert_eq!(record.resource_version, rv(&ready));
+    let ready = beta
+        .create_with(body, json!({"phase": "Ready", "url": url}))
+        .await?;
+    let record = reader.applied_as(&beta, &ready).await?;
     assert_eq!(record.remote.url, url);
     assert_eq!(record.remote.transport, RemoteTransport::StreamableHttp);
     assert_eq!(record.remote.headers.len(), 1);
@@ -271,45 +333,26 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
     assert_eq!(record.version, "1.0.0");
 
     // MCPRemoteProxy into another registry, with the URL annotation.
-    let proxies = api(&env, Kind::MCPRemoteProxy, "v1alpha1", "team-a");
+    let proxies = Objects::new(&env, Kind::MCPRemoteProxy, "v1alpha1", "team-a");
     let body = opted_in("remote", "A remote proxy");
-    let body = with(
-        body,
-        &["metadata", "labels"],
-        json!({ann::REGISTRY_NAME: "partners"}),
-    );
+    let body = in_registry(body, "partners");
     let body = with(
         body,
         &["metadata", "annotations", ann::REGISTRY_URL],
         json!("https://mcp.example.com/mcp"),
     );
-    create(&proxies, Kind::MCPRemoteProxy, "v1alpha1", body).await?;
-    let ready = set_status(&proxies, "remote", json!({"phase": "Ready"})).await?;
-    let record = reader.applied().await?;
-    assert_eq!(
-        record.object,
-        object_ref(Kind::MCPRemoteProxy, "team-a", "remote")
-    );
-    assert_eq!(record.resource_version, rv(&ready));
+    let ready = proxies.create_with(body, json!({"phase": "Ready"})).await?;
+    let record = reader.applied_as(&proxies, &ready).await?;
     assert_eq!(record.registry.as_str(), "partners");
     assert_eq!(record.remote.url, "https://mcp.example.com/mcp");
 
     // VirtualMCPServer.
-    let virtuals = api(&env, Kind::VirtualMCPServer, "v1alpha1", "team-a");
-    create(
-        &virtuals,
-        Kind::VirtualMCPServer,
-        "v1alpha1",
-        opted_in("virtual", "Aggregates tools"),
-    )
-    .await?;
-    let ready = set_status(&virtuals, "virtual", json!({"phase": "Ready"})).await?;
-    let record = reader.applied().await?;
-    assert_eq!(
-        record.object,
-        object_ref(Kind::VirtualMCPServer, "team-a", "virtual")
-    );
-    assert_eq!(record.resource_version, rv(&ready));
+    let virtuals = Objects::new(&env, Kind::VirtualMCPServer, "v1alpha1", "team-a");
+    let body = opted_in("virtual", "Aggregates tools");
+    let ready = virtuals
+        .create_with(body, json!({"phase": "Ready"}))
+        .await?;
+    let record = reader.applied_as(&virtuals, &ready).await?;
     assert_eq!(
         record.remote.url,
         "http://vmcp-virtual.team-a.svc.cluster.local:8080/mcp"
@@ -383,46 +426,25 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
         &["metadata", "annotations", ann::REGISTRY_URL],
         json!("ftp://example.com/x"),
     );
-    create(&alpha, Kind::MCPServer, "v1alpha1", body).await?;
-    set_status(&alpha, "bad-url", ready.clone()).await?;
+    alpha.create_with(body, ready.clone()).await?;
     let mut body = opted_in("no-description", "");
     body["metadata"]["annotations"]
         .as_object_mut()
         .context("annotations")?
         .remove(ann::REGISTRY_DESCRIPTION);
-    create(&alpha, Kind::MCPServer, "v1alpha1", body).await?;
-    set_status(&alpha, "no-description", ready.clone()).await?;
+    alpha.create_with(body, ready.clone()).await?;
     let body = opted_in("bad-registry", "Bad registry");
-    let body = with(
-        body,
-        &["metadata", "labels"],
-        json!({ann::REGISTRY_NAME: "Not_A_Label"}),
-    );
-    create(&alpha, Kind::MCPServer, "v1alpha1", body).await?;
-    set_status(&alpha, "bad-registry", ready.clone()).await?;
+    let body = in_registry(body, "Not_A_Label");
+    alpha.create_with(body, ready.clone()).await?;
     // Only team-a may publish into "partners" (--registry-namespaces).
-    let team_b = api(&env, Kind::MCPServer, "v1alpha1", "team-b");
+    let team_b = Objects::new(&env, Kind::MCPServer, "v1alpha1", "team-b");
     let body = opted_in("not-allowed", "Wrong namespace");
-    let body = with(
-        body,
-        &["metadata", "labels"],
-        json!({ann::REGISTRY_NAME: "partners"}),
-    );
-    create(&team_b, Kind::MCPServer, "v1alpha1", body).await?;
-    set_status(&team_b, "not-allowed", ready.clone()).await?;
-    create(
-        &alpha,
-        Kind::MCPServer,
-        "v1alpha1",
-        opted_in("sentinel", "Valid"),
-    )
-    .await?;
-    set_status(&alpha, "sentinel", ready.clone()).await?;
-    let record = reader.applied().await?;
-    assert_eq!(
-        record.object,
-        object_ref(Kind::MCPServer, "team-a", "sentinel")
-    );
+    let body = in_registry(body, "partners");
+    team_b.create_with(body, ready.clone()).await?;
+    let sentinel = alpha
+        .create_with(opted_in("sentinel", "Valid"), ready.clone())
+        .await?;
+    reader.applied_as(&alpha, &sentinel).await?;
 
     for reason in [
         "invalid_url",
@@ -461,17 +483,7 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
     assert!(watcher.metric(resync).await? > 1.7e9);
 
     // SIGTERM: exits 0, promptly.
-    let started = std::time::Instant::now();
-    watcher
-        .process_mut()
-        .signal(nix::sys::signal::Signal::SIGTERM);
-    let status = watcher.process_mut().wait_exit(Duration::from_secs(5))?;
-    assert!(status.success(), "exit status {status}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    sigterm_exits_promptly(&mut watcher)?;
     Ok(())
 }
 
@@ -481,10 +493,10 @@ large_stack_test!(restart_resyncs_what_was_deleted_meanwhile => restart_resyncs_
 /// what still exists with a newer epoch, so a consumer can sweep the rest.
 async fn restart_resyncs_what_was_deleted_meanwhile_steps() -> anyhow::Result<()> {
     let env = servers().await?;
-    let api = api(&env, Kind::MCPServer, "v1beta1", "ns");
+    let api = Objects::new(&env, Kind::MCPServer, "v1beta1", "ns");
     for name in ["kept", "gone"] {
-        create(&api, Kind::MCPServer, "v1beta1", opted_in(name, "A server")).await?;
-        set_status(&api, name, json!({"phase": "Ready"})).await?;
+        let ready = json!({"phase": "Ready"});
+        api.create_with(opted_in(name, "A server"), ready).await?;
     }
     let mut watcher = start_watcher(&env, "first.log", &[]).await?;
     let mut reader = Reader::open(&env.nats.jetstream().await).await?;
@@ -524,10 +536,10 @@ large_stack_test!(nats_outage_loses_nothing => nats_outage_loses_nothing_steps);
 /// server, with each object's events in order.
 async fn nats_outage_loses_nothing_steps() -> anyhow::Result<()> {
     let mut env = servers().await?;
-    let api = api(&env, Kind::MCPServer, "v1beta1", "ns");
+    let api = Objects::new(&env, Kind::MCPServer, "v1beta1", "ns");
     for name in ["moves", "deleted", "opts-out", "flaps"] {
-        create(&api, Kind::MCPServer, "v1beta1", opted_in(name, "A server")).await?;
-        set_status(&api, name, json!({"phase": "Ready"})).await?;
+        let ready = json!({"phase": "Ready"});
+        api.create_with(opted_in(name, "A server"), ready).await?;
     }
     let args = ["--shutdown-timeout", "1s"];
     let mut watcher = start_watcher(&env, "watcher.log", &args).await?;
@@ -549,14 +561,9 @@ async fn nats_outage_loses_nothing_steps() -> anyhow::Result<()> {
         json!({"metadata": {"annotations": {ann::REGISTRY_EXPORT: "false"}}}),
     )
     .await?;
-    create(
-        &api,
-        Kind::MCPServer,
-        "v1beta1",
-        opted_in("new", "A new server"),
-    )
-    .await?;
-    set_status(&api, "new", json!({"phase": "Ready"})).await?;
+    let ready = json!({"phase": "Ready"});
+    api.create_with(opted_in("new", "A new server"), ready)
+        .await?;
     for i in 0..20 {
         let patch = json!({"metadata": {"annotations": {ann::REGISTRY_DESCRIPTION: format!("Version {i}")}}});
         merge(&api, "flaps", patch).await?;
@@ -656,17 +663,7 @@ async fn nats_outage_loses_nothing_steps() -> anyhow::Result<()> {
     )
     .await?;
     watcher.wait_not_ready().await?;
-    let started = std::time::Instant::now();
-    watcher
-        .process_mut()
-        .signal(nix::sys::signal::Signal::SIGTERM);
-    let status = watcher.process_mut().wait_exit(Duration::from_secs(5))?;
-    assert!(status.success(), "exit status {status}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    sigterm_exits_promptly(&mut watcher)?;
     assert!(watcher.log_contents().contains("shutdown timeout reached"));
     Ok(())
 }
@@ -705,15 +702,9 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
     .await?;
 
     for ns in ["team-a", "team-b", "team-c"] {
-        let api = api(&env, Kind::MCPServer, "v1beta1", ns);
-        create(
-            &api,
-            Kind::MCPServer,
-            "v1beta1",
-            opted_in("srv", "A server"),
-        )
-        .await?;
-        set_status(&api, "srv", json!({"phase": "Ready"})).await?;
+        let api = Objects::new(&env, Kind::MCPServer, "v1beta1", ns);
+        let ready = json!({"phase": "Ready"});
+        api.create_with(opted_in("srv", "A server"), ready).await?;
     }
     let args = [
         "--namespaces",
@@ -752,21 +743,12 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
     crds.create(&PostParams::default(), &crd).await?;
     let brackets = reader.brackets(&[Kind::VirtualMCPServer]).await?;
     assert!(brackets[&Kind::VirtualMCPServer].applied.is_empty());
-    let virtuals = api(&env, Kind::VirtualMCPServer, "v1alpha1", "team-b");
-    create(
-        &virtuals,
-        Kind::VirtualMCPServer,
-        "v1alpha1",
-        opted_in("late", "Late"),
-    )
-    .await?;
-    let ready = set_status(&virtuals, "late", json!({"phase": "Ready"})).await?;
-    let record = reader.applied().await?;
-    assert_eq!(
-        record.object,
-        object_ref(Kind::VirtualMCPServer, "team-b", "late")
-    );
-    assert_eq!(record.resource_version, rv(&ready));
+    let virtuals = Objects::new(&env, Kind::VirtualMCPServer, "v1alpha1", "team-b");
+    let ready = json!({"phase": "Ready"});
+    let ready = virtuals
+        .create_with(opted_in("late", "Late"), ready)
+        .await?;
+    reader.applied_as(&virtuals, &ready).await?;
 
     let heartbeats = "herald_watcher_events_published_total{type=\"cluster.heartbeat\"}";
     eventually(STEP, "heartbeats", || async {

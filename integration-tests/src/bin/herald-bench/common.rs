@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
 use chrono::{DateTime, TimeZone as _, Utc};
 use futures::StreamExt as _;
@@ -15,6 +14,7 @@ use herald_core::projection::{Fold, fold_applied};
 use herald_core::record::{Phase, Remote, RemoteTransport};
 use herald_core::{ClusterId, DeploymentRecord, Event, EventData, Kind, ObjectRef, RegistryName};
 use herald_integration_tests::dir::TestDir;
+use herald_integration_tests::events::message;
 use herald_integration_tests::herald::{Herald, HeraldProcess};
 use herald_integration_tests::kube::KubeApi;
 use herald_integration_tests::nats::NatsServer;
@@ -123,17 +123,6 @@ pub fn applied(record: &DeploymentRecord) -> Event {
     )
 }
 
-/// Subject, headers and payload of an event, as the watcher publishes it.
-pub fn message(event: &Event) -> (String, HeaderMap, bytes::Bytes) {
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", event.id.as_str());
-    (
-        event.nats_subject().to_string(),
-        headers,
-        event.to_json().into(),
-    )
-}
-
 /// Key and value the projector stores for `record` (fresh, at stream sequence `seq`).
 pub fn stored(record: &DeploymentRecord, seq: u64) -> anyhow::Result<(String, bytes::Bytes)> {
     let key = DeploymentKey::new(record.cluster.clone(), record.object.clone()).to_string();
@@ -153,6 +142,14 @@ pub async fn ensure_stream(js: &jetstream::Context) -> anyhow::Result<()> {
     .ensure(js)
     .await?;
     Ok(())
+}
+
+/// A nats-server with HERALD_EVENTS, and JetStream on it.
+pub async fn nats_with_stream() -> anyhow::Result<(NatsServer, jetstream::Context)> {
+    let nats = NatsServer::start().await?;
+    let js = nats.jetstream().await;
+    ensure_stream(&js).await?;
+    Ok((nats, js))
 }
 
 /// The registry bucket `herald-default`, as the projector creates it.

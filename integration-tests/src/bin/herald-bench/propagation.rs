@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
 use herald_core::Kind;
 use herald_core::annotations as ann;
+use herald_integration_tests::events::message;
 use herald_integration_tests::herald::HeraldProcess;
 use herald_integration_tests::kube::KubeApi;
 use herald_integration_tests::nats::NatsServer;
@@ -60,9 +61,7 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
         (10.0, 5.0, &[2_000.0, 5_000.0, 10_000.0, 20_000.0, 40_000.0])
     };
     let dir = common::scenario_dir("propagation")?;
-    let nats = NatsServer::start().await?;
-    let js = nats.jetstream().await;
-    common::ensure_stream(&js).await?;
+    let (nats, js) = common::nats_with_stream().await?;
     let mut projector = common::spawn_projector(&nats, &dir)?;
     let (api, _) = common::start_api(&nats, &dir, &[]).await?;
 
@@ -115,7 +114,7 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
 
     // Warm-up: every object exists once, so later events are plain updates.
     let mut next_seq = 1u64;
-    let warm = paced_herald(&js, &mut sse_rx, next_seq, OBJECTS, 500.0).await?;
+    let warm = paced_publish(Path::Herald, &js, &mut sse_rx, next_seq, OBJECTS, 500.0).await?;
     anyhow::ensure!(
         warm.lost == 0,
         "warm-up: {} events never reached SSE",
@@ -135,8 +134,16 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
             step_seconds
         };
         let count = (rate * seconds) as usize;
-        let raw = paced_raw(&js, &mut raw_rx, next_seq, count, rate).await?;
-        let herald = paced_herald(&js, &mut sse_rx, next_seq + count as u64, count, rate).await?;
+        let raw = paced_publish(Path::Raw, &js, &mut raw_rx, next_seq, count, rate).await?;
+        let herald = paced_publish(
+            Path::Herald,
+            &js,
+            &mut sse_rx,
+            next_seq + count as u64,
+            count,
+            rate,
+        )
+        .await?;
         next_seq += 2 * count as u64;
         projector.ensure_running()?;
         eprintln!(
@@ -259,32 +266,20 @@ fn marker_in(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
-/// Publishes `count` applied events (markers `first..first+count`) at `rate` and
-/// collects their SSE receipts.
-async fn paced_herald(
-    js: &jetstream::Context,
-    receipts: &mut mpsc::UnboundedReceiver<(usize, u64, Instant)>,
-    first: u64,
-    count: usize,
-    rate: f64,
-) -> anyhow::Result<Step> {
-    let js = js.clone();
-    paced(receipts, 2, first, count, rate, move |seq| {
-        let js = js.clone();
-        async move {
-            let object = usize::try_from(seq)? % OBJECTS;
-            let record = common::record(0, object, seq)?;
-            let (subject, headers, payload) = common::message(&common::applied(&record));
-            Ok(Some(
-                js.publish_with_headers(subject, headers, payload).await?,
-            ))
-        }
-    })
-    .await
+/// Where a paced step publishes.
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    /// Applied events on HERALD_EVENTS, as the watcher publishes them; receipts from the
+    /// bucket and the SSE subscriber (two hops).
+    Herald,
+    /// The same payload on a plain stream, read by a subscriber (one hop).
+    Raw,
 }
 
-/// The same, raw: the same payload published on a plain stream, read by a subscriber.
-async fn paced_raw(
+/// Publishes `count` applied events (markers `first..first+count`) at `rate` on `path`
+/// and collects their receipts.
+async fn paced_publish(
+    path: Path,
     js: &jetstream::Context,
     receipts: &mut mpsc::UnboundedReceiver<(usize, u64, Instant)>,
     first: u64,
@@ -292,13 +287,23 @@ async fn paced_raw(
     rate: f64,
 ) -> anyhow::Result<Step> {
     let js = js.clone();
-    paced(receipts, 1, first, count, rate, move |seq| {
+    let hops = match path {
+        Path::Herald => 2,
+        Path::Raw => 1,
+    };
+    paced(receipts, hops, first, count, rate, move |seq| {
         let js = js.clone();
         async move {
             let object = usize::try_from(seq)? % OBJECTS;
-            let record = common::record(0, object, seq)?;
-            let payload = common::applied(&record).to_json();
-            Ok(Some(js.publish("bench.raw", payload.into()).await?))
+            let event = common::applied(&common::record(0, object, seq)?);
+            let ack = match path {
+                Path::Herald => {
+                    let (subject, headers, payload) = message(&event);
+                    js.publish_with_headers(subject, headers, payload).await?
+                }
+                Path::Raw => js.publish("bench.raw", event.to_json().into()).await?,
+            };
+            Ok(Some(ack))
         }
     })
     .await

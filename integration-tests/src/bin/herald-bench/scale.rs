@@ -44,9 +44,7 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
     drop(api);
     drop(nats);
 
-    let nats = NatsServer::start().await?;
-    let js = nats.jetstream().await;
-    common::ensure_stream(&js).await?;
+    let (nats, js) = common::nats_with_stream().await?;
     let publish_rate =
         common::publish_events(&js, events, CLUSTERS, deployments / CLUSTERS).await?;
     eprintln!("   {events} events published at {publish_rate:.0}/s");
