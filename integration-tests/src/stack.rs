@@ -186,23 +186,34 @@ impl StackBuilder {
             watcher_flags: self.watcher_flags,
             converge: self.converge,
         };
-        if self.watchers {
-            for i in 0..stack.clusters.len() {
-                let watcher = stack.watcher(i, &stack.nats.url()).start().await?;
-                stack.watchers.push(watcher);
+        // All at once: whoever comes first creates the stream (`ensure` tolerates the
+        // race), and the projector's consumer reads from the start of it.
+        let url = stack.nats.url();
+        let watchers = match self.watchers {
+            true => (0..stack.clusters.len())
+                .map(|i| stack.watcher(i, &url))
+                .collect(),
+            false => Vec::new(),
+        };
+        let watchers = futures::future::try_join_all(watchers.into_iter().map(Herald::start));
+        let projector = Herald::projector(&url)
+            .dir(stack.dir.path())
+            .default_flag("--ack-wait", "2s")
+            .args(&self.projector_flags);
+        let api = Herald::api(&url)
+            .dir(stack.dir.path())
+            .args(&self.api_flags);
+        let herald = async {
+            match self.herald {
+                true => tokio::try_join!(projector.start(), api.start()).map(Some),
+                false => Ok(None),
             }
-        }
-        if self.herald {
-            let url = stack.nats.url();
-            let projector = Herald::projector(&url)
-                .dir(stack.dir.path())
-                .default_flag("--ack-wait", "2s")
-                .args(&self.projector_flags);
-            stack.projector = Some(projector.start().await?);
-            let api = Herald::api(&url)
-                .dir(stack.dir.path())
-                .args(&self.api_flags);
-            stack.api = Some(api.start().await?);
+        };
+        let (watchers, herald) = tokio::try_join!(watchers, herald)?;
+        stack.watchers = watchers;
+        if let Some((projector, api)) = herald {
+            stack.projector = Some(projector);
+            stack.api = Some(api);
         }
         Ok(stack)
     }

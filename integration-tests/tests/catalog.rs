@@ -219,11 +219,26 @@ impl Pipeline {
 
     /// Imports the valid examples from a file: source `files`, registry `default`.
     async fn import_valid_examples(&self) -> anyhow::Result<()> {
-        let file = self.dir().join("catalog.json");
-        std::fs::write(&file, official_list(&documents("valid")?).to_string())?;
-        self.sync(&["--source-id", "files", "--file", &file.to_string_lossy()])
-            .await?;
+        self.import_file(&documents("valid")?).await?;
         Ok(())
+    }
+
+    /// Imports `docs` (an official list) from a file: source `files`, registry
+    /// `default`; returns the importer's log.
+    async fn import_file(&self, docs: &[Value]) -> anyhow::Result<String> {
+        let file = self.dir().join("catalog.json");
+        std::fs::write(&file, official_list(docs).to_string())?;
+        self.sync(&["--source-id", "files", "--file", &file.to_string_lossy()])
+            .await
+    }
+
+    /// Imports `docs` from a registry API serving them in pages: source `web`, registry
+    /// `web`; returns that API.
+    async fn import_http(&self, docs: &[Value]) -> anyhow::Result<Arc<Upstream>> {
+        let (upstream, base) = Upstream::start(docs.to_vec()).await?;
+        self.sync(&["--source-id", "web", "--registry", "web", "--url", &base])
+            .await?;
+        Ok(upstream)
     }
 
     /// Runs an ops subcommand to completion; returns (exit code, stdout).
@@ -400,19 +415,13 @@ fn remote_urls(entry: &Value) -> Vec<String> {
 // ---------------------------------------------------------------- tests
 
 #[tokio::test]
-async fn file_and_paged_http_imports_skip_invalid_entries_and_import_the_rest() -> anyhow::Result<()>
-{
+async fn a_file_import_skips_invalid_entries_and_imports_the_rest() -> anyhow::Result<()> {
     let herald = Pipeline::start().await?;
     let (mixed, expected) = mixed_examples()?;
     assert_eq!(expected.len(), 18, "3 valid and 15 docs examples");
 
     // From a file, into the default registry.
-    let file = herald.dir().join("catalog.json");
-    std::fs::write(&file, official_list(&mixed).to_string())?;
-    let file_arg = file.to_string_lossy().into_owned();
-    let log = herald
-        .sync(&["--source-id", "files", "--file", &file_arg])
-        .await?;
+    let log = herald.import_file(&mixed).await?;
     let skipped: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("skipping catalog entry"))
@@ -449,12 +458,16 @@ async fn file_and_paged_http_imports_skip_invalid_entries_and_import_the_rest() 
     // Nothing is deployed.
     let deployed = herald.json("/v0.1/servers/deployed").await?;
     assert_eq!(deployed["servers"], json!([]));
+    Ok(())
+}
 
+#[tokio::test]
+async fn a_paged_http_import_fills_another_registry_and_keeps_source_meta_and_packages()
+-> anyhow::Result<()> {
+    let herald = Pipeline::start().await?;
+    let (mixed, expected) = mixed_examples()?;
     // Over HTTP, several pages, into another registry.
-    let (upstream, base) = Upstream::start(mixed.clone()).await?;
-    herald
-        .sync(&["--source-id", "web", "--registry", "web", "--url", &base])
-        .await?;
+    let upstream = herald.import_http(&mixed).await?;
     assert_eq!(upstream.pages_served(), mixed.len().div_ceil(PAGE));
     let entries = herald
         .until_listed("/registry/web/v0.1/servers?limit=100", &expected)
@@ -475,8 +488,22 @@ async fn file_and_paged_http_imports_skip_invalid_entries_and_import_the_rest() 
         .find(|d| d["name"] == "io.github.user/local-weather")
         .context("with-package example")?;
     assert_eq!(with_package["server"]["packages"], original["packages"]);
+    Ok(())
+}
 
-    // `events` shows the catalog events, `replay` rebuilds the same buckets.
+#[tokio::test]
+async fn events_shows_imported_catalog_events_and_replay_rebuilds_the_same_buckets()
+-> anyhow::Result<()> {
+    let herald = Pipeline::start().await?;
+    let (mixed, expected) = mixed_examples()?;
+    herald.import_file(&mixed).await?;
+    herald.import_http(&mixed).await?;
+    for registry in [
+        "/v0.1/servers?limit=100",
+        "/registry/web/v0.1/servers?limit=100",
+    ] {
+        herald.until_listed(registry, &expected).await?;
+    }
     let (code, out) = herald.ops(&["events", "--type", "catalog.applied"]).await?;
     assert_eq!(code, 0, "{out}");
     assert_eq!(
@@ -492,17 +519,33 @@ async fn file_and_paged_http_imports_skip_invalid_entries_and_import_the_rest() 
     );
     let (code, out) = herald.ops(&["replay", "--check"]).await?;
     assert_eq!(code, 0, "replay finds no difference: {out}");
+    Ok(())
+}
 
-    // The SSE feed's snapshot carries the catalog entries.
+#[tokio::test]
+async fn the_feed_snapshot_carries_imported_entries() -> anyhow::Result<()> {
+    let herald = Pipeline::start().await?;
+    let (mixed, expected) = mixed_examples()?;
+    herald.import_http(&mixed).await?;
+    herald
+        .until_listed("/registry/web/v0.1/servers?limit=100", &expected)
+        .await?;
     let feed = herald
         .first_sse_bytes("/registry/web/v0.1/x/dev.herald/events", "local-weather")
         .await?;
     assert!(feed.contains("io.github.user/local-weather"), "{feed}");
+    Ok(())
+}
 
-    // Importing the unchanged file again publishes nothing new.
-    let log = herald
-        .sync(&["--source-id", "files", "--file", &file_arg])
+#[tokio::test]
+async fn importing_an_unchanged_file_again_publishes_nothing() -> anyhow::Result<()> {
+    let herald = Pipeline::start().await?;
+    let (mixed, expected) = mixed_examples()?;
+    herald.import_file(&mixed).await?;
+    herald
+        .until_listed("/v0.1/servers?limit=100", &expected)
         .await?;
+    let log = herald.import_file(&mixed).await?;
     assert!(log.contains("applied=0"), "{log}");
     Ok(())
 }
