@@ -23,7 +23,7 @@ use crate::dir::TestDir;
 use crate::kube::KubeApi;
 use crate::ports::free_port;
 use crate::process::ChildProcess;
-use crate::timeout::within;
+use crate::timeout::{eventually, within};
 use crate::tools::herald_binary;
 
 /// The catalog importer: its binary and subcommand. The one place that names them
@@ -501,25 +501,21 @@ impl HeraldProcess {
         let url = format!("{}/readyz", self.base());
         let http = reqwest::Client::builder().timeout(PROBE_TIMEOUT).build()?;
         let binary = self.spec.binary.clone();
+        let what = format!("{binary} /readyz {want}");
         let process = &mut self.process;
-        let poll = async {
-            loop {
-                if let Some(status) = process.try_exit() {
+        let ready = eventually(self.ready_timeout, &what, || {
+            let exited = process.try_exit();
+            let (http, url, binary) = (&http, &url, &binary);
+            async move {
+                if let Some(status) = exited {
                     bail!("{binary} exited ({status}) while waiting for /readyz {want}");
                 }
-                if let Ok(r) = http.get(&url).send().await
-                    && r.status().as_u16() == want
-                {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let status = http.get(url).send().await.map(|r| r.status().as_u16());
+                Ok((status.ok() == Some(want)).then_some(()))
             }
-        };
-        let what = format!("{} /readyz {want}", self.spec.binary);
-        match within(self.ready_timeout, &what, poll).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) | Err(e) => Err(self.process.explain(e)),
-        }
+        })
+        .await;
+        ready.map_err(|e| self.process.explain(e))
     }
 }
 

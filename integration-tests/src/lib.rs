@@ -32,11 +32,13 @@
 //! - when a test panics, the end of each server's log is printed and the folders are kept
 //!   (their paths printed). A test that returns `Err` drops its servers without panicking:
 //!   set `HERALD_KEEP_TEST_DIRS=1` to keep the folders then;
-//! - nothing waits by sleeping: `within` bounds a future, `eventually` polls a condition;
+//! - nothing waits by sleeping: `within` bounds a future, `eventually` polls a condition
+//!   (a sleep is the length of a fault, as in [`nats::NatsServer::outage`], or a pace);
 //! - Herald's binaries are found with [`tools::herald_binary`] after
 //!   `cargo build --workspace --bins`, and started only through [`herald::Herald`].
 //!
-//! Tests live in `tests/`: `harness.rs` checks this crate itself.
+//! Tests live in `tests/`, a file per binary or concern (`harness.rs` checks this crate
+//! itself); `src/bin/herald-bench` is the benchmark, which starts Herald the same way.
 
 pub mod dir;
 pub mod events;

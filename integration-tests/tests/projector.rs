@@ -739,8 +739,16 @@ async fn a_sweep_waits_for_earlier_events_another_projector_holds() -> anyhow::R
     let config = run_config("herald-projector", 10, Duration::from_secs(10));
     let message = take_event_1(&js, &config).await?;
     let p = InProcess::start(&nats, config, Metrics::default()).await;
-    // The slow projector's work: it finishes well after the other took the sweep.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The slow projector's work: it finishes after the other took the sweep.
+    eventually(STEP, "the running projector to take the sweep", || async {
+        let stream = js.get_stream(STREAM).await?;
+        let delivered = match stream.consumer_info("herald-projector").await {
+            Ok(info) => info.delivered.stream_sequence,
+            Err(_) => 0,
+        };
+        Ok((delivered >= completed).then_some(()))
+    })
+    .await?;
     let event = Event::decode_on(&message.subject, &message.payload)?;
     assert_eq!(write_one(&js, &event, 1).await?.wrote, [true]);
     message.double_ack().await.map_err(|e| anyhow::anyhow!(e))?;
