@@ -491,19 +491,40 @@ async fn a_paged_http_import_fills_another_registry_and_keeps_source_meta_and_pa
     Ok(())
 }
 
+/// How [`served_mixed_examples`] imports.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// [`Pipeline::import_file`], into `default`.
+    File,
+    /// [`Pipeline::import_http`], into `web`.
+    Http,
+}
+
+/// A pipeline that imported the mixed examples from each of `sources` and serves them;
+/// the (name, version) of what it serves in each registry.
+async fn served_mixed_examples(sources: &[Source]) -> anyhow::Result<(Pipeline, Listed)> {
+    let herald = Pipeline::start().await?;
+    let (mixed, expected) = mixed_examples()?;
+    for source in sources {
+        let list = match source {
+            Source::File => {
+                herald.import_file(&mixed).await?;
+                "/v0.1/servers?limit=100"
+            }
+            Source::Http => {
+                herald.import_http(&mixed).await?;
+                "/registry/web/v0.1/servers?limit=100"
+            }
+        };
+        herald.until_listed(list, &expected).await?;
+    }
+    Ok((herald, expected))
+}
+
 #[tokio::test]
 async fn events_shows_imported_catalog_events_and_replay_rebuilds_the_same_buckets()
 -> anyhow::Result<()> {
-    let herald = Pipeline::start().await?;
-    let (mixed, expected) = mixed_examples()?;
-    herald.import_file(&mixed).await?;
-    herald.import_http(&mixed).await?;
-    for registry in [
-        "/v0.1/servers?limit=100",
-        "/registry/web/v0.1/servers?limit=100",
-    ] {
-        herald.until_listed(registry, &expected).await?;
-    }
+    let (herald, expected) = served_mixed_examples(&[Source::File, Source::Http]).await?;
     let (code, out) = herald.ops(&["events", "--type", "catalog.applied"]).await?;
     assert_eq!(code, 0, "{out}");
     assert_eq!(
@@ -524,12 +545,7 @@ async fn events_shows_imported_catalog_events_and_replay_rebuilds_the_same_bucke
 
 #[tokio::test]
 async fn the_feed_snapshot_carries_imported_entries() -> anyhow::Result<()> {
-    let herald = Pipeline::start().await?;
-    let (mixed, expected) = mixed_examples()?;
-    herald.import_http(&mixed).await?;
-    herald
-        .until_listed("/registry/web/v0.1/servers?limit=100", &expected)
-        .await?;
+    let (herald, _) = served_mixed_examples(&[Source::Http]).await?;
     let feed = herald
         .first_sse_bytes("/registry/web/v0.1/x/dev.herald/events", "local-weather")
         .await?;
@@ -539,13 +555,8 @@ async fn the_feed_snapshot_carries_imported_entries() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn importing_an_unchanged_file_again_publishes_nothing() -> anyhow::Result<()> {
-    let herald = Pipeline::start().await?;
-    let (mixed, expected) = mixed_examples()?;
-    herald.import_file(&mixed).await?;
-    herald
-        .until_listed("/v0.1/servers?limit=100", &expected)
-        .await?;
-    let log = herald.import_file(&mixed).await?;
+    let (herald, _) = served_mixed_examples(&[Source::File]).await?;
+    let log = herald.import_file(&mixed_examples()?.0).await?;
     assert!(log.contains("applied=0"), "{log}");
     Ok(())
 }
