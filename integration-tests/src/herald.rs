@@ -50,9 +50,9 @@ pub struct Herald {
     defaults: Vec<(String, String)>,
     /// Variables to set, or with `None` to remove from what the test inherits.
     envs: Vec<(String, Option<String>)>,
-    /// The flag of the HTTP listener and its port (health for watcher, projector and
-    /// importer; the API itself for `herald-api`).
-    listen: Option<(&'static str, u16)>,
+    /// The port of the HTTP listener (health for watcher, projector and importer; the
+    /// API itself for `herald-api`).
+    listen: Option<u16>,
     dir: Option<PathBuf>,
     log_name: String,
     ready_timeout: Duration,
@@ -139,9 +139,9 @@ impl Herald {
     }
 
     /// Listens on a free loopback port with `flag` (`--health-listen`, `--listen`).
-    fn listen(mut self, flag: &'static str) -> Self {
+    fn listen(mut self, flag: &str) -> Self {
         let port = free_port();
-        self.listen = Some((flag, port));
+        self.listen = Some(port);
         self.fixed(flag, &format!("127.0.0.1:{port}"))
     }
 
@@ -258,14 +258,12 @@ impl Herald {
 
     /// Starts the process without waiting for it to be ready.
     pub fn spawn(self) -> anyhow::Result<HeraldProcess> {
-        let own_dir = match &self.dir {
-            Some(_) => None,
-            None => Some(TestDir::new(&self.binary)?),
-        };
-        let dir = match (&self.dir, &own_dir) {
-            (Some(dir), _) => dir.clone(),
-            (None, Some(own)) => own.path().to_owned(),
-            (None, None) => unreachable!("a folder was just made"),
+        let (dir, own_dir) = match &self.dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let own = TestDir::new(&self.binary)?;
+                (own.path().to_owned(), Some(own))
+            }
         };
         let spec = Spec {
             binary: self.binary.clone(),
@@ -277,9 +275,7 @@ impl Herald {
         Ok(HeraldProcess {
             process,
             spec,
-            base: self
-                .listen
-                .map(|(_, port)| format!("http://127.0.0.1:{port}")),
+            base: self.listen.map(|port| format!("http://127.0.0.1:{port}")),
             ready_timeout: self.ready_timeout,
             starts: 1,
             _dir: own_dir,
