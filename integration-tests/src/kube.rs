@@ -13,10 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use herald_core::Kind;
-use herald_core::object::TOOLHIVE_GROUP;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::{ApiResource, GroupVersionKind};
 
 use crate::dir::TestDir;
 use crate::ports::{free_port, retry_on_port_conflict};
@@ -35,12 +32,6 @@ pub struct KubeApi {
     spec: Spec,
     client: kube::Client,
     dir: TestDir,
-}
-
-/// The API resource of a ToolHive kind, at its first (storage) version.
-pub fn api_resource(kind: Kind) -> ApiResource {
-    let gvk = GroupVersionKind::gvk(TOOLHIVE_GROUP, kind.versions()[0], kind.as_str());
-    ApiResource::from_gvk_with_plural(&gvk, kind.plural())
 }
 
 impl std::fmt::Debug for KubeApi {

@@ -19,3 +19,21 @@ pub fn run_on_large_stack<F: Future<Output = anyhow::Result<()>> + 'static>(
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
+
+/// `#[test] fn $name` that runs `async fn $steps()` of the same file on a large stack
+/// ([`run_on_large_stack`]):
+///
+/// ```ignore
+/// large_stack_test!(nats_outage_loses_nothing => nats_outage_steps);
+///
+/// async fn nats_outage_steps() -> anyhow::Result<()> { … }
+/// ```
+#[macro_export]
+macro_rules! large_stack_test {
+    ($name:ident => $steps:ident) => {
+        #[test]
+        fn $name() -> anyhow::Result<()> {
+            $crate::large_stack::run_on_large_stack($steps)
+        }
+    };
+}

@@ -8,12 +8,22 @@
 //! - [`timeout`]: [`timeout::within`] and [`timeout::eventually`], bounded waiting;
 //! - [`nats`]: [`nats::NatsServer`] and [`nats::NatsCluster`] (JetStream);
 //! - [`kube`]: [`kube::KubeApi`], etcd and an API server with the ToolHive CRDs;
-//! - [`herald`]: [`herald::HeraldProcess`], Herald's binaries started with test flags,
-//!   ready on /readyz, restartable;
+//! - [`objects`]: ToolHive objects in those servers: the API of a kind, opted-in
+//!   objects, status and patches;
+//! - [`events`]: events as the watcher publishes them (withdrawals, `Nats-Msg-Id`), for
+//!   tests that write the stream directly;
+//! - [`herald`]: [`herald::Herald`], the one way to start Herald's binaries (the catalog
+//!   importer's name in [`herald::CATALOG_SYNC`]): long-running as a
+//!   [`herald::HeraldProcess`] (ready on /readyz, restartable), or run to completion
+//!   with its output captured;
+//! - [`stack`]: [`stack::Stack`], the whole pipeline (NATS, an API server and a watcher
+//!   per cluster, projector, API) and the helpers its tests repeat;
+//! - [`sse`]: the frames of `herald-api`'s event feed, parsed as bytes arrive;
 //! - [`storm`]: seeded random changes to MCPServers, run while a fault is injected;
 //! - [`oracle`]: what `herald-api` must serve given the clusters' objects, and the check
 //!   that it does (nothing lost, nothing phantom);
-//! - [`large_stack`]: async tests on a thread with a stack big enough for kube's futures.
+//! - [`large_stack`]: async tests on a thread with a stack big enough for kube's futures
+//!   ([`large_stack_test!`]);
 //!
 //! Conventions:
 //! - every server gets free loopback ports and its own folder under the system temp
@@ -22,20 +32,26 @@
 //! - when a test panics, the end of each server's log is printed and the folders are kept
 //!   (their paths printed). A test that returns `Err` drops its servers without panicking:
 //!   set `HERALD_KEEP_TEST_DIRS=1` to keep the folders then;
-//! - nothing waits by sleeping: `within` bounds a future, `eventually` polls a condition;
+//! - nothing waits by sleeping: `within` bounds a future, `eventually` polls a condition
+//!   (a sleep is the length of a fault, as in [`nats::NatsServer::outage`], or a pace);
 //! - Herald's binaries are found with [`tools::herald_binary`] after
-//!   `cargo build --workspace --bins`, and run as [`process::ChildProcess`].
+//!   `cargo build --workspace --bins`, and started only through [`herald::Herald`].
 //!
-//! Tests live in `tests/`: `harness.rs` checks this crate itself.
+//! Tests live in `tests/`, a file per binary or concern (`harness.rs` checks this crate
+//! itself); `src/bin/herald-bench` is the benchmark, which starts Herald the same way.
 
 pub mod dir;
+pub mod events;
 pub mod herald;
 pub mod kube;
 pub mod large_stack;
 pub mod nats;
+pub mod objects;
 pub mod oracle;
 pub mod ports;
 pub mod process;
+pub mod sse;
+pub mod stack;
 pub mod storm;
 pub mod timeout;
 pub mod tools;

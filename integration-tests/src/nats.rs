@@ -19,7 +19,7 @@ use crate::process::ChildProcess;
 use crate::timeout::eventually;
 use crate::tools::Tools;
 
-/// StartingPoint, restart and recovery of the JetStream store are well below this.
+/// Start, restart and recovery of the JetStream store are well below this.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// One readiness probe; a healthy local server answers in milliseconds.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -159,6 +159,14 @@ impl NatsServer {
     /// SIGKILL: no chance to flush or say goodbye to clients.
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// An outage: SIGKILL, `down` without the server (the fault a test injects, not a
+    /// wait for something), then [`NatsServer::restart`].
+    pub async fn outage(&mut self, down: Duration) -> anyhow::Result<()> {
+        self.kill();
+        tokio::time::sleep(down).await;
+        self.restart().await
     }
 
     /// Starts the server again on the same port with the same store, after `stop` or

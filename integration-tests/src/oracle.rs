@@ -18,7 +18,7 @@ use herald_core::{Kind, RegistryName, WatcherPolicy};
 use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::Value;
 
-use crate::kube::api_resource;
+use crate::objects;
 use crate::timeout::eventually;
 
 /// One cluster as the oracle sees it: its API and its watcher's policy.
@@ -115,7 +115,7 @@ pub async fn expected_view(clusters: &[ClusterUnderTest]) -> anyhow::Result<View
     for cluster in clusters {
         for kind in Kind::ALL {
             let api: Api<DynamicObject> =
-                Api::all_with(cluster.client.clone(), &api_resource(kind));
+                Api::all_with(cluster.client.clone(), &objects::resource(kind));
             let list = api
                 .list(&ListParams::default())
                 .await

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use herald_core::Kind;
 use herald_core::annotations as ann;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use kube::core::ApiResource;
 use serde_json::json;
 
-use crate::kube::api_resource;
+use crate::objects;
 
 /// xorshift64*: good enough to pick test operations, reproducible from its seed.
 #[derive(Debug, Clone)]
@@ -120,7 +120,16 @@ impl std::fmt::Debug for Storm {
 }
 
 fn mcpserver() -> ApiResource {
-    api_resource(Kind::MCPServer)
+    objects::resource(Kind::MCPServer)
+}
+
+/// One `RELIABILITY` line on stderr: what a reliability test did (`figures`, e.g.
+/// `requests=600 entries_compared=12`) and how long it took, for `docs/reliability.md`.
+pub fn report(test: &str, figures: &str, started: std::time::Instant) {
+    eprintln!(
+        "RELIABILITY {test}: {figures} duration={:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 impl Storm {
@@ -186,7 +195,7 @@ impl Storm {
                 Ok(_) => {
                     self.existing.insert(key);
                     self.stats.creates += 1;
-                    self.set_phase(&api, &name, "Running").await?;
+                    objects::set_status(&api, &name, json!({ "phase": "Running" })).await?;
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     self.existing.insert(key);
@@ -216,7 +225,8 @@ impl Storm {
             52..62 => {
                 let phase = *self.rng.pick(&["Running", "Failed", "Pending", "Ready"]);
                 self.stats.phase_changes += 1;
-                return self.set_phase(&api, &name, phase).await;
+                objects::set_status(&api, &name, json!({ "phase": phase })).await?;
+                return Ok(());
             }
             62..78 => {
                 self.stats.moves += 1;
@@ -233,20 +243,7 @@ impl Storm {
                 return Ok(());
             }
         };
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-            .await?;
-        Ok(())
-    }
-
-    async fn set_phase(
-        &mut self,
-        api: &Api<DynamicObject>,
-        name: &str,
-        phase: &str,
-    ) -> anyhow::Result<()> {
-        let patch = Patch::Merge(json!({ "status": { "phase": phase } }));
-        api.patch_status(name, &PatchParams::default(), &patch)
-            .await?;
+        objects::merge(&api, &name, patch).await?;
         Ok(())
     }
 

@@ -12,18 +12,19 @@ use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use herald_core::names::{DeploymentKey, bucket_name};
 use herald_core::projection::{Fold, fold_applied, fold_withdrawn};
-use herald_core::record::Withdrawal;
 use herald_core::record::{
     DeploymentRecord, Header, Phase, RECORD_VERSION, Remote, RemoteTransport,
 };
 use herald_core::stored::StoredDeployment;
 use herald_core::{Kind, ObjectRef, WithdrawReason};
 use herald_integration_tests::dir::TestDir;
+use herald_integration_tests::events::withdrawal;
+use herald_integration_tests::herald::{Herald, HeraldProcess};
 use herald_integration_tests::nats::NatsServer;
 use herald_integration_tests::ports::free_port;
 use herald_integration_tests::process::ChildProcess;
+use herald_integration_tests::sse::{Frames, SseEvent};
 use herald_integration_tests::timeout::{eventually, within};
-use herald_integration_tests::tools::herald_binary;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -109,17 +110,7 @@ impl Bucket {
         let record = self.record(d)?;
         let key = DeploymentKey::new(record.cluster.clone(), record.object.clone()).to_string();
         self.seq += 1;
-        let withdrawal = Withdrawal {
-            v: RECORD_VERSION,
-            cluster: record.cluster.clone(),
-            registry: record.registry.clone(),
-            object: record.object.clone(),
-            uid: record.uid.clone(),
-            resource_version: "2".into(),
-            epoch: 1,
-            reason: WithdrawReason::Deleted,
-            message: None,
-        };
+        let withdrawal = withdrawal(&record, "2", WithdrawReason::Deleted);
         let Fold::Write(value) =
             fold_withdrawn(self.current.get(&key), &withdrawal, self.seq, Utc::now())
         else {
@@ -158,44 +149,23 @@ fn dep(cluster: &str, object: &str, server: &str, version: &str) -> Dep {
 // ---------------------------------------------------------------- the API process
 
 struct Api {
-    process: ChildProcess,
+    process: HeraldProcess,
     base: String,
     http: reqwest::Client,
 }
 
 impl Api {
-    async fn start(nats: &NatsServer, dir: &TestDir, extra: &[&str]) -> anyhow::Result<Self> {
-        let port = free_port();
-        let mut command = std::process::Command::new(herald_binary("herald-api"));
-        command
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--nats-url")
-            .arg(nats.url())
-            .arg("--discovery-interval")
-            .arg("200ms")
+    async fn start(nats: &NatsServer, extra: &[&str]) -> anyhow::Result<Self> {
+        let process = Herald::api(&nats.url())
+            .env("RUST_LOG", "info,herald_api=debug")
             .args(extra)
-            .env("RUST_LOG", "info,herald_api=debug");
-        let process = ChildProcess::spawn("herald-api", command, &dir.join("herald-api.log"))?;
-        let api = Self {
+            .start()
+            .await?;
+        Ok(Self {
+            base: process.base().to_owned(),
             process,
-            base: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
-        };
-        let http = api.http.clone();
-        let url = format!("{}/readyz", api.base);
-        eventually(START, "herald-api ready", || async {
-            Ok(http
-                .get(&url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == StatusCode::OK)
-                .map(|_| ()))
         })
-        .await
-        .map_err(|e| api.process.explain(e))?;
-        Ok(api)
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
@@ -233,18 +203,10 @@ impl Api {
 
 // ---------------------------------------------------------------- SSE client
 
-#[derive(Debug, Clone, PartialEq)]
-struct SseEvent {
-    event: String,
-    id: Option<u64>,
-    data: Value,
-}
-
 /// A minimal `text/event-stream` reader (comments are counted, not returned).
 struct Sse {
     body: BoxStream<'static, reqwest::Result<Vec<u8>>>,
-    buffer: String,
-    comments: usize,
+    frames: Frames,
 }
 
 impl Sse {
@@ -269,8 +231,7 @@ impl Sse {
                 .bytes_stream()
                 .map(|r| r.map(|b| b.to_vec()))
                 .boxed(),
-            buffer: String::new(),
-            comments: 0,
+            frames: Frames::default(),
         })
     }
 
@@ -280,30 +241,11 @@ impl Sse {
 
     async fn next_unbounded(&mut self) -> anyhow::Result<SseEvent> {
         loop {
-            while let Some(end) = self.buffer.find("\n\n") {
-                let frame: String = self.buffer.drain(..end + 2).collect();
-                let (mut event, mut id, mut data) = (None, None, String::new());
-                for line in frame.lines() {
-                    if line.starts_with(':') {
-                        self.comments += 1;
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event = Some(v.trim().to_owned());
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim().parse()?);
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                    }
-                }
-                if let Some(event) = event {
-                    return Ok(SseEvent {
-                        event,
-                        id,
-                        data: serde_json::from_str(&data)?,
-                    });
-                }
+            if let Some(event) = self.frames.next_event()? {
+                return Ok(event);
             }
             let chunk = self.body.next().await.context("the SSE stream ended")??;
-            self.buffer.push_str(std::str::from_utf8(&chunk)?);
+            self.frames.push(&chunk)?;
         }
     }
 }
@@ -458,37 +400,85 @@ async fn check_problem(api: &Api, path: &str, status: u16, parameter: &str) -> a
 
 // ---------------------------------------------------------------- tests
 
-#[tokio::test]
-async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
-    let dir = TestDir::new("api-contract")?;
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    let mut default = Bucket::create(&js, "default").await?;
-    // Not a registry bucket: ignored.
-    js.create_key_value(kv::Config {
-        bucket: "herald_clusters".into(),
-        ..Default::default()
-    })
-    .await?;
+/// The registry API's contract on one set of entries: in `default`, io.example/alpha
+/// 1.0.0 deployed in three clusters and 2.0.0 (titled) in one, io.example/evil with
+/// markup in its description; a bucket that is not a registry's; herald-api on them.
+/// Each test below checks one part of the contract on a fixture of its own.
+struct Contract {
+    api: Api,
+    js: jetstream::Context,
+    default: Bucket,
+    /// io.example/alpha 1.0.0 in eu-1, us-1 and ap-1.
+    alpha: Vec<Dep>,
+    /// io.example/alpha 2.0.0 in eu-1.
+    alpha2: Dep,
+    _nats: NatsServer,
+}
 
-    let alpha: Vec<Dep> = ["eu-1", "us-1", "ap-1"]
-        .iter()
-        .map(|c| dep(c, "alpha", "io.example/alpha", "1.0.0"))
-        .collect();
-    for d in &alpha {
-        default.put(d).await?;
+impl Contract {
+    async fn start() -> anyhow::Result<Self> {
+        let nats = within(START, "nats-server", NatsServer::start()).await??;
+        let js = nats.jetstream().await;
+        let mut default = Bucket::create(&js, "default").await?;
+        // Not a registry bucket: ignored.
+        js.create_key_value(kv::Config {
+            bucket: "herald_clusters".into(),
+            ..Default::default()
+        })
+        .await?;
+
+        let alpha: Vec<Dep> = ["eu-1", "us-1", "ap-1"]
+            .iter()
+            .map(|c| dep(c, "alpha", "io.example/alpha", "1.0.0"))
+            .collect();
+        for d in &alpha {
+            default.put(d).await?;
+        }
+        let mut alpha2 = dep("eu-1", "alpha-next", "io.example/alpha", "2.0.0");
+        alpha2.title = Some("Alpha".into());
+        default.put(&alpha2).await?;
+        let mut evil = dep("eu-1", "evil", "io.example/evil", "0.1.0");
+        evil.description = "<script>window.pwned=1</script>".into();
+        default.put(&evil).await?;
+
+        let api = Api::start(&nats, &[]).await?;
+        Ok(Self {
+            api,
+            js,
+            default,
+            alpha,
+            alpha2,
+            _nats: nats,
+        })
     }
-    let mut alpha2 = dep("eu-1", "alpha-next", "io.example/alpha", "2.0.0");
-    alpha2.title = Some("Alpha".into());
-    default.put(&alpha2).await?;
-    let mut evil = dep("eu-1", "evil", "io.example/evil", "0.1.0");
-    evil.description = "<script>window.pwned=1</script>".into();
-    default.put(&evil).await?;
 
-    let api = Api::start(&nats, &dir, &[]).await?;
+    /// The entries of the list, checked for shape.
+    async fn entries(&self) -> anyhow::Result<Vec<Value>> {
+        check_server_list(&self.api.json("/v0.1/servers").await?)
+    }
 
+    /// Creates registry bucket `team-a` with one entry and waits until it is served.
+    async fn team_a(&self) -> anyhow::Result<Value> {
+        let mut team = Bucket::create(&self.js, "team-a").await?;
+        team.put(&dep("eu-1", "beta", "io.example/beta", "1.0.0"))
+            .await?;
+        self.api
+            .until("/registry/team-a/v0.1/servers", |l| {
+                l["servers"].as_array().map(Vec::len) == Some(1)
+            })
+            .await
+    }
+}
+
+fn is_latest(entry: &Value) -> Value {
+    entry["_meta"]["io.modelcontextprotocol.registry/official"]["isLatest"].clone()
+}
+
+#[tokio::test]
+async fn the_list_is_sorted_merged_across_clusters_and_marks_the_latest() -> anyhow::Result<()> {
+    let c = Contract::start().await?;
     // The list: sorted by (name, version), three entries, valid shape.
-    let list = api.json("/v0.1/servers").await?;
+    let list = c.api.json("/v0.1/servers").await?;
     let entries = check_server_list(&list)?;
     assert_eq!(
         names_versions(&entries),
@@ -513,16 +503,20 @@ async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
         "Authorization"
     );
     // isLatest follows semver.
-    let latest =
-        |e: &Value| e["_meta"]["io.modelcontextprotocol.registry/official"]["isLatest"].clone();
-    assert_eq!(latest(&entries[0]), false);
-    assert_eq!(latest(&entries[1]), true);
-    assert_eq!(latest(&entries[2]), true);
+    assert_eq!(is_latest(&entries[0]), false);
+    assert_eq!(is_latest(&entries[1]), true);
+    assert_eq!(is_latest(&entries[2]), true);
     assert_eq!(
         entries[2]["server"]["description"],
         "<script>window.pwned=1</script>"
     );
+    Ok(())
+}
 
+#[tokio::test]
+async fn v0_and_the_default_registry_path_serve_the_same_bytes() -> anyhow::Result<()> {
+    let c = Contract::start().await?;
+    let api = &c.api;
     // /v0 serves the same bytes.
     let v01 = api.get("/v0.1/servers").await?.text().await?;
     let v0 = api.get("/v0/servers").await?.text().await?;
@@ -535,7 +529,15 @@ async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
             .await?,
         v01
     );
+    Ok(())
+}
 
+#[tokio::test]
+async fn versions_are_newest_first_and_get_takes_encoded_plain_names_and_latest()
+-> anyhow::Result<()> {
+    let c = Contract::start().await?;
+    let api = &c.api;
+    let a1 = &c.entries().await?[0];
     // Versions (newest first) and get, by encoded and plain names, and `latest`.
     let versions = api
         .json("/v0.1/servers/io.example%2Falpha/versions")
@@ -564,8 +566,13 @@ async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
             .await?,
         a1
     );
+    Ok(())
+}
 
-    // Filters.
+#[tokio::test]
+async fn filters_and_cursors_select_entries() -> anyhow::Result<()> {
+    let c = Contract::start().await?;
+    let api = &c.api;
     let only_latest = check_server_list(&api.json("/v0.1/servers?version=latest").await?)?;
     assert_eq!(names_versions(&only_latest).len(), 2);
     let exact = check_server_list(&api.json("/v0.1/servers?version=1.0.0").await?)?;
@@ -605,8 +612,13 @@ async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
     );
     let deployed = check_server_list(&api.json("/v0.1/servers/deployed").await?)?;
     assert_eq!(deployed.len(), 3);
+    Ok(())
+}
 
-    // Bad parameters and unknown things: problem documents naming the culprit.
+#[tokio::test]
+async fn bad_parameters_and_unknown_things_are_problem_documents_naming_the_culprit()
+-> anyhow::Result<()> {
+    let c = Contract::start().await?;
     for (path, parameter) in [
         ("/v0.1/servers?limit=0", "limit"),
         ("/v0.1/servers?limit=101", "limit"),
@@ -617,7 +629,7 @@ async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
         ("/registry/default/v0.1/servers?cursor=zz", "cursor"),
         ("/v0.1/x/dev.herald/events?lastEventId=abc", "Last-Event-ID"),
     ] {
-        check_problem(&api, path, 400, parameter).await?;
+        check_problem(&c.api, path, 400, parameter).await?;
     }
     for (path, parameter) in [
         ("/v0.1/servers/io.example%2Fnope/versions", "serverName"),
@@ -632,8 +644,15 @@ async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
         ("/registry/nope/", "registry"),
         ("/registry/nope/v0.1/x/dev.herald/events", "registry"),
     ] {
-        check_problem(&api, path, 404, parameter).await?;
+        check_problem(&c.api, path, 404, parameter).await?;
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn publish_and_writes_are_not_served() -> anyhow::Result<()> {
+    let c = Contract::start().await?;
+    let api = &c.api;
     // Read-only: publish and status are not served.
     let publish = api
         .http
@@ -656,7 +675,13 @@ async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(put.status(), StatusCode::METHOD_NOT_ALLOWED);
+    Ok(())
+}
 
+#[tokio::test]
+async fn etags_round_trip_and_change_when_a_cluster_withdraws() -> anyhow::Result<()> {
+    let mut c = Contract::start().await?;
+    let api = &c.api;
     // ETag round trip on list and get.
     for path in [
         "/v0.1/servers",
@@ -689,7 +714,8 @@ async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
         .to_owned();
 
     // Withdrawing one of three clusters leaves two remotes, and changes the ETag.
-    default.withdraw(&alpha[1]).await?;
+    c.default.withdraw(&c.alpha[1]).await?;
+    let api = &c.api;
     let after = api
         .until("/v0.1/servers/io.example%2Falpha/versions/1.0.0", |e| {
             e["server"]["remotes"].as_array().map(Vec::len) == Some(2)
@@ -709,8 +735,15 @@ async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(stale.status(), StatusCode::OK);
-    // Withdrawing every deployment of a version removes it; the other one stays latest.
-    default.withdraw(&alpha2).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn withdrawing_every_deployment_of_a_version_removes_it() -> anyhow::Result<()> {
+    let mut c = Contract::start().await?;
+    // The other version stays, and becomes the latest.
+    c.default.withdraw(&c.alpha2).await?;
+    let api = &c.api;
     api.until("/v0.1/servers/io.example%2Falpha/versions", |l| {
         l["servers"].as_array().map(Vec::len) == Some(1)
     })
@@ -720,31 +753,36 @@ async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
         .await?;
     assert_eq!(now_latest["server"]["version"], "1.0.0");
     check_problem(
-        &api,
+        api,
         "/v0.1/servers/io.example%2Falpha/versions/2.0.0",
         404,
         "version",
     )
     .await?;
+    Ok(())
+}
 
-    // A registry bucket created later is discovered and served.
-    let mut team = Bucket::create(&js, "team-a").await?;
-    team.put(&dep("eu-1", "beta", "io.example/beta", "1.0.0"))
-        .await?;
-    let team_list = api
-        .until("/registry/team-a/v0.1/servers", |l| {
-            l["servers"].as_array().map(Vec::len) == Some(1)
-        })
-        .await?;
+#[tokio::test]
+async fn a_registry_bucket_created_later_is_discovered_and_served() -> anyhow::Result<()> {
+    let c = Contract::start().await?;
+    let team_list = c.team_a().await?;
     check_server_list(&team_list)?;
-    assert_eq!(api.get("/readyz").await?.status(), StatusCode::OK);
+    assert_eq!(c.api.get("/readyz").await?.status(), StatusCode::OK);
+    Ok(())
+}
 
-    // A deleted bucket leaves service: its subscribers are disconnected and
-    // its paths answer 404; created again, it is served afresh.
+#[tokio::test]
+async fn a_deleted_registry_bucket_leaves_service_and_is_served_afresh_when_created_again()
+-> anyhow::Result<()> {
+    let c = Contract::start().await?;
+    let api = &c.api;
+    c.team_a().await?;
+    // Its subscribers are disconnected and its paths answer 404.
     let mut team_feed =
-        Sse::connect(&api, "/registry/team-a/v0.1/x/dev.herald/events", None).await?;
+        Sse::connect(api, "/registry/team-a/v0.1/x/dev.herald/events", None).await?;
     assert_eq!(team_feed.next().await?.event, "snapshot");
-    js.delete_key_value(bucket_name(&"team-a".parse()?)).await?;
+    c.js.delete_key_value(bucket_name(&"team-a".parse()?))
+        .await?;
     let ended = within(STEP, "the team-a feed to end", team_feed.next_unbounded()).await?;
     assert!(ended.is_err(), "{ended:?}");
     eventually(STEP, "team-a gone", || async {
@@ -754,7 +792,7 @@ async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
         )
     })
     .await?;
-    let mut team = Bucket::create(&js, "team-a").await?;
+    let mut team = Bucket::create(&c.js, "team-a").await?;
     team.put(&dep("eu-1", "gamma", "io.example/gamma", "1.0.0"))
         .await?;
     let again = api
@@ -763,9 +801,13 @@ async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
         })
         .await?;
     assert_eq!(again["servers"][0]["server"]["name"], "io.example/gamma");
+    Ok(())
+}
 
-    // The OpenAPI document describes the read-only subset and the feed.
-    let doc = api.json("/openapi.json").await?;
+#[tokio::test]
+async fn the_openapi_document_describes_the_read_only_subset_and_the_feed() -> anyhow::Result<()> {
+    let c = Contract::start().await?;
+    let doc = c.api.json("/openapi.json").await?;
     let paths = doc["paths"].as_object().context("paths")?;
     for p in [
         "/v0.1/servers",
@@ -778,17 +820,31 @@ async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
     }
     assert!(!paths.contains_key("/v0.1/publish"));
     assert!(doc["components"]["schemas"]["ServerResponse"].is_object());
+    Ok(())
+}
 
-    // No CORS unless configured.
-    let cors = api
+#[tokio::test]
+async fn no_cors_unless_configured() -> anyhow::Result<()> {
+    let c = Contract::start().await?;
+    let cors = c
+        .api
         .http
-        .get(format!("{}/v0.1/servers", api.base))
+        .get(format!("{}/v0.1/servers", c.api.base))
         .header("origin", "https://evil.example")
         .send()
         .await?;
     assert!(cors.headers().get("access-control-allow-origin").is_none());
+    Ok(())
+}
 
-    // Metrics: requests by route and status, view sizes.
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status_and_size_the_views() -> anyhow::Result<()> {
+    let c = Contract::start().await?;
+    let api = &c.api;
+    // A request of each status, and a registry with one entry.
+    c.entries().await?;
+    check_problem(api, "/v0.1/servers?limit=0", 400, "limit").await?;
+    c.team_a().await?;
     let metrics = api.get("/metrics").await?.text().await?;
     assert!(
         metrics.contains(
@@ -805,9 +861,8 @@ async fn registry_api_serves_merged_entries() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn cors_origins_are_configurable() -> anyhow::Result<()> {
-    let dir = TestDir::new("api-cors")?;
     let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let api = Api::start(&nats, &dir, &["--cors-origin", "https://catalog.example"]).await?;
+    let api = Api::start(&nats, &["--cors-origin", "https://catalog.example"]).await?;
     let allowed = api
         .http
         .get(format!("{}/v0.1/servers", api.base))
@@ -831,7 +886,6 @@ async fn cors_origins_are_configurable() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn sse_feed_resumes_without_loss() -> anyhow::Result<()> {
-    let dir = TestDir::new("api-sse")?;
     let nats = within(START, "nats-server", NatsServer::start()).await??;
     let js = nats.jetstream().await;
     let mut bucket = Bucket::create(&js, "default").await?;
@@ -840,7 +894,6 @@ async fn sse_feed_resumes_without_loss() -> anyhow::Result<()> {
         .await?;
     let api = Api::start(
         &nats,
-        &dir,
         &[
             "--sse-history",
             "4",
@@ -956,17 +1009,8 @@ async fn sse_feed_resumes_without_loss() -> anyhow::Result<()> {
     )
     .await;
     assert!(quiet.is_err(), "no event after the last change: {quiet:?}");
-    assert!(current.comments > 0, "keep-alive comments arrive");
+    assert!(current.frames.comments > 0, "keep-alive comments arrive");
 
-    // The cap on subscribers: three are open (resumed, current, and this one).
-    let third = Sse::connect(&api, feed, None).await?;
-    let refused = api.get(feed).await?;
-    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        refused.headers()["content-type"],
-        "application/problem+json"
-    );
-    drop(third);
     drop(resumed);
     drop(current);
 
@@ -1005,13 +1049,33 @@ async fn sse_feed_resumes_without_loss() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn subscribers_beyond_the_cap_are_refused() -> anyhow::Result<()> {
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    let api = Api::start(&nats, &["--max-sse-subscribers", "3"]).await?;
+    let feed = "/v0.1/x/dev.herald/events";
+    // The cap on subscribers: three are open.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut sse = Sse::connect(&api, feed, None).await?;
+        assert_eq!(sse.next().await?.event, "snapshot");
+        open.push(sse);
+    }
+    let refused = api.get(feed).await?;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    Ok(())
+}
+
 fn server_number(i: usize) -> String {
     format!("io.example/s{i:04}")
 }
 
 #[tokio::test]
 async fn paginated_walk_returns_each_server_once_while_servers_change() -> anyhow::Result<()> {
-    let dir = TestDir::new("api-walk")?;
     let nats = within(START, "nats-server", NatsServer::start()).await??;
     let js = nats.jetstream().await;
     let mut bucket = Bucket::create(&js, "default").await?;
@@ -1021,7 +1085,7 @@ async fn paginated_walk_returns_each_server_once_while_servers_change() -> anyho
     for d in &deps {
         bucket.put(d).await?;
     }
-    let api = Api::start(&nats, &dir, &[]).await?;
+    let api = Api::start(&nats, &[]).await?;
     // Ready means loaded: every server is there at once.
     let metrics = api.get("/metrics").await?.text().await?;
     assert!(
@@ -1109,13 +1173,12 @@ fn rss_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
 async fn a_subscriber_that_does_not_read_does_not_grow_memory() -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    let dir = TestDir::new("api-slow")?;
     let nats = within(START, "nats-server", NatsServer::start()).await??;
     let js = nats.jetstream().await;
     let mut bucket = Bucket::create(&js, "default").await?;
     let mut big = dep("eu-1", "big", "io.example/big", "1.0.0");
     bucket.put(&big).await?;
-    let api = Api::start(&nats, &dir, &["--sse-buffer", "8", "--sse-history", "16"]).await?;
+    let api = Api::start(&nats, &["--sse-buffer", "8", "--sse-history", "16"]).await?;
 
     // A subscriber that sends its request and then reads nothing.
     let address = api.base.trim_start_matches("http://").to_owned();
@@ -1184,7 +1247,6 @@ async fn a_subscriber_that_does_not_read_does_not_grow_memory() -> anyhow::Resul
 
 #[tokio::test]
 async fn restart_rebuilds_the_same_responses_and_sigterm_closes_streams() -> anyhow::Result<()> {
-    let dir = TestDir::new("api-restart")?;
     let nats = within(START, "nats-server", NatsServer::start()).await??;
     let js = nats.jetstream().await;
     let mut default = Bucket::create(&js, "default").await?;
@@ -1217,7 +1279,7 @@ async fn restart_rebuilds_the_same_responses_and_sigterm_closes_streams() -> any
         "/registry/team-b/v0.1/servers/io.example%2Fteam/versions",
         "/v0/servers?search=R1",
     ];
-    let mut api = Api::start(&nats, &dir, &[]).await?;
+    let mut api = Api::start(&nats, &[]).await?;
     let mut before = Vec::new();
     for p in paths {
         let r = api.get(p).await?;
@@ -1234,7 +1296,7 @@ async fn restart_rebuilds_the_same_responses_and_sigterm_closes_streams() -> any
     let end = within(STEP, "the stream to end", sse.next_unbounded()).await?;
     assert!(end.is_err(), "the stream ended: {end:?}");
 
-    let api = Api::start(&nats, &dir, &[]).await?;
+    let api = Api::start(&nats, &[]).await?;
     for (p, (etag, body)) in paths.iter().zip(&before) {
         let r = api.get(p).await?;
         assert_eq!(r.headers()["etag"].to_str()?, etag, "{p}");
@@ -1398,7 +1460,7 @@ async fn catalog_page_shows_live_servers_in_headless_chromium() -> anyhow::Resul
     let mut team = Bucket::create(&js, "team-c").await?;
     team.put(&dep("eu-1", "gamma", "io.example/gamma", "2.0.0"))
         .await?;
-    let api = Api::start(&nats, &dir, &[]).await?;
+    let api = Api::start(&nats, &[]).await?;
     let browser = Browser::start(&dir).await?;
 
     browser.goto(&format!("{}/", api.base)).await?;

@@ -21,7 +21,7 @@ use herald_core::record::{
 };
 use herald_core::{Kind, ObjectRef};
 use herald_integration_tests::dir::TestDir;
-use herald_integration_tests::herald::HeraldProcess;
+use herald_integration_tests::herald::{Herald, HeraldProcess};
 use herald_integration_tests::nats::NatsServer;
 use herald_integration_tests::timeout::{eventually, within};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -60,7 +60,11 @@ impl Env {
     }
 
     async fn start_api(dir: TestDir, nats: NatsServer, flags: &[&str]) -> anyhow::Result<Self> {
-        let api = HeraldProcess::api(&nats.url(), dir.path(), flags).await?;
+        let api = Herald::api(&nats.url())
+            .dir(dir.path())
+            .args(flags)
+            .start()
+            .await?;
         let addr = api.base().trim_start_matches("http://").parse()?;
         Ok(Self {
             api,

@@ -1,27 +1,24 @@
 //! Catalog sources end to end: a real nats-server, the real `herald-projector`,
-//! `herald-catalog sync` and `herald-api` binaries, and a small HTTP server
-//! in the test that serves the official examples in the official paged format.
+//! catalog importer (`herald::CATALOG_SYNC`) and `herald-api` binaries, and a small
+//! HTTP server in the test that serves the official examples in the official paged
+//! format.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use async_nats::HeaderMap;
 use async_nats::jetstream;
 use chrono::{TimeZone as _, Utc};
-use herald_core::record::Withdrawal;
 use herald_core::record::{DeploymentRecord, Phase, RECORD_VERSION, Remote, RemoteTransport};
 use herald_core::{Event, EventData, Kind, ObjectRef, WithdrawReason};
 use herald_integration_tests::dir::TestDir;
-use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::ports::free_port;
-use herald_integration_tests::process::ChildProcess;
+use herald_integration_tests::events;
+use herald_integration_tests::herald::{Herald, projector_ops};
+use herald_integration_tests::stack::Stack;
 use herald_integration_tests::timeout::{eventually, within};
-use herald_integration_tests::tools::herald_binary;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -177,94 +174,76 @@ impl Upstream {
 
 // ---------------------------------------------------------------- Herald
 
-/// A projector and an API on one nats-server.
-struct Herald {
-    nats: NatsServer,
-    dir: TestDir,
-    _projector: ChildProcess,
-    api: ChildProcess,
+/// A projector and an API on one nats-server, no cluster.
+struct Pipeline {
+    stack: Stack,
     base: String,
     http: reqwest::Client,
 }
 
-impl Herald {
+impl Pipeline {
     async fn start() -> anyhow::Result<Self> {
-        let nats = NatsServer::start().await?;
-        let dir = TestDir::new("catalog")?;
-        let mut projector = Command::new(herald_binary("herald-projector"));
-        projector
-            .args([
-                "run",
-                "--health-listen",
-                &format!("127.0.0.1:{}", free_port()),
-            ])
-            .args(["--nats-url", &nats.url(), "--stream-max-age", "1h"])
-            .env("RUST_LOG", "info");
-        let projector =
-            ChildProcess::spawn("herald-projector", projector, &dir.join("projector.log"))?;
-        let port = free_port();
-        let mut api = Command::new(herald_binary("herald-api"));
-        api.args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--nats-url", &nats.url(), "--discovery-interval", "200ms"])
-            .env("RUST_LOG", "info");
-        let api = ChildProcess::spawn("herald-api", api, &dir.join("api.log"))?;
-        let herald = Self {
-            nats,
-            dir,
-            _projector: projector,
-            api,
-            base: format!("http://127.0.0.1:{port}"),
+        let stack = Stack::builder("catalog").clusters(&[]).build().await?;
+        Ok(Self {
+            base: stack.api().base().to_owned(),
+            stack,
             http: reqwest::Client::new(),
-        };
-        let url = format!("{}/healthz", herald.base);
-        let http = herald.http.clone();
-        eventually(START, "herald-api serving", || async {
-            Ok(http.get(&url).send().await.ok().map(|_| ()))
         })
-        .await
-        .map_err(|e| herald.api.explain(e))?;
-        Ok(herald)
     }
 
-    fn sync_command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(herald_binary("herald-catalog"));
-        command
-            .arg("sync")
+    fn dir(&self) -> &TestDir {
+        &self.stack.dir
+    }
+
+    /// The catalog importer with `args`, logging into this pipeline's folder.
+    fn sync_command(&self, args: &[&str]) -> Herald {
+        Herald::catalog_sync(&self.stack.nats.url())
+            .dir(self.stack.dir.path())
             .args(args)
-            .args(["--nats-url", &self.nats.url(), "--stream-max-age", "1h"])
-            .env("RUST_LOG", "info");
-        command
     }
 
-    /// `catalog sync` once; returns its log (stderr).
+    /// The catalog importer reading registry `base` as source `web` every `interval`,
+    /// listing all of it every `full_every`-th time; it runs until the test ends it.
+    fn sync_every(&self, base: &str, interval: &str, full_every: &str) -> Herald {
+        let flags = ["--source-id", "web", "--url", base, "--interval", interval];
+        self.sync_command(&flags)
+            .args(["--full-sync-every", full_every])
+            .log_name("sync.log")
+    }
+
+    /// The catalog importer once; returns its log (stderr).
     async fn sync(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut command = tokio::process::Command::from(self.sync_command(args));
-        command.kill_on_drop(true);
-        let out = within(STEP, "catalog sync", command.output()).await??;
-        let log = String::from_utf8_lossy(&out.stderr).into_owned();
-        ensure!(out.status.success(), "catalog sync {args:?} failed:\n{log}");
-        Ok(log)
+        let out = self.sync_command(args).output(STEP).await?.success()?;
+        Ok(out.stderr)
+    }
+
+    /// Imports the valid examples from a file: source `files`, registry `default`.
+    async fn import_valid_examples(&self) -> anyhow::Result<()> {
+        self.import_file(&documents("valid")?).await?;
+        Ok(())
+    }
+
+    /// Imports `docs` (an official list) from a file: source `files`, registry
+    /// `default`; returns the importer's log.
+    async fn import_file(&self, docs: &[Value]) -> anyhow::Result<String> {
+        let file = self.dir().join("catalog.json");
+        std::fs::write(&file, official_list(docs).to_string())?;
+        self.sync(&["--source-id", "files", "--file", &file.to_string_lossy()])
+            .await
+    }
+
+    /// Imports `docs` from a registry API serving them in pages: source `web`, registry
+    /// `web`; returns that API.
+    async fn import_http(&self, docs: &[Value]) -> anyhow::Result<Arc<Upstream>> {
+        let (upstream, base) = Upstream::start(docs.to_vec()).await?;
+        self.sync(&["--source-id", "web", "--registry", "web", "--url", &base])
+            .await?;
+        Ok(upstream)
     }
 
     /// Runs an ops subcommand to completion; returns (exit code, stdout).
     async fn ops(&self, args: &[&str]) -> anyhow::Result<(i32, String)> {
-        let mut command = Command::new(herald_binary("herald-projector"));
-        command
-            .args(args)
-            .args(["--nats-url", &self.nats.url()])
-            .env("RUST_LOG", "warn");
-        let mut command = tokio::process::Command::from(command);
-        command.kill_on_drop(true);
-        let out = within(
-            STEP,
-            &format!("herald-projector {args:?}"),
-            command.output(),
-        )
-        .await??;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        ))
+        projector_ops(&self.stack.nats.url(), args, STEP).await
     }
 
     /// Reads an SSE stream until its text contains `needle`.
@@ -342,22 +321,44 @@ impl Herald {
         }
     }
 
-    async fn publish(&self, event: &Event) -> anyhow::Result<()> {
-        let js = jetstream::new(self.nats.client().await);
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", event.id.as_str());
-        within(STEP, "publish", async {
-            js.publish_with_headers(
-                event.nats_subject().to_string(),
-                headers,
-                event.to_json().into(),
-            )
-            .await?
-            .await
+    /// The (name, version) of each entry `path` lists, in order.
+    async fn listed(&self, path: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let list = self.json(path).await?;
+        let servers = list["servers"].as_array().context("servers")?;
+        Ok(servers.iter().map(|e| name_version(&e["server"])).collect())
+    }
+
+    /// Publishes `record` applied, as a watcher would.
+    async fn apply(&self, record: &DeploymentRecord) -> anyhow::Result<()> {
+        let applied = EventData::Applied(Box::new(record.clone()));
+        self.publish(&Event::new(applied, Utc::now())).await
+    }
+
+    /// Waits until io.github.user/remote-weather 2.1.0 has `remotes` remotes; the entry.
+    async fn remote_weather_with(&self, remotes: usize, what: &str) -> anyhow::Result<Value> {
+        eventually(STEP, what, || async {
+            let entry = self
+                .json("/v0.1/servers/io.github.user%2Fremote-weather/versions/2.1.0")
+                .await?;
+            Ok((remote_urls(&entry).len() == remotes).then_some(entry))
         })
-        .await??;
+        .await
+    }
+
+    async fn publish(&self, event: &Event) -> anyhow::Result<()> {
+        let js = jetstream::new(self.stack.nats.client().await);
+        within(STEP, "publish", events::publish(&js, event)).await??;
         Ok(())
     }
+}
+
+/// The (name, version) of the three valid examples.
+fn valid_examples() -> Listed {
+    set(&[
+        ("io.github.user/weather", "1.0.2"),
+        ("io.github.user/local-weather", "1.0.0"),
+        ("io.github.user/remote-weather", "2.1.0"),
+    ])
 }
 
 fn set(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
@@ -414,19 +415,13 @@ fn remote_urls(entry: &Value) -> Vec<String> {
 // ---------------------------------------------------------------- tests
 
 #[tokio::test]
-async fn file_and_paged_http_imports_skip_invalid_entries_and_import_the_rest() -> anyhow::Result<()>
-{
-    let herald = Herald::start().await?;
+async fn a_file_import_skips_invalid_entries_and_imports_the_rest() -> anyhow::Result<()> {
+    let herald = Pipeline::start().await?;
     let (mixed, expected) = mixed_examples()?;
     assert_eq!(expected.len(), 18, "3 valid and 15 docs examples");
 
     // From a file, into the default registry.
-    let file = herald.dir.join("catalog.json");
-    std::fs::write(&file, official_list(&mixed).to_string())?;
-    let file_arg = file.to_string_lossy().into_owned();
-    let log = herald
-        .sync(&["--source-id", "files", "--file", &file_arg])
-        .await?;
+    let log = herald.import_file(&mixed).await?;
     let skipped: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("skipping catalog entry"))
@@ -463,12 +458,16 @@ async fn file_and_paged_http_imports_skip_invalid_entries_and_import_the_rest() 
     // Nothing is deployed.
     let deployed = herald.json("/v0.1/servers/deployed").await?;
     assert_eq!(deployed["servers"], json!([]));
+    Ok(())
+}
 
+#[tokio::test]
+async fn a_paged_http_import_fills_another_registry_and_keeps_source_meta_and_packages()
+-> anyhow::Result<()> {
+    let herald = Pipeline::start().await?;
+    let (mixed, expected) = mixed_examples()?;
     // Over HTTP, several pages, into another registry.
-    let (upstream, base) = Upstream::start(mixed.clone()).await?;
-    herald
-        .sync(&["--source-id", "web", "--registry", "web", "--url", &base])
-        .await?;
+    let upstream = herald.import_http(&mixed).await?;
     assert_eq!(upstream.pages_served(), mixed.len().div_ceil(PAGE));
     let entries = herald
         .until_listed("/registry/web/v0.1/servers?limit=100", &expected)
@@ -489,8 +488,43 @@ async fn file_and_paged_http_imports_skip_invalid_entries_and_import_the_rest() 
         .find(|d| d["name"] == "io.github.user/local-weather")
         .context("with-package example")?;
     assert_eq!(with_package["server"]["packages"], original["packages"]);
+    Ok(())
+}
 
-    // `events` shows the catalog events, `replay` rebuilds the same buckets.
+/// How [`served_mixed_examples`] imports.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// [`Pipeline::import_file`], into `default`.
+    File,
+    /// [`Pipeline::import_http`], into `web`.
+    Http,
+}
+
+/// A pipeline that imported the mixed examples from each of `sources` and serves them;
+/// the (name, version) of what it serves in each registry.
+async fn served_mixed_examples(sources: &[Source]) -> anyhow::Result<(Pipeline, Listed)> {
+    let herald = Pipeline::start().await?;
+    let (mixed, expected) = mixed_examples()?;
+    for source in sources {
+        let list = match source {
+            Source::File => {
+                herald.import_file(&mixed).await?;
+                "/v0.1/servers?limit=100"
+            }
+            Source::Http => {
+                herald.import_http(&mixed).await?;
+                "/registry/web/v0.1/servers?limit=100"
+            }
+        };
+        herald.until_listed(list, &expected).await?;
+    }
+    Ok((herald, expected))
+}
+
+#[tokio::test]
+async fn events_shows_imported_catalog_events_and_replay_rebuilds_the_same_buckets()
+-> anyhow::Result<()> {
+    let (herald, expected) = served_mixed_examples(&[Source::File, Source::Http]).await?;
     let (code, out) = herald.ops(&["events", "--type", "catalog.applied"]).await?;
     assert_eq!(code, 0, "{out}");
     assert_eq!(
@@ -506,24 +540,30 @@ async fn file_and_paged_http_imports_skip_invalid_entries_and_import_the_rest() 
     );
     let (code, out) = herald.ops(&["replay", "--check"]).await?;
     assert_eq!(code, 0, "replay finds no difference: {out}");
+    Ok(())
+}
 
-    // The SSE feed's snapshot carries the catalog entries.
+#[tokio::test]
+async fn the_feed_snapshot_carries_imported_entries() -> anyhow::Result<()> {
+    let (herald, _) = served_mixed_examples(&[Source::Http]).await?;
     let feed = herald
         .first_sse_bytes("/registry/web/v0.1/x/dev.herald/events", "local-weather")
         .await?;
     assert!(feed.contains("io.github.user/local-weather"), "{feed}");
+    Ok(())
+}
 
-    // Importing the unchanged file again publishes nothing new.
-    let log = herald
-        .sync(&["--source-id", "files", "--file", &file_arg])
-        .await?;
+#[tokio::test]
+async fn importing_an_unchanged_file_again_publishes_nothing() -> anyhow::Result<()> {
+    let (herald, _) = served_mixed_examples(&[Source::File]).await?;
+    let log = herald.import_file(&mixed_examples()?.0).await?;
     assert!(log.contains("applied=0"), "{log}");
     Ok(())
 }
 
 #[tokio::test]
 async fn toolhive_registry_json_imports_images_and_remotes() -> anyhow::Result<()> {
-    let herald = Herald::start().await?;
+    let herald = Pipeline::start().await?;
     let fixture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/toolhive-registry.json");
     let fixture = fixture.to_string_lossy().into_owned();
@@ -571,17 +611,9 @@ async fn toolhive_registry_json_imports_images_and_remotes() -> anyhow::Result<(
 
 #[tokio::test]
 async fn a_deployment_merges_into_its_catalog_entry_and_out_again() -> anyhow::Result<()> {
-    let herald = Herald::start().await?;
-    let file = herald.dir.join("catalog.json");
-    std::fs::write(&file, official_list(&documents("valid")?).to_string())?;
-    herald
-        .sync(&["--source-id", "files", "--file", &file.to_string_lossy()])
-        .await?;
-    let catalog_only = set(&[
-        ("io.github.user/weather", "1.0.2"),
-        ("io.github.user/local-weather", "1.0.0"),
-        ("io.github.user/remote-weather", "2.1.0"),
-    ]);
+    let herald = Pipeline::start().await?;
+    herald.import_valid_examples().await?;
+    let catalog_only = valid_examples();
     let before = herald.until_listed("/v0.1/servers", &catalog_only).await?;
     let key = (
         "io.github.user/remote-weather".to_owned(),
@@ -593,19 +625,10 @@ async fn a_deployment_merges_into_its_catalog_entry_and_out_again() -> anyhow::R
     // A deployment of the catalog's version: one entry, both remotes.
     let deployed_url = "https://weather.eu-1.example.com/mcp";
     let record = deployment("io.github.user/remote-weather", "2.1.0", deployed_url)?;
-    herald
-        .publish(&Event::new(
-            EventData::Applied(Box::new(record.clone())),
-            Utc::now(),
-        ))
+    herald.apply(&record).await?;
+    let merged = herald
+        .remote_weather_with(2, "the deployment merged")
         .await?;
-    let merged = eventually(STEP, "the deployment merged", || async {
-        let entry = herald
-            .json("/v0.1/servers/io.github.user%2Fremote-weather/versions/2.1.0")
-            .await?;
-        Ok((remote_urls(&entry).len() == 2).then_some(entry))
-    })
-    .await?;
     let mut expected_remotes = catalog_remotes.clone();
     expected_remotes.push(deployed_url.to_owned());
     assert_eq!(remote_urls(&merged), expected_remotes);
@@ -621,13 +644,7 @@ async fn a_deployment_merges_into_its_catalog_entry_and_out_again() -> anyhow::R
         merged["_meta"]["dev.herald"]["catalogs"][0]["source"],
         "files"
     );
-    let deployed = herald.json("/v0.1/servers/deployed").await?;
-    let deployed: Vec<(String, String)> = deployed["servers"]
-        .as_array()
-        .context("servers")?
-        .iter()
-        .map(|e| name_version(&e["server"]))
-        .collect();
+    let deployed = herald.listed("/v0.1/servers/deployed").await?;
     assert_eq!(deployed, std::slice::from_ref(&key));
 
     // A deployment of a version the catalog lacks is its own, latest entry.
@@ -635,9 +652,7 @@ async fn a_deployment_merges_into_its_catalog_entry_and_out_again() -> anyhow::R
     newer.object =
         ObjectRef::new(Kind::MCPServer, "tools", "weather-3").map_err(anyhow::Error::msg)?;
     newer.uid = "uid-weather-3".into();
-    herald
-        .publish(&Event::new(EventData::Applied(Box::new(newer)), Utc::now()))
-        .await?;
+    herald.apply(&newer).await?;
     let mut with_newer = catalog_only.clone();
     with_newer.insert((
         "io.github.user/remote-weather".to_owned(),
@@ -653,27 +668,13 @@ async fn a_deployment_merges_into_its_catalog_entry_and_out_again() -> anyhow::R
     assert_eq!(latest("2.1.0"), json!(false));
 
     // Withdrawn: the catalog entry is as it was.
-    let withdrawal = Withdrawal {
-        v: RECORD_VERSION,
-        cluster: record.cluster.clone(),
-        registry: record.registry.clone(),
-        object: record.object.clone(),
-        uid: record.uid.clone(),
-        resource_version: "2".into(),
-        epoch: 1,
-        reason: WithdrawReason::Deleted,
-        message: None,
-    };
+    let withdrawal = events::withdrawal(&record, "2", WithdrawReason::Deleted);
     herald
         .publish(&Event::new(EventData::Withdrawn(withdrawal), Utc::now()))
         .await?;
-    let after = eventually(STEP, "the deployment merged out", || async {
-        let entry = herald
-            .json("/v0.1/servers/io.github.user%2Fremote-weather/versions/2.1.0")
-            .await?;
-        Ok((remote_urls(&entry).len() == 1).then_some(entry))
-    })
-    .await?;
+    let after = herald
+        .remote_weather_with(1, "the deployment merged out")
+        .await?;
     assert_eq!(remote_urls(&after), catalog_remotes);
     assert_eq!(after["_meta"]["dev.herald"]["deployments"], json!([]));
     Ok(())
@@ -682,36 +683,16 @@ async fn a_deployment_merges_into_its_catalog_entry_and_out_again() -> anyhow::R
 #[tokio::test]
 async fn removed_entries_are_withdrawn_and_a_source_that_goes_down_stays_served()
 -> anyhow::Result<()> {
-    let herald = Herald::start().await?;
+    let herald = Pipeline::start().await?;
     let docs = documents("valid")?;
     let (upstream, base) = Upstream::start(docs.clone()).await?;
-    let health = free_port();
-    let mut sync = ChildProcess::spawn(
-        "catalog-sync",
-        herald.sync_command(&[
-            "--source-id",
-            "web",
-            "--url",
-            &base,
-            "--interval",
-            "200ms",
-            "--full-sync-every",
-            "1",
-            "--health-listen",
-            &format!("127.0.0.1:{health}"),
-        ]),
-        &herald.dir.join("sync.log"),
-    )?;
-    let all = set(&[
-        ("io.github.user/weather", "1.0.2"),
-        ("io.github.user/local-weather", "1.0.0"),
-        ("io.github.user/remote-weather", "2.1.0"),
-    ]);
+    let mut sync = herald.sync_every(&base, "200ms", "1").spawn()?;
+    let all = valid_examples();
     herald
         .until_listed("/v0.1/servers", &all)
         .await
         .map_err(|e| sync.explain(e))?;
-    let readyz = format!("http://127.0.0.1:{health}/readyz");
+    let readyz = format!("{}/readyz", sync.base());
     let response = within(STEP, "readyz", herald.http.get(&readyz).send()).await??;
     assert_eq!(response.status(), StatusCode::OK);
 
@@ -762,25 +743,12 @@ async fn removed_entries_are_withdrawn_and_a_source_that_goes_down_stays_served(
 
 #[tokio::test]
 async fn a_herald_imports_another_heralds_api() -> anyhow::Result<()> {
-    let herald = Herald::start().await?;
-    let file = herald.dir.join("catalog.json");
-    std::fs::write(&file, official_list(&documents("valid")?).to_string())?;
-    herald
-        .sync(&["--source-id", "files", "--file", &file.to_string_lossy()])
-        .await?;
+    let herald = Pipeline::start().await?;
+    herald.import_valid_examples().await?;
     let deployed_url = "https://weather.eu-1.example.com/mcp";
     let record = deployment("io.github.user/remote-weather", "2.1.0", deployed_url)?;
-    herald
-        .publish(&Event::new(
-            EventData::Applied(Box::new(record)),
-            Utc::now(),
-        ))
-        .await?;
-    let expected = set(&[
-        ("io.github.user/weather", "1.0.2"),
-        ("io.github.user/local-weather", "1.0.0"),
-        ("io.github.user/remote-weather", "2.1.0"),
-    ]);
+    herald.apply(&record).await?;
+    let expected = valid_examples();
     let upstream = eventually(STEP, "the deployment merged", || async {
         let entries = herald.until_listed("/v0.1/servers", &expected).await?;
         let merged = entries
@@ -791,7 +759,7 @@ async fn a_herald_imports_another_heralds_api() -> anyhow::Result<()> {
     .await?;
 
     // A second Herald (the hub) imports the first one's API into registry "hub".
-    let hub = Herald::start().await?;
+    let hub = Pipeline::start().await?;
     hub.sync(&[
         "--source-id",
         "edge",
@@ -814,13 +782,7 @@ async fn a_herald_imports_another_heralds_api() -> anyhow::Result<()> {
         assert_eq!(copy["server"]["packages"], entry["server"]["packages"]);
     }
     // The upstream deployment still counts as deployed in the hub.
-    let deployed = hub.json("/registry/hub/v0.1/servers/deployed").await?;
-    let deployed: Vec<(String, String)> = deployed["servers"]
-        .as_array()
-        .context("servers")?
-        .iter()
-        .map(|e| name_version(&e["server"]))
-        .collect();
+    let deployed = hub.listed("/registry/hub/v0.1/servers/deployed").await?;
     assert_eq!(
         deployed,
         [(
@@ -840,24 +802,9 @@ async fn a_herald_imports_another_heralds_api() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn interval_syncs_between_full_ones_ask_only_for_updates() -> anyhow::Result<()> {
-    let herald = Herald::start().await?;
+    let herald = Pipeline::start().await?;
     let (upstream, base) = Upstream::start(documents("valid")?).await?;
-    let mut sync = ChildProcess::spawn(
-        "catalog-sync",
-        herald.sync_command(&[
-            "--source-id",
-            "web",
-            "--url",
-            &base,
-            "--interval",
-            "100ms",
-            "--full-sync-every",
-            "2",
-            "--health-listen",
-            &format!("127.0.0.1:{}", free_port()),
-        ]),
-        &herald.dir.join("sync.log"),
-    )?;
+    let mut sync = herald.sync_every(&base, "100ms", "2").spawn()?;
     eventually(STEP, "four syncs", || async {
         Ok((upstream.pages_served() >= 4).then_some(()))
     })
@@ -894,18 +841,14 @@ async fn https_sources_are_spoken_to_over_tls_and_untrusted_certificates_refused
         herald_integration_tests::kube::KubeApi::start(),
     )
     .await??;
-    let herald = Herald::start().await?;
+    let herald = Pipeline::start().await?;
     let url = format!("{}/v0.1/servers", kube.url());
     assert!(url.starts_with("https://"), "{url}");
-    let mut command = tokio::process::Command::from(herald.sync_command(&[
-        "--source-id",
-        "secure",
-        "--url",
-        &url,
-    ]));
-    command.kill_on_drop(true);
-    let out = within(STEP, "catalog sync over https", command.output()).await??;
-    let log = String::from_utf8_lossy(&out.stderr);
+    let out = herald
+        .sync_command(&["--source-id", "secure", "--url", &url])
+        .output(STEP)
+        .await?;
+    let log = &out.stderr;
     assert!(
         !out.status.success(),
         "an untrusted certificate must fail the sync:\n{log}"

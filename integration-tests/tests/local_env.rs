@@ -101,11 +101,13 @@ impl LocalEnv {
     }
 
     async fn kubectl(&self, args: &[&str]) -> anyhow::Result<()> {
-        let out = Command::new("kubectl")
+        let mut kubectl = Command::new("kubectl");
+        kubectl
             .args(args)
             .env("KUBECONFIG", self.kubeconfig())
-            .output()
-            .await
+            .kill_on_drop(true);
+        let out = within(Duration::from_secs(60), "kubectl", kubectl.output())
+            .await?
             .context("running kubectl")?;
         ensure!(
             out.status.success(),
@@ -113,6 +115,24 @@ impl LocalEnv {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(())
+    }
+
+    /// `kubectl annotate` of the `time` MCPServer with `annotation`, then waits until the
+    /// API's entry for it (`None` when absent) satisfies `served`.
+    async fn annotate_time_until(
+        &self,
+        annotation: &[&str],
+        what: &str,
+        served: impl Fn(Option<&Value>) -> bool,
+    ) -> anyhow::Result<()> {
+        let mut args = vec!["annotate", "mcpserver", "time", "-n", "tools"];
+        args.extend_from_slice(annotation);
+        self.kubectl(&args).await?;
+        eventually(Duration::from_secs(20), what, || async {
+            let list = self.get("/v0.1/servers").await?;
+            Ok(served(server(&list, "com.toolhive.k8s.tools/time")).then_some(()))
+        })
+        .await
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -194,45 +214,19 @@ async fn up_serves_the_examples_follows_kubectl_and_down_stops_everything() -> a
     env.local(&["up"]).await?;
     assert_eq!(env.pids(), before, "a second up starts nothing new");
 
-    env.kubectl(&[
-        "annotate",
-        "mcpserver",
-        "time",
-        "-n",
-        "tools",
-        "--overwrite",
-        "toolhive.stacklok.dev/registry-description=Changed with kubectl",
-    ])
-    .await?;
-    eventually(
-        Duration::from_secs(20),
+    env.annotate_time_until(
+        &[
+            "--overwrite",
+            "toolhive.stacklok.dev/registry-description=Changed with kubectl",
+        ],
         "the new description in the API",
-        || async {
-            let list = env.get("/v0.1/servers").await?;
-            Ok(server(&list, "com.toolhive.k8s.tools/time")
-                .filter(|s| s["description"] == "Changed with kubectl")
-                .map(|_| ()))
-        },
+        |time| time.is_some_and(|s| s["description"] == "Changed with kubectl"),
     )
     .await?;
-    env.kubectl(&[
-        "annotate",
-        "mcpserver",
-        "time",
-        "-n",
-        "tools",
-        "toolhive.stacklok.dev/registry-export-",
-    ])
-    .await?;
-    eventually(
-        Duration::from_secs(20),
+    env.annotate_time_until(
+        &["toolhive.stacklok.dev/registry-export-"],
         "the opted-out server gone from the API",
-        || async {
-            let list = env.get("/v0.1/servers").await?;
-            Ok(server(&list, "com.toolhive.k8s.tools/time")
-                .is_none()
-                .then_some(()))
-        },
+        |time| time.is_none(),
     )
     .await?;
 

@@ -18,10 +18,11 @@ use herald_core::annotations as ann;
 use herald_core::names::{DLQ_STREAM, STREAM};
 use herald_core::object::TOOLHIVE_GROUP;
 use herald_integration_tests::dir::TestDir;
-use herald_integration_tests::herald::HeraldProcess;
-use herald_integration_tests::kube::{KubeApi, api_resource};
+use herald_integration_tests::herald::{Herald, HeraldProcess};
+use herald_integration_tests::kube::KubeApi;
 use herald_integration_tests::large_stack::run_on_large_stack as run;
 use herald_integration_tests::nats::NatsServer;
+use herald_integration_tests::objects::resource;
 use herald_integration_tests::ports::free_port;
 use herald_integration_tests::process::ChildProcess;
 use herald_integration_tests::timeout::{eventually, within};
@@ -331,7 +332,7 @@ impl Probe {
 
 async fn create_running(kube: &KubeApi, ns: &str, name: &str) -> anyhow::Result<()> {
     let api: Api<DynamicObject> =
-        Api::namespaced_with(kube.client(), ns, &api_resource(Kind::MCPServer));
+        Api::namespaced_with(kube.client(), ns, &resource(Kind::MCPServer));
     let object: DynamicObject = serde_json::from_value(json!({
         "apiVersion": format!("{TOOLHIVE_GROUP}/{}", Kind::MCPServer.versions()[0]),
         "kind": "MCPServer",
@@ -537,21 +538,26 @@ async fn four_roles_steps() -> anyhow::Result<()> {
 
     // The pipeline, every process with its own user: the projector first (it creates the
     // stream), then the API, a watcher of cluster-a and the importer of `official`.
-    let projector = HeraldProcess::projector(&url, dir.path(), &strs(&key(PROJECTOR))).await?;
+    let projector = Herald::projector(&url)
+        .dir(dir.path())
+        .args(key(PROJECTOR))
+        .start()
+        .await?;
     eventually(CONVERGE, "the early watcher to be ready", || async {
         Ok(readiness().await.filter(|(ready, _)| *ready).map(drop))
     })
     .await?;
     drop(early);
-    let api = HeraldProcess::api(&url, dir.path(), &strs(&key(API))).await?;
-    let watcher = HeraldProcess::watcher(
-        &kube.kubeconfig_path(),
-        "cluster-a",
-        &url,
-        dir.path(),
-        &strs(&key(CLUSTER_A)),
-    )
-    .await?;
+    let api = Herald::api(&url)
+        .dir(dir.path())
+        .args(key(API))
+        .start()
+        .await?;
+    let watcher = Herald::watcher(&kube, "cluster-a", &url)
+        .dir(dir.path())
+        .args(key(CLUSTER_A))
+        .start()
+        .await?;
     create_running(&kube, "team", "time").await?;
     wait_served(&api, "com.toolhive.k8s.team/time", true).await?;
     let both = catalog_file(
@@ -867,10 +873,6 @@ async fn deliver_subject_escape(
     Ok(())
 }
 
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 // ------------------------------------------------------------------ loud when open
 
 /// A binary pointed at an address that is not on loopback (TEST-NET-3, RFC 5737: nothing
@@ -1052,18 +1054,22 @@ async fn leaf_steps() -> anyhow::Result<()> {
     let (kube, hub) = (kube??, hub??);
     let leaf = within(START, "leaf", NatsServer::start_with_config(&leaf_config)).await??;
     let key = |role| ["--nats-nkey".to_owned(), keys.seed_file(role)];
-    let projector =
-        HeraldProcess::projector(&hub.url(), dir.path(), &strs(&key(PROJECTOR))).await?;
-    let api = HeraldProcess::api(&hub.url(), dir.path(), &strs(&key(API))).await?;
+    let projector = Herald::projector(&hub.url())
+        .dir(dir.path())
+        .args(key(PROJECTOR))
+        .start()
+        .await?;
+    let api = Herald::api(&hub.url())
+        .dir(dir.path())
+        .args(key(API))
+        .start()
+        .await?;
     // The watcher behind the leaf, with the leaf's local user.
-    let watcher = HeraldProcess::watcher(
-        &kube.kubeconfig_path(),
-        "cluster-a",
-        &leaf.url(),
-        dir.path(),
-        &strs(&key(LEAF_WATCHER)),
-    )
-    .await?;
+    let watcher = Herald::watcher(&kube, "cluster-a", &leaf.url())
+        .dir(dir.path())
+        .args(key(LEAF_WATCHER))
+        .start()
+        .await?;
     create_running(&kube, "team", "time").await?;
     wait_served(&api, "com.toolhive.k8s.team/time", true).await?;
 

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,18 +14,15 @@ use futures::StreamExt as _;
 use herald_core::cluster_state::ClusterState;
 use herald_core::event::{Heartbeat, Resync};
 use herald_core::names::{CLUSTERS_BUCKET, DeploymentKey, STREAM, bucket_name};
-use herald_core::record::Withdrawal;
 use herald_core::record::{Phase, Remote, RemoteTransport};
 use herald_core::stored::{DeploymentState, StoredDeployment};
 use herald_core::{
     ClusterId, DeploymentRecord, Event, EventData, Kind, ObjectRef, RegistryName, WithdrawReason,
 };
-use herald_integration_tests::dir::TestDir;
+use herald_integration_tests::events::{publish, withdrawal};
+use herald_integration_tests::herald::{Herald, HeraldProcess, projector_ops};
 use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::ports::free_port;
-use herald_integration_tests::process::ChildProcess;
 use herald_integration_tests::timeout::{eventually, within};
-use herald_integration_tests::tools::herald_binary;
 use herald_projector::CancellationToken;
 use herald_projector::apply::{self, KeyWritten};
 use herald_projector::fold::{self, Effect};
@@ -106,20 +102,8 @@ fn applied(r: &DeploymentRecord) -> Event {
 }
 
 fn withdrawn(r: &DeploymentRecord, rv: u64, reason: WithdrawReason) -> Event {
-    Event::new(
-        EventData::Withdrawn(Withdrawal {
-            v: 1,
-            cluster: r.cluster.clone(),
-            registry: r.registry.clone(),
-            object: r.object.clone(),
-            uid: r.uid.clone(),
-            resource_version: rv.to_string(),
-            epoch: r.epoch,
-            reason,
-            message: None,
-        }),
-        at(i64::try_from(rv).unwrap()),
-    )
+    let data = EventData::Withdrawn(withdrawal(r, &rv.to_string(), reason));
+    Event::new(data, at(i64::try_from(rv).unwrap()))
 }
 
 fn resync(c: &str, kind: Kind, epoch: u64, completed: Option<u64>, time: i64) -> Event {
@@ -161,19 +145,6 @@ async fn publish_raw(
         .await?
         .await?;
     Ok(ack.sequence)
-}
-
-/// Publishes as the watcher does (with `Nats-Msg-Id`); returns the stream sequence.
-async fn publish(js: &jetstream::Context, event: &Event) -> anyhow::Result<u64> {
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", event.id.as_str());
-    publish_raw(
-        js,
-        &event.nats_subject().to_string(),
-        headers,
-        event.to_json(),
-    )
-    .await
 }
 
 async fn publish_all(js: &jetstream::Context, events: &[Event]) -> anyhow::Result<u64> {
@@ -349,6 +320,48 @@ async fn ensure_stream(js: &jetstream::Context) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A nats-server with HERALD_EVENTS, and JetStream on it.
+async fn nats_with_stream() -> anyhow::Result<(NatsServer, jetstream::Context)> {
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    let js = nats.jetstream().await;
+    ensure_stream(&js).await?;
+    Ok((nats, js))
+}
+
+/// Two nats-servers with the same history; the sequence of its last event (the same on
+/// both).
+async fn twins(events: &[Event]) -> anyhow::Result<(NatsServer, NatsServer, u64)> {
+    let (a, b) = tokio::try_join!(nats_with_stream(), nats_with_stream())?;
+    let mut last = 0;
+    for js in [&a.1, &b.1] {
+        last = publish_all(js, events).await?;
+    }
+    Ok((a.0, b.0, last))
+}
+
+/// Runs a projector in this process (consumer `herald-projector`, batches of 100) until
+/// it acknowledged everything up to `last`, then stops it.
+async fn project(nats: &NatsServer, metrics: Metrics, last: u64) -> anyhow::Result<()> {
+    let config = run_config("herald-projector", 100, Duration::from_secs(30));
+    let projector = InProcess::start(nats, config, metrics).await;
+    caught_up(&nats.jetstream().await, "herald-projector", last).await?;
+    projector.stop().await
+}
+
+/// Takes the first event from the durable consumer of `config` and holds it, not
+/// acknowledged, as another projector would.
+async fn take_event_1(
+    js: &jetstream::Context,
+    config: &RunConfig,
+) -> anyhow::Result<jetstream::Message> {
+    let consumer = herald_projector::run::bind_consumer(js, config).await?;
+    let mut taken = consumer.fetch().max_messages(1).messages().await?;
+    within(STEP, "taking event 1", taken.next())
+        .await?
+        .context("event 1")?
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
 /// Waits until the consumer acknowledged everything up to `last`.
 async fn caught_up(js: &jetstream::Context, consumer: &str, last: u64) -> anyhow::Result<()> {
     eventually(
@@ -457,9 +470,7 @@ fn metrics_text(registry: &Registry) -> String {
 
 #[tokio::test]
 async fn applies_events_in_order_into_one_bucket_per_registry() -> anyhow::Result<()> {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     let a1 = record("east", "default", Kind::MCPServer, "tools", "search", 10, 1);
     let b = record("east", "default", Kind::MCPServer, "tools", "fetch", 11, 1);
     let a2 = DeploymentRecord {
@@ -488,14 +499,7 @@ async fn applies_events_in_order_into_one_bucket_per_registry() -> anyhow::Resul
 
     let mut prometheus = Registry::default();
     let metrics = Metrics::register(&mut prometheus);
-    let projector = InProcess::start(
-        &nats,
-        run_config("herald-projector", 100, Duration::from_secs(30)),
-        metrics,
-    )
-    .await;
-    caught_up(&js, "herald-projector", last).await?;
-    projector.stop().await?;
+    project(&nats, metrics, last).await?;
 
     let (a, _) = stored(&js, "default", &key_of(&a1))
         .await?
@@ -559,9 +563,7 @@ async fn applies_events_in_order_into_one_bucket_per_registry() -> anyhow::Resul
 
 #[tokio::test]
 async fn duplicates_and_older_redeliveries_never_regress_a_key() -> anyhow::Result<()> {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     let v1 = record("east", "default", Kind::MCPServer, "tools", "search", 10, 1);
     let v2 = DeploymentRecord {
         version: "2.0.0".into(),
@@ -576,12 +578,7 @@ async fn duplicates_and_older_redeliveries_never_regress_a_key() -> anyhow::Resu
     // Someone takes event 1 from the durable consumer and never acknowledges it: the
     // projector applies event 2 first and gets event 1 again after the ack wait.
     let config = run_config("herald-projector", 10, Duration::from_secs(1));
-    let consumer = herald_projector::run::bind_consumer(&js, &config).await?;
-    let mut taken = consumer.fetch().max_messages(1).messages().await?;
-    let first = within(STEP, "taking event 1", taken.next())
-        .await?
-        .context("event 1")?
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let first = take_event_1(&js, &config).await?;
     assert_eq!(
         first
             .info()
@@ -630,18 +627,7 @@ async fn duplicates_and_older_redeliveries_never_regress_a_key() -> anyhow::Resu
 
 #[tokio::test]
 async fn two_projectors_on_one_consumer_build_the_same_buckets_as_one() -> anyhow::Result<()> {
-    let (shared, single) = tokio::try_join!(
-        within(START, "nats-server", NatsServer::start()),
-        within(START, "nats-server", NatsServer::start())
-    )?;
-    let (shared, single) = (shared?, single?);
-    let events = random_history(7, 600);
-    let mut last = 0;
-    for nats in [&shared, &single] {
-        let js = nats.jetstream().await;
-        ensure_stream(&js).await?;
-        last = publish_all(&js, &events).await?;
-    }
+    let (shared, single, last) = twins(&random_history(7, 600)).await?;
     assert_eq!(
         last, 600,
         "every event is stored once, at the same sequence on both"
@@ -693,9 +679,7 @@ async fn two_projectors_on_one_consumer_build_the_same_buckets_as_one() -> anyho
 #[tokio::test]
 async fn a_resync_sweeps_exactly_the_unconfirmed_keys_of_its_cluster_and_kind() -> anyhow::Result<()>
 {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     let east = |reg, kind, name, rv| record("east", reg, kind, "tools", name, rv, 1);
     let kept = east("default", Kind::MCPServer, "kept", 1);
     let gone = east("default", Kind::MCPServer, "gone", 2);
@@ -718,26 +702,12 @@ async fn a_resync_sweeps_exactly_the_unconfirmed_keys_of_its_cluster_and_kind() 
     events.push(resync("east", Kind::MCPServer, 2, Some(1), 10));
     let before = {
         let last = publish_all(&js, &events[..events.len() - 1]).await?;
-        let p = InProcess::start(
-            &nats,
-            run_config("herald-projector", 100, Duration::from_secs(30)),
-            Metrics::default(),
-        )
-        .await;
-        caught_up(&js, "herald-projector", last).await?;
-        p.stop().await?;
+        project(&nats, Metrics::default(), last).await?;
         snapshot(&js).await?
     };
     let mut prometheus = Registry::default();
     let completed = publish(&js, events.last().unwrap()).await?;
-    let p = InProcess::start(
-        &nats,
-        run_config("herald-projector", 100, Duration::from_secs(30)),
-        Metrics::register(&mut prometheus),
-    )
-    .await;
-    caught_up(&js, "herald-projector", completed).await?;
-    p.stop().await?;
+    project(&nats, Metrics::register(&mut prometheus), completed).await?;
     let after = snapshot(&js).await?;
 
     let changed: Vec<&(String, String)> = after
@@ -782,9 +752,7 @@ async fn a_resync_sweeps_exactly_the_unconfirmed_keys_of_its_cluster_and_kind() 
 
 #[tokio::test]
 async fn a_sweep_waits_for_earlier_events_another_projector_holds() -> anyhow::Result<()> {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     // Applied just before a re-list that no longer finds it: the sweep must see it.
     let doomed = record("east", "default", Kind::MCPServer, "tools", "doomed", 1, 1);
     publish(&js, &applied(&doomed)).await?;
@@ -793,15 +761,18 @@ async fn a_sweep_waits_for_earlier_events_another_projector_holds() -> anyhow::R
 
     // A second, slower projector on the same consumer holds the applied event.
     let config = run_config("herald-projector", 10, Duration::from_secs(10));
-    let consumer = herald_projector::run::bind_consumer(&js, &config).await?;
-    let mut held = consumer.fetch().max_messages(1).messages().await?;
-    let message = within(STEP, "taking event 1", held.next())
-        .await?
-        .context("event 1")?
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let message = take_event_1(&js, &config).await?;
     let p = InProcess::start(&nats, config, Metrics::default()).await;
-    // The slow projector's work: it finishes well after the other took the sweep.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The slow projector's work: it finishes after the other took the sweep.
+    eventually(STEP, "the running projector to take the sweep", || async {
+        let stream = js.get_stream(STREAM).await?;
+        let delivered = match stream.consumer_info("herald-projector").await {
+            Ok(info) => info.delivered.stream_sequence,
+            Err(_) => 0,
+        };
+        Ok((delivered >= completed).then_some(()))
+    })
+    .await?;
     let event = Event::decode_on(&message.subject, &message.payload)?;
     assert_eq!(write_one(&js, &event, 1).await?.effects, [Effect::Changed]);
     message.double_ack().await.map_err(|e| anyhow::anyhow!(e))?;
@@ -821,9 +792,7 @@ async fn a_sweep_waits_for_earlier_events_another_projector_holds() -> anyhow::R
 
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_and_later_events_still_apply() -> anyhow::Result<()> {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     let watcher = nats.client().await;
     let mut dlq = watcher.subscribe("herald.dlq.>").await?;
     watcher.flush().await?;
@@ -852,14 +821,7 @@ async fn poison_messages_are_dead_lettered_and_later_events_still_apply() -> any
 
     let mut prometheus = Registry::default();
     let metrics = Metrics::register(&mut prometheus);
-    let p = InProcess::start(
-        &nats,
-        run_config("herald-projector", 100, Duration::from_secs(30)),
-        metrics,
-    )
-    .await;
-    caught_up(&js, "herald-projector", s3).await?;
-    p.stop().await?;
+    project(&nats, metrics, s3).await?;
 
     let first = within(STEP, "the first dead letter", dlq.next())
         .await?
@@ -930,70 +892,24 @@ async fn poison_messages_are_dead_lettered_and_later_events_still_apply() -> any
 
 // ---------------------------------------------------------------- the binary
 
-fn projector_command(nats: &NatsServer, args: &[&str]) -> Command {
-    let mut command = Command::new(herald_binary("herald-projector"));
-    command
-        .args(args)
-        .args(["--nats-url", &nats.url(), "--stream-max-age", "1h"])
-        .env("RUST_LOG", "info");
-    command
-}
-
-fn spawn_projector(
-    nats: &NatsServer,
-    dir: &TestDir,
-    health: u16,
-    extra: &[&str],
-) -> anyhow::Result<ChildProcess> {
-    let listen = format!("127.0.0.1:{health}");
-    let mut args = vec!["run", "--health-listen", &listen];
-    args.extend_from_slice(extra);
-    ChildProcess::spawn(
-        "herald-projector",
-        projector_command(nats, &args),
-        &dir.join("projector.log"),
-    )
+/// `herald-projector run` with `extra` flags, on the stream the tests create (one hour).
+fn projector(nats: &NatsServer, extra: &[&str]) -> Herald {
+    Herald::projector(&nats.url())
+        .flag("--stream-max-age", "1h")
+        .args(extra)
 }
 
 /// Runs an ops subcommand to completion; returns (exit code, stdout).
 async fn ops(nats: &NatsServer, args: &[&str]) -> anyhow::Result<(i32, String)> {
-    let mut command = tokio::process::Command::from(projector_command(nats, args));
-    command.kill_on_drop(true);
-    let out = within(
-        STEP,
-        &format!("herald-projector {args:?}"),
-        command.output(),
-    )
-    .await??;
-    let stdout = String::from_utf8(out.stdout)?;
-    let code = out.status.code().context("exited by a signal")?;
-    if code != 0 && code != 1 {
-        anyhow::bail!(
-            "herald-projector {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok((code, stdout))
+    projector_ops(&nats.url(), args, STEP).await
 }
 
 #[tokio::test]
 async fn sigkill_mid_batch_and_restart_ends_like_an_uninterrupted_run() -> anyhow::Result<()> {
-    let (crashing, calm) = tokio::try_join!(
-        within(START, "nats-server", NatsServer::start()),
-        within(START, "nats-server", NatsServer::start())
-    )?;
-    let (crashing, calm) = (crashing?, calm?);
-    let events = random_history(11, 1500);
-    let mut last = 0;
-    for nats in [&crashing, &calm] {
-        let js = nats.jetstream().await;
-        ensure_stream(&js).await?;
-        last = publish_all(&js, &events).await?;
-    }
-    let dir = TestDir::new("projector-kill")?;
+    let (crashing, calm, last) = twins(&random_history(11, 1500)).await?;
     let js = crashing.jetstream().await;
     let args = ["--batch", "50", "--ack-wait", "1s"];
-    let mut first = spawn_projector(&crashing, &dir, free_port(), &args)?;
+    let mut first = projector(&crashing, &args).spawn()?;
     eventually(STEP, "the projector to be part-way", || async {
         let stream = js.get_stream(STREAM).await?;
         let floor = stream
@@ -1013,7 +929,7 @@ async fn sigkill_mid_batch_and_restart_ends_like_an_uninterrupted_run() -> anyho
         "killed before the end: {at_kill:?}"
     );
 
-    let mut second = spawn_projector(&crashing, &dir, free_port(), &args)?;
+    let mut second = projector(&crashing, &args).spawn()?;
     let calm_projector = InProcess::start(
         &calm,
         run_config("herald-projector", 50, Duration::from_secs(1)),
@@ -1038,25 +954,12 @@ async fn sigkill_mid_batch_and_restart_ends_like_an_uninterrupted_run() -> anyho
 
 #[tokio::test]
 async fn sigterm_finishes_the_batch_acks_it_and_exits_zero() -> anyhow::Result<()> {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     let last = publish_all(&js, &random_history(3, 800)).await?;
-    let dir = TestDir::new("projector-term")?;
-    let port = free_port();
-    let mut projector = spawn_projector(&nats, &dir, port, &["--batch", "100"])?;
+    // Ready: /readyz says 200.
+    let mut projector = projector(&nats, &["--batch", "100"]).start().await?;
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    eventually(STEP, "/readyz to say ready", || async {
-        let ready = http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .map(|r| r.status().is_success());
-        Ok(ready.unwrap_or(false).then_some(()))
-    })
-    .await
-    .map_err(|e| projector.explain(e))?;
+    let base = projector.base().to_owned();
     assert!(
         http.get(format!("{base}/healthz"))
             .send()
@@ -1077,7 +980,12 @@ async fn sigterm_finishes_the_batch_acks_it_and_exits_zero() -> anyhow::Result<(
     })
     .await?;
     let status = projector.terminate();
-    assert_eq!(status.code(), Some(0), "{}", projector.log_tail(20));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        projector.process().log_tail(20)
+    );
     assert!(projector.log_contents().contains("projector stopped"));
     let stream = js.get_stream(STREAM).await?;
     let info = stream.consumer_info("herald-projector").await?.clone();
@@ -1095,9 +1003,7 @@ async fn sigterm_finishes_the_batch_acks_it_and_exits_zero() -> anyhow::Result<(
 
 #[tokio::test]
 async fn replay_rebuilds_the_live_buckets_and_shows_a_tampered_key() -> anyhow::Result<()> {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     let events = random_history(42, 2000);
     let last = publish_all(&js, &events).await?;
     // Plus a poison message, which replay skips as run dead-letters it.
@@ -1109,14 +1015,7 @@ async fn replay_rebuilds_the_live_buckets_and_shows_a_tampered_key() -> anyhow::
     )
     .await?;
     let last = last + 1;
-    let p = InProcess::start(
-        &nats,
-        run_config("herald-projector", 100, Duration::from_secs(30)),
-        Metrics::default(),
-    )
-    .await;
-    caught_up(&js, "herald-projector", last).await?;
-    p.stop().await?;
+    project(&nats, Metrics::default(), last).await?;
 
     let options = ReplayOptions {
         registry: None,
@@ -1265,9 +1164,7 @@ fn snapshot_counts(snapshot: &BTreeMap<(String, String), Value>, bucket: &str) -
 
 #[tokio::test]
 async fn events_prints_the_lines_a_filter_selects() -> anyhow::Result<()> {
-    let nats = within(START, "nats-server", NatsServer::start()).await??;
-    let js = nats.jetstream().await;
-    ensure_stream(&js).await?;
+    let (nats, js) = nats_with_stream().await?;
     let search = record("east", "default", Kind::MCPServer, "tools", "search", 10, 3);
     let fetch = record("east", "default", Kind::MCPServer, "tools", "fetch", 11, 3);
     let west = record("west", "default", Kind::MCPServer, "tools", "search", 12, 1);
@@ -1376,24 +1273,19 @@ async fn events_prints_the_lines_a_filter_selects() -> anyhow::Result<()> {
     assert_eq!(lines[1]["natsSubject"], "herald.events.east.default");
 
     // --follow keeps printing new events until it is told to stop.
-    let dir = TestDir::new("projector-follow")?;
-    let mut follow = ChildProcess::spawn(
-        "herald-projector events --follow",
-        projector_command(
-            &nats,
-            &[
-                "events",
-                "--follow",
-                "--json",
-                "--cluster",
-                "west",
-                "--log-format",
-                "json",
-            ],
-        ),
-        &dir.join("follow.log"),
-    )?;
-    let printed = |follow: &ChildProcess, seq: u64| {
+    let mut follow = Herald::projector_ops(&nats.url())
+        .args([
+            "events",
+            "--follow",
+            "--json",
+            "--cluster",
+            "west",
+            "--log-format",
+            "json",
+        ])
+        .log_name("follow.log")
+        .spawn()?;
+    let printed = |follow: &HeraldProcess, seq: u64| {
         follow
             .log_contents()
             .lines()

@@ -9,126 +9,52 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
+use herald_core::RegistryName;
 use herald_core::annotations as ann;
 use herald_core::names::STREAM;
-use herald_core::object::TOOLHIVE_GROUP;
-use herald_core::{ClusterId, Kind, RegistryName, WatcherPolicy};
-use herald_integration_tests::dir::TestDir;
-use herald_integration_tests::herald::HeraldProcess;
-use herald_integration_tests::kube::KubeApi;
-use herald_integration_tests::large_stack::run_on_large_stack as run;
-use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::oracle::{
-    ClusterUnderTest, EntryView, assert_converges, expected_view,
-};
-use herald_integration_tests::storm::{Storm, StormTarget, seed};
-use herald_integration_tests::timeout::{eventually, within};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use herald_integration_tests::large_stack_test;
+use herald_integration_tests::objects::create_running;
+use herald_integration_tests::oracle::{EntryView, expected_view};
+use herald_integration_tests::sse::Frames;
+use herald_integration_tests::stack::Stack;
+use herald_integration_tests::storm::Storm;
+use herald_integration_tests::timeout::eventually;
+use kube::api::DeleteParams;
 use serde_json::{Value, json};
 
 const START: Duration = Duration::from_secs(60);
 const CONVERGE: Duration = Duration::from_secs(45);
-const CLUSTER: &str = "east";
 const REGISTRIES: [&str; 3] = ["default", "team-a", "team-b"];
 const NAMESPACES: [&str; 3] = ["team", "payments", "search"];
 const PACE: Duration = Duration::from_millis(5);
 
-struct Env {
-    // Herald processes before the servers they use.
-    api: HeraldProcess,
-    projector: HeraldProcess,
-    watcher: HeraldProcess,
-    kube: KubeApi,
-    nats: NatsServer,
-    _dir: TestDir,
+/// The pipeline on one cluster `east`, projector batches of 10 (a kill lands mid-batch).
+async fn stack(name: &str, api_flags: &[&str]) -> anyhow::Result<Stack> {
+    Stack::builder(name)
+        .registries(&REGISTRIES)
+        .projector_flags(&["--batch", "10"])
+        .api_flags(api_flags)
+        .build()
+        .await
 }
 
-impl Env {
-    async fn start(name: &str, api_flags: &[&str]) -> anyhow::Result<Env> {
-        let dir = TestDir::new(name)?;
-        let (kube, nats) = tokio::join!(
-            within(START, "kube-apiserver", KubeApi::start()),
-            within(START, "nats-server", NatsServer::start()),
-        );
-        let (kube, nats) = (kube??, nats??);
-        let watcher = HeraldProcess::watcher(
-            &kube.kubeconfig_path(),
-            CLUSTER,
-            &nats.url(),
-            dir.path(),
-            &[],
-        )
-        .await?;
-        let projector =
-            HeraldProcess::projector(&nats.url(), dir.path(), &["--batch", "10"]).await?;
-        let api = HeraldProcess::api(&nats.url(), dir.path(), api_flags).await?;
-        Ok(Env {
-            api,
-            projector,
-            watcher,
-            kube,
-            nats,
-            _dir: dir,
-        })
-    }
-
-    fn clusters(&self) -> anyhow::Result<Vec<ClusterUnderTest>> {
-        Ok(vec![ClusterUnderTest {
-            client: self.kube.client(),
-            policy: WatcherPolicy::new(CLUSTER.parse::<ClusterId>()?),
-        }])
-    }
-
-    fn storm(&self, seed_default: u64) -> Storm {
-        Storm::new(
-            seed(seed_default),
-            vec![StormTarget {
-                cluster: CLUSTER.to_owned(),
-                client: self.kube.client(),
-            }],
-            &NAMESPACES,
-            8,
-            &REGISTRIES,
-        )
-    }
-
-    async fn converge(&self) -> anyhow::Result<herald_integration_tests::oracle::Converged> {
-        assert_converges(CONVERGE, &self.clusters()?, self.api.base(), &registries()?).await
-    }
-
-    /// The last sequence of HERALD_EVENTS.
-    async fn last_sequence(&self) -> anyhow::Result<u64> {
-        let js = self.nats.jetstream().await;
-        let mut stream = js.get_stream(STREAM).await?;
-        Ok(stream.info().await?.state.last_sequence)
-    }
+fn storm(env: &Stack, seed: u64) -> Storm {
+    env.storm(seed, &NAMESPACES, 8)
 }
 
-fn registries() -> anyhow::Result<BTreeSet<RegistryName>> {
-    REGISTRIES.iter().map(|r| Ok(r.parse()?)).collect()
-}
-
-#[test]
-fn nats_killed_and_restarted_during_a_storm() -> anyhow::Result<()> {
-    run(nats_killed_and_restarted_steps)
-}
+large_stack_test!(nats_killed_and_restarted_during_a_storm => nats_killed_and_restarted_steps);
 
 async fn nats_killed_and_restarted_steps() -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut env = Env::start("reliability-nats-restart", &[]).await?;
-    let mut storm = env.storm(0x5eed_0101);
+    let mut env = stack("reliability-nats-restart", &[]).await?;
+    let mut storm = storm(&env, 0x5eed_0101);
     storm.run(40, PACE).await?;
     let mut faults = 0;
     for _ in 0..2 {
         let nats = &mut env.nats;
+        // The storm keeps changing objects during the outage.
         storm
-            .during(PACE, async {
-                nats.kill();
-                // The outage itself: the storm keeps changing objects meanwhile.
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                nats.restart().await
-            })
+            .during(PACE, nats.outage(Duration::from_secs(2)))
             .await??;
         faults += 1;
         storm.run(20, PACE).await?;
@@ -138,22 +64,19 @@ async fn nats_killed_and_restarted_steps() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn projector_sigkilled_mid_batch_and_restarted() -> anyhow::Result<()> {
-    run(projector_sigkilled_mid_batch_steps)
-}
+large_stack_test!(projector_sigkilled_mid_batch_and_restarted => projector_sigkilled_mid_batch_steps);
 
 async fn projector_sigkilled_mid_batch_steps() -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut env = Env::start("reliability-projector-kill", &[]).await?;
-    let mut storm = env.storm(0x5eed_0202);
+    let mut env = stack("reliability-projector-kill", &[]).await?;
+    let mut storm = storm(&env, 0x5eed_0202);
     storm.run(30, PACE).await?;
     // A backlog while the projector is down, then a SIGKILL as soon as the new process
     // has applied something of it (batches of 10): mid-batch, mid-backlog.
-    env.projector.kill();
+    env.projector_mut().kill();
     storm.run(150, Duration::ZERO).await?;
     let backlog_end = env.last_sequence().await?;
-    let projector = &mut env.projector;
+    let projector = env.projector_mut();
     let applied_before_kill = storm
         .during(PACE, async {
             projector.respawn()?;
@@ -178,55 +101,27 @@ async fn projector_sigkilled_mid_batch_steps() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mcpservers(kube: &KubeApi, ns: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk(TOOLHIVE_GROUP, Kind::MCPServer.versions()[0], "MCPServer");
-    let ar = ApiResource::from_gvk_with_plural(&gvk, Kind::MCPServer.plural());
-    Api::namespaced_with(kube.client(), ns, &ar)
-}
-
-async fn create_running(api: &Api<DynamicObject>, name: &str) -> anyhow::Result<()> {
-    let object: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": format!("{TOOLHIVE_GROUP}/{}", Kind::MCPServer.versions()[0]),
-        "kind": "MCPServer",
-        "metadata": {
-            "name": name,
-            "annotations": {
-                ann::REGISTRY_EXPORT: "true",
-                ann::REGISTRY_DESCRIPTION: format!("bulk server {name}"),
-                ann::REGISTRY_URL: format!("https://{name}.bulk.example/mcp"),
-            },
-        },
-        "spec": {},
-    }))?;
-    api.create(&PostParams::default(), &object).await?;
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": "Running"}})),
-    )
-    .await?;
-    Ok(())
-}
-
-#[test]
-fn watcher_sigkilled_mid_resync_with_deletes_while_down() -> anyhow::Result<()> {
-    run(watcher_sigkilled_mid_resync_steps)
-}
+large_stack_test!(watcher_sigkilled_mid_resync_with_deletes_while_down => watcher_sigkilled_mid_resync_steps);
 
 async fn watcher_sigkilled_mid_resync_steps() -> anyhow::Result<()> {
     const BULK: usize = 150;
     const DELETED: usize = 40;
     let started = Instant::now();
-    let mut env = Env::start("reliability-watcher-kill", &[]).await?;
-    let bulk = mcpservers(&env.kube, "bulk");
+    let mut env = stack("reliability-watcher-kill", &[]).await?;
+    let bulk = env.mcpservers(0, "bulk");
     for i in 0..BULK {
-        create_running(&bulk, &format!("bulk-{i}")).await?;
+        let name = format!("bulk-{i}");
+        let annotations = json!({
+            ann::REGISTRY_DESCRIPTION: format!("bulk server {name}"),
+            ann::REGISTRY_URL: format!("https://{name}.bulk.example/mcp"),
+        });
+        create_running(&bulk, &name, annotations).await?;
     }
     env.converge().await?;
-    let mut storm = env.storm(0x5eed_0303);
+    let mut storm = storm(&env, 0x5eed_0303);
     // Restart, and SIGKILL once the new resync has published part of its objects.
     let before = env.last_sequence().await?;
-    let watcher = &mut env.watcher;
+    let watcher = &mut env.watchers[0];
     let nats = &env.nats;
     let (published, applied, completed) = storm
         .during(PACE, async {
@@ -345,57 +240,41 @@ async fn subscribe(base: String, fold: Arc<Mutex<Fold>>) -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("poisoned"))?
             .connects += 1;
         let mut body = response.bytes_stream();
-        let mut buffer = String::new();
+        let mut frames = Frames::default();
         while let Some(Ok(chunk)) = body.next().await {
-            buffer.push_str(std::str::from_utf8(&chunk)?);
-            while let Some(end) = buffer.find("\n\n") {
-                let frame: String = buffer.drain(..end + 2).collect();
-                let (mut event, mut id, mut data) = (None, None, String::new());
-                for line in frame.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        event = Some(v.trim().to_owned());
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim().parse()?);
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                    }
-                }
-                if let Some(event) = event {
-                    fold.lock()
-                        .map_err(|_| anyhow::anyhow!("poisoned"))?
-                        .apply(&event, id, serde_json::from_str(&data)?)?;
-                }
+            frames.push(&chunk)?;
+            while let Some(e) = frames.next_event()? {
+                fold.lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .apply(&e.event, e.id, e.data)?;
             }
         }
     }
 }
 
-#[test]
-fn api_restarted_while_sse_subscribers_resume_and_miss_nothing() -> anyhow::Result<()> {
-    run(api_restarted_with_sse_steps)
-}
+large_stack_test!(api_restarted_while_sse_subscribers_resume_and_miss_nothing => api_restarted_with_sse_steps);
 
 async fn api_restarted_with_sse_steps() -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut env = Env::start("reliability-api-restart", &["--sse-keepalive", "200ms"]).await?;
-    let mut storm = env.storm(0x5eed_0404);
+    let mut env = stack("reliability-api-restart", &["--sse-keepalive", "200ms"]).await?;
+    let mut storm = storm(&env, 0x5eed_0404);
     storm.run(20, PACE).await?;
     let folds: Vec<Arc<Mutex<Fold>>> = (0..2).map(|_| Arc::default()).collect();
     let tasks: Vec<_> = folds
         .iter()
-        .map(|f| tokio::spawn(subscribe(env.api.base().to_owned(), f.clone())))
+        .map(|f| tokio::spawn(subscribe(env.api().base().to_owned(), f.clone())))
         .collect();
     storm.run(30, PACE).await?;
     let mut faults = 0;
     for _ in 0..2 {
-        let api = &mut env.api;
+        let api = env.api_mut();
         storm.during(PACE, api.restart()).await??;
         faults += 1;
         storm.run(30, PACE).await?;
     }
     let converged = env.converge().await?;
     // Each subscriber's fold is what the oracle expects of the default registry.
-    let clusters = env.clusters()?;
+    let clusters = env.clusters();
     let default: RegistryName = "default".parse()?;
     let expected: BTreeSet<EntryView> = expected_view(&clusters)
         .await?

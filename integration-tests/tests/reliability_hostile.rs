@@ -4,117 +4,33 @@
 //! against the API (never a 5xx), and per-cluster NATS users (a watcher with cluster A's
 //! credentials cannot publish cluster B's events). Each test ends with the oracle.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use herald_core::annotations as ann;
 use herald_core::names::{DLQ_STREAM, STREAM};
-use herald_core::object::TOOLHIVE_GROUP;
-use herald_core::{ClusterId, Kind, RegistryName, WatcherPolicy};
-use herald_integration_tests::dir::TestDir;
-use herald_integration_tests::herald::HeraldProcess;
-use herald_integration_tests::kube::KubeApi;
-use herald_integration_tests::large_stack::run_on_large_stack as run;
+use herald_integration_tests::herald::Herald;
+use herald_integration_tests::large_stack_test;
 use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::oracle::{ClusterUnderTest, assert_converges, served_view};
-use herald_integration_tests::storm::{Rng, Storm, StormTarget, seed};
-use herald_integration_tests::timeout::{eventually, within};
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use herald_integration_tests::objects::create_running;
+use herald_integration_tests::oracle::served_view;
+use herald_integration_tests::stack::Stack;
+use herald_integration_tests::storm::{Rng, report, seed};
+use herald_integration_tests::timeout::eventually;
 use serde_json::{Value, json};
 
-const START: Duration = Duration::from_secs(60);
 const CONVERGE: Duration = Duration::from_secs(45);
-const CLUSTER: &str = "east";
 const REGISTRIES: [&str; 2] = ["default", "team-a"];
 const PACE: Duration = Duration::from_millis(5);
 
-fn registries() -> anyhow::Result<BTreeSet<RegistryName>> {
-    REGISTRIES.iter().map(|r| Ok(r.parse()?)).collect()
-}
-
-fn clusters(kube: &KubeApi, cluster: &str) -> anyhow::Result<Vec<ClusterUnderTest>> {
-    Ok(vec![ClusterUnderTest {
-        client: kube.client(),
-        policy: WatcherPolicy::new(cluster.parse::<ClusterId>()?),
-    }])
-}
-
-fn mcpservers(kube: &KubeApi, ns: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk(TOOLHIVE_GROUP, Kind::MCPServer.versions()[0], "MCPServer");
-    let ar = ApiResource::from_gvk_with_plural(&gvk, Kind::MCPServer.plural());
-    Api::namespaced_with(kube.client(), ns, &ar)
-}
-
-async fn create_running(
-    api: &Api<DynamicObject>,
-    name: &str,
-    annotations: Value,
-) -> anyhow::Result<()> {
-    let object: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": format!("{TOOLHIVE_GROUP}/{}", Kind::MCPServer.versions()[0]),
-        "kind": "MCPServer",
-        "metadata": { "name": name, "annotations": annotations },
-        "spec": {},
-    }))?;
-    api.create(&PostParams::default(), &object).await?;
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": "Running"}})),
-    )
-    .await?;
-    Ok(())
-}
-
-struct Env {
-    api: HeraldProcess,
-    projector: HeraldProcess,
-    watcher: HeraldProcess,
-    kube: KubeApi,
-    nats: NatsServer,
-    _dir: TestDir,
-}
-
-impl Env {
-    async fn start(name: &str) -> anyhow::Result<Env> {
-        let dir = TestDir::new(name)?;
-        let (kube, nats) = tokio::join!(
-            within(START, "kube-apiserver", KubeApi::start()),
-            within(START, "nats-server", NatsServer::start()),
-        );
-        let (kube, nats) = (kube??, nats??);
-        let watcher = HeraldProcess::watcher(
-            &kube.kubeconfig_path(),
-            CLUSTER,
-            &nats.url(),
-            dir.path(),
-            &[],
-        )
-        .await?;
-        let projector =
-            HeraldProcess::projector(&nats.url(), dir.path(), &["--batch", "10"]).await?;
-        let api = HeraldProcess::api(&nats.url(), dir.path(), &[]).await?;
-        Ok(Env {
-            api,
-            projector,
-            watcher,
-            kube,
-            nats,
-            _dir: dir,
-        })
-    }
-
-    async fn converge(&self) -> anyhow::Result<herald_integration_tests::oracle::Converged> {
-        assert_converges(
-            CONVERGE,
-            &clusters(&self.kube, CLUSTER)?,
-            self.api.base(),
-            &registries()?,
-        )
+/// The pipeline on one cluster `east`, projector batches of 10.
+async fn stack(name: &str) -> anyhow::Result<Stack> {
+    Stack::builder(name)
+        .registries(&REGISTRIES)
+        .projector_flags(&["--batch", "10"])
+        .build()
         .await
-    }
 }
 
 /// A random payload that is not a usable event on `subject`, derived from a real
@@ -184,25 +100,13 @@ fn garbage(rng: &mut Rng, base: &Value, base_subject: &str) -> (String, Vec<u8>,
     }
 }
 
-#[test]
-fn malformed_events_are_dead_lettered_and_the_consumer_keeps_going() -> anyhow::Result<()> {
-    run(malformed_events_steps)
-}
+large_stack_test!(malformed_events_are_dead_lettered_and_the_consumer_keeps_going => malformed_events_steps);
 
 async fn malformed_events_steps() -> anyhow::Result<()> {
     const GARBAGE: usize = 80;
     let started = Instant::now();
-    let env = Env::start("reliability-malformed").await?;
-    let mut storm = Storm::new(
-        seed(0x5eed_0707),
-        vec![StormTarget {
-            cluster: CLUSTER.to_owned(),
-            client: env.kube.client(),
-        }],
-        &["team", "payments"],
-        8,
-        &REGISTRIES,
-    );
+    let env = stack("reliability-malformed").await?;
+    let mut storm = env.storm(0x5eed_0707, &["team", "payments"], 8);
     storm.run(20, PACE).await?;
     env.converge().await?;
     // A real deployment.applied event from the watcher, as the base of the garbage.
@@ -285,26 +189,22 @@ async fn malformed_events_steps() -> anyhow::Result<()> {
         "nothing stuck on the projector's consumer"
     );
     eprintln!("garbage kinds: {kinds:?}; dead-letter subjects: {reasons:?}");
-    eprintln!(
-        "RELIABILITY malformed-events: changes={} faults={published} dead_letters={} entries_compared={} duration={:.1}s",
+    let figures = format!(
+        "changes={} faults={published} dead_letters={} entries_compared={}",
         storm.stats.changes(),
         info.messages,
         converged.entries,
-        started.elapsed().as_secs_f64()
     );
-    drop(env.projector);
+    report("malformed-events", &figures, started);
     Ok(())
 }
 
-#[test]
-fn extreme_annotations_are_rejected_or_escaped_and_the_watcher_survives() -> anyhow::Result<()> {
-    run(extreme_annotations_steps)
-}
+large_stack_test!(extreme_annotations_are_rejected_or_escaped_and_the_watcher_survives => extreme_annotations_steps);
 
 async fn extreme_annotations_steps() -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut env = Env::start("reliability-annotations").await?;
-    let api = mcpservers(&env.kube, "hostile");
+    let mut env = stack("reliability-annotations").await?;
+    let api = env.mcpservers(0, "hostile");
     let script = "<script>alert('herald')</script>";
     let cases: Vec<(&str, Value)> = vec![
         (
@@ -370,11 +270,11 @@ async fn extreme_annotations_steps() -> anyhow::Result<()> {
     }
     let converged = env.converge().await?;
     anyhow::ensure!(
-        env.watcher.process_mut().is_running(),
+        env.watchers[0].is_running(),
         "the watcher crashed on hostile annotations"
     );
     // What was accepted is served as JSON: the script is a string, not markup.
-    let view = served_view(env.api.base(), &registries()?).await?;
+    let view = served_view(env.api().base(), &env.registries()).await?;
     let served: Vec<_> = view.values().flatten().collect();
     for entry in &served {
         assert!(
@@ -382,19 +282,19 @@ async fn extreme_annotations_steps() -> anyhow::Result<()> {
             "control characters are not served: {entry:?}"
         );
     }
-    let page = reqwest::get(format!("{}/", env.api.base())).await?;
+    let page = reqwest::get(format!("{}/", env.api().base())).await?;
     assert!(page.status().is_success());
     let html = page.text().await?;
     assert!(
         !html.contains(script),
         "the catalog page does not embed annotation markup"
     );
-    eprintln!(
-        "RELIABILITY extreme-annotations: objects={n} accepted_entries={} entries_compared={} watcher_alive=true duration={:.1}s",
+    let figures = format!(
+        "objects={n} accepted_entries={} entries_compared={} watcher_alive=true",
         served.len(),
         converged.entries,
-        started.elapsed().as_secs_f64()
     );
+    report("extreme-annotations", &figures, started);
     Ok(())
 }
 
@@ -467,25 +367,13 @@ fn random_query(rng: &mut Rng) -> String {
         .join("&")
 }
 
-#[test]
-fn random_paths_and_queries_never_get_a_5xx() -> anyhow::Result<()> {
-    run(random_paths_steps)
-}
+large_stack_test!(random_paths_and_queries_never_get_a_5xx => random_paths_steps);
 
 async fn random_paths_steps() -> anyhow::Result<()> {
     const REQUESTS: usize = 600;
     let started = Instant::now();
-    let env = Env::start("reliability-random-http").await?;
-    let mut storm = Storm::new(
-        seed(0x5eed_0808),
-        vec![StormTarget {
-            cluster: CLUSTER.to_owned(),
-            client: env.kube.client(),
-        }],
-        &["team"],
-        6,
-        &REGISTRIES,
-    );
+    let env = stack("reliability-random-http").await?;
+    let mut storm = env.storm(0x5eed_0808, &["team"], 6);
     storm.run(20, PACE).await?;
     let mut rng = Rng::new(seed(0x0ddb_a115));
     let http = reqwest::Client::builder()
@@ -503,7 +391,7 @@ async fn random_paths_steps() -> anyhow::Result<()> {
     ];
     let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
     let mut server_errors = Vec::new();
-    let base = env.api.base().to_owned();
+    let base = env.api().base().to_owned();
     storm
         .during(PACE, async {
             for _ in 0..REQUESTS {
@@ -532,13 +420,13 @@ async fn random_paths_steps() -> anyhow::Result<()> {
         .await??;
     let converged = env.converge().await?;
     assert!(server_errors.is_empty(), "5xx answers: {server_errors:#?}");
-    eprintln!(
-        "RELIABILITY random-http: requests={} statuses={statuses:?} changes={} entries_compared={} duration={:.1}s",
+    let figures = format!(
+        "requests={} statuses={statuses:?} changes={} entries_compared={}",
         statuses.values().sum::<usize>(),
         storm.stats.changes(),
         converged.entries,
-        started.elapsed().as_secs_f64()
     );
+    report("random-http", &figures, started);
     Ok(())
 }
 
@@ -564,27 +452,17 @@ accounts {
 }
 "#;
 
-#[test]
-fn a_watcher_with_another_clusters_credentials_cannot_publish() -> anyhow::Result<()> {
-    run(per_cluster_users_steps)
-}
+large_stack_test!(a_watcher_with_another_clusters_credentials_cannot_publish => per_cluster_users_steps);
 
 async fn per_cluster_users_steps() -> anyhow::Result<()> {
     let started = Instant::now();
-    let dir = TestDir::new("reliability-permissions")?;
-    let (kube, nats) = tokio::join!(
-        within(START, "kube-apiserver", KubeApi::start()),
-        within(
-            START,
-            "nats-server",
-            NatsServer::start_with_config(PERMISSIONS)
-        ),
-    );
-    let (kube, nats) = (kube??, nats??);
     // The projector (admin) creates the stream; the cluster users may only look at it.
-    let projector = HeraldProcess::projector(&nats.url(), dir.path(), &[]).await?;
-    let api = HeraldProcess::api(&nats.url(), dir.path(), &[]).await?;
-    let objects = mcpservers(&kube, "team");
+    let mut env = Stack::builder("reliability-permissions")
+        .registries(&REGISTRIES)
+        .without_watchers()
+        .build_on(NatsServer::start_with_config(PERMISSIONS))
+        .await?;
+    let objects = env.mcpservers(0, "team");
     for i in 0..5 {
         create_running(
             &objects,
@@ -597,14 +475,14 @@ async fn per_cluster_users_steps() -> anyhow::Result<()> {
         )
         .await?;
     }
-    // Cluster id west, east's credentials: every publish is refused by the server.
-    let mut impostor = spawn_watcher(
-        &kube,
-        "west",
-        &nats,
-        dir.path(),
-        &["--nats-user", "east", "--nats-password", "east-secret"],
-    )?;
+    let east_credentials = ["--nats-user", "east", "--nats-password", "east-secret"];
+    // Cluster id west, east's credentials: every publish is refused by the server. It is
+    // not expected to become ready.
+    let mut impostor = Herald::watcher(env.kube(), "west", &env.nats.url())
+        .dir(env.dir.path())
+        .log_name("watcher-impostor-west.log")
+        .args(east_credentials)
+        .spawn()?;
     let refused = eventually(
         CONVERGE,
         "the server to refuse the impostor's publishes",
@@ -614,7 +492,7 @@ async fn per_cluster_users_steps() -> anyhow::Result<()> {
         },
     )
     .await;
-    let js = nats.jetstream().await;
+    let js = env.nats.jetstream().await;
     let mut stream = js.get_stream(STREAM).await?;
     let state = stream.info().await?.state.clone();
     let mut west_events = 0;
@@ -633,53 +511,18 @@ async fn per_cluster_users_steps() -> anyhow::Result<()> {
     drop(impostor);
     refused.context("the impostor watcher's log shows no permission error")?;
     // The same cluster's own credentials work: everything converges.
-    let east = HeraldProcess::watcher(
-        &kube.kubeconfig_path(),
-        "east",
-        &nats.url(),
-        dir.path(),
-        &["--nats-user", "east", "--nats-password", "east-secret"],
-    )
-    .await?;
-    let converged = assert_converges(
-        CONVERGE,
-        &clusters(&kube, "east")?,
-        api.base(),
-        &registries()?,
-    )
-    .await?;
+    let east = env
+        .watcher(0, &env.nats.url())
+        .args(east_credentials)
+        .start()
+        .await?;
+    env.watchers.push(east);
+    let converged = env.converge().await?;
     assert_eq!(converged.entries, 5);
-    eprintln!(
-        "RELIABILITY permissions: impostor_alive={impostor_alive} west_events=0 entries_compared={} duration={:.1}s",
+    let figures = format!(
+        "impostor_alive={impostor_alive} west_events=0 entries_compared={}",
         converged.entries,
-        started.elapsed().as_secs_f64()
     );
-    drop((east, api, projector));
+    report("permissions", &figures, started);
     Ok(())
-}
-
-/// A watcher that is not expected to become ready.
-fn spawn_watcher(
-    kube: &KubeApi,
-    cluster: &str,
-    nats: &NatsServer,
-    dir: &std::path::Path,
-    extra: &[&str],
-) -> anyhow::Result<herald_integration_tests::process::ChildProcess> {
-    let port = herald_integration_tests::ports::free_port();
-    let mut command = std::process::Command::new(herald_integration_tests::tools::herald_binary(
-        "herald-watcher",
-    ));
-    command
-        .env("KUBECONFIG", kube.kubeconfig_path())
-        .env("RUST_LOG", "info")
-        .args(["--log-format", "json", "--cluster-id", cluster])
-        .args(["--nats-url", &nats.url()])
-        .args(["--health-listen", &format!("127.0.0.1:{port}")])
-        .args(extra);
-    herald_integration_tests::process::ChildProcess::spawn(
-        "herald-watcher (impostor)",
-        command,
-        &dir.join(format!("watcher-impostor-{cluster}.log")),
-    )
 }

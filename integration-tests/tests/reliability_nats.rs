@@ -3,86 +3,47 @@
 //! link to the hub is cut and restored. A storm runs during each fault; each test ends
 //! with the convergence oracle and prints a `RELIABILITY` line.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use herald_core::names::STREAM;
-use herald_core::{ClusterId, RegistryName, WatcherPolicy};
-use herald_integration_tests::dir::TestDir;
-use herald_integration_tests::herald::HeraldProcess;
-use herald_integration_tests::kube::KubeApi;
-use herald_integration_tests::large_stack::run_on_large_stack as run;
+use herald_integration_tests::large_stack_test;
 use herald_integration_tests::nats::{NatsCluster, NatsServer};
-use herald_integration_tests::oracle::{ClusterUnderTest, assert_converges};
 use herald_integration_tests::ports::free_port;
-use herald_integration_tests::storm::{Storm, StormTarget, seed};
+use herald_integration_tests::stack::{Nats, Stack, StackBuilder};
+use herald_integration_tests::storm::Storm;
 use herald_integration_tests::timeout::{eventually, within};
 
 const START: Duration = Duration::from_secs(60);
 const CONVERGE: Duration = Duration::from_secs(45);
-const CLUSTER: &str = "edge";
 const REGISTRIES: [&str; 2] = ["default", "team-a"];
 const NAMESPACES: [&str; 2] = ["team", "payments"];
 const PACE: Duration = Duration::from_millis(5);
 
-fn registries() -> anyhow::Result<BTreeSet<RegistryName>> {
-    REGISTRIES.iter().map(|r| Ok(r.parse()?)).collect()
+/// One cluster `edge`.
+fn stack(name: &str) -> StackBuilder {
+    Stack::builder(name)
+        .clusters(&["edge"])
+        .registries(&REGISTRIES)
 }
 
-fn clusters(kube: &KubeApi) -> anyhow::Result<Vec<ClusterUnderTest>> {
-    Ok(vec![ClusterUnderTest {
-        client: kube.client(),
-        policy: WatcherPolicy::new(CLUSTER.parse::<ClusterId>()?),
-    }])
+fn storm<N: Nats>(env: &Stack<N>, seed: u64) -> Storm {
+    env.storm(seed, &NAMESPACES, 8)
 }
 
-fn storm(kube: &KubeApi, seed_default: u64) -> Storm {
-    Storm::new(
-        seed(seed_default),
-        vec![StormTarget {
-            cluster: CLUSTER.to_owned(),
-            client: kube.client(),
-        }],
-        &NAMESPACES,
-        8,
-        &REGISTRIES,
-    )
-}
-
-#[test]
-fn three_node_cluster_loses_a_node_and_gets_it_back() -> anyhow::Result<()> {
-    run(three_node_cluster_steps)
-}
+large_stack_test!(three_node_cluster_loses_a_node_and_gets_it_back => three_node_cluster_steps);
 
 async fn three_node_cluster_steps() -> anyhow::Result<()> {
     let started = Instant::now();
-    let dir = TestDir::new("reliability-nats-cluster")?;
-    let (kube, nats) = tokio::join!(
-        within(START, "kube-apiserver", KubeApi::start()),
-        within(START, "NATS cluster", NatsCluster::start(3)),
-    );
-    let (kube, mut nats) = (kube??, nats??);
-    let url = nats.client_url();
-    let watcher = HeraldProcess::watcher(
-        &kube.kubeconfig_path(),
-        CLUSTER,
-        &url,
-        dir.path(),
-        &["--stream-replicas", "3"],
-    )
-    .await?;
-    let projector = HeraldProcess::projector(
-        &url,
-        dir.path(),
-        &["--stream-replicas", "3", "--bucket-replicas", "3"],
-    )
-    .await?;
-    let api = HeraldProcess::api(&url, dir.path(), &[]).await?;
-    let mut storm = storm(&kube, 0x5eed_0505);
+    let mut env = stack("reliability-nats-cluster")
+        .watcher_flags(&["--stream-replicas", "3"])
+        .projector_flags(&["--stream-replicas", "3", "--bucket-replicas", "3"])
+        .build_on(NatsCluster::start(3))
+        .await?;
+    let mut storm = storm(&env, 0x5eed_0505);
     storm.run(30, PACE).await?;
     // The stream and the buckets really have three replicas (a bucket exists once the
     // projector applied something to its registry).
-    let js = nats.jetstream().await;
+    let js = env.nats.jetstream().await;
     let replicas = eventually(CONVERGE, "HERALD_EVENTS and KV_herald-default", || {
         let js = js.clone();
         async move {
@@ -106,40 +67,30 @@ async fn three_node_cluster_steps() -> anyhow::Result<()> {
     );
     drop(js);
     // Node 0 is first in every client's URL list: its clients must fail over too.
-    let nodes = &mut nats;
+    let nodes = &mut env.nats;
+    // The outage, while the storm goes on.
     storm
-        .during(PACE, async {
-            nodes.kill_node(0);
-            // The outage itself, while the storm goes on.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            nodes.restart_node(0).await
-        })
+        .during(PACE, nodes.node_outage(0, Duration::from_secs(3)))
         .await??;
     storm.run(20, PACE).await?;
-    let converged =
-        assert_converges(CONVERGE, &clusters(&kube)?, api.base(), &registries()?).await?;
+    let converged = env.converge().await?;
     storm.report("nats-cluster-node-kill", 1, converged.entries, started);
-    drop((api, projector, watcher));
     Ok(())
 }
 
-#[test]
-fn watcher_behind_a_leaf_node_survives_a_cut_link() -> anyhow::Result<()> {
-    run(leaf_node_steps)
-}
+large_stack_test!(watcher_behind_a_leaf_node_survives_a_cut_link => leaf_node_steps);
 
 async fn leaf_node_steps() -> anyhow::Result<()> {
     let started = Instant::now();
-    let dir = TestDir::new("reliability-leaf")?;
     let leaf_port = free_port();
     // The hub: JetStream domain `hub`, a leafnodes port (deploy/nats/hub-cluster.conf).
+    // Projector and API on the hub; the watcher on the leaf only.
     let hub_config =
         format!("jetstream {{ domain: hub }}\nleafnodes {{ listen: \"127.0.0.1:{leaf_port}\" }}\n");
-    let (kube, hub) = tokio::join!(
-        within(START, "kube-apiserver", KubeApi::start()),
-        within(START, "hub", NatsServer::start_with_config(&hub_config)),
-    );
-    let (kube, hub) = (kube??, hub??);
+    let mut env = stack("reliability-leaf")
+        .without_watchers()
+        .build_on(NatsServer::start_with_config(&hub_config))
+        .await?;
     // The leaf (deploy/nats/leaf.conf): the JetStream API goes to the hub's domain. The
     // harness always enables JetStream, so the leaf gets a domain of its own.
     let leaf_config = format!(
@@ -148,38 +99,25 @@ async fn leaf_node_steps() -> anyhow::Result<()> {
          leafnodes {{ remotes = [ {{ url: \"nats-leaf://127.0.0.1:{leaf_port}\" }} ] }}\n"
     );
     let mut leaf = within(START, "leaf", NatsServer::start_with_config(&leaf_config)).await??;
-    // Projector and API on the hub; the watcher on the leaf only.
-    let projector = HeraldProcess::projector(&hub.url(), dir.path(), &[]).await?;
-    let api = HeraldProcess::api(&hub.url(), dir.path(), &[]).await?;
-    let watcher = HeraldProcess::watcher(
-        &kube.kubeconfig_path(),
-        CLUSTER,
-        &leaf.url(),
-        dir.path(),
-        &[],
-    )
-    .await?;
-    let mut storm = storm(&kube, 0x5eed_0606);
+    let watcher = env.watcher(0, &leaf.url()).start().await?;
+    env.watchers.push(watcher);
+    let mut storm = storm(&env, 0x5eed_0606);
     storm.run(30, PACE).await?;
-    let first = assert_converges(CONVERGE, &clusters(&kube)?, api.base(), &registries()?).await?;
+    let first = env.converge().await?;
     let link = &mut leaf;
+    // The link is down: the storm goes on in the cluster.
     storm
-        .during(PACE, async {
-            link.kill();
-            // The link is down: the storm goes on in the cluster.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            link.restart().await
-        })
+        .during(PACE, link.outage(Duration::from_secs(2)))
         .await??;
     storm.run(20, PACE).await?;
-    let converged =
-        assert_converges(CONVERGE, &clusters(&kube)?, api.base(), &registries()?).await?;
+    let converged = env.converge().await?;
     storm.report(
         "leaf-link-cut",
         1,
         first.entries + converged.entries,
         started,
     );
-    drop((watcher, api, projector));
+    // The watcher before the leaf it uses.
+    env.watchers.clear();
     Ok(())
 }

@@ -6,7 +6,6 @@
 //! the suite fast.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -18,17 +17,14 @@ use herald_core::event::{Event, EventData, EventType};
 use herald_core::names::STREAM;
 use herald_core::object::{Kind, ObjectRef, TOOLHIVE_GROUP};
 use herald_core::record::{DeploymentRecord, Phase, RemoteTransport};
-use herald_integration_tests::dir::TestDir;
-use herald_integration_tests::kube::KubeApi;
-use herald_integration_tests::large_stack::run_on_large_stack as run;
-use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::ports::free_port;
-use herald_integration_tests::process::ChildProcess;
-use herald_integration_tests::timeout::{eventually, within};
-use herald_integration_tests::tools::herald_binary;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+use herald_integration_tests::herald::{Herald, HeraldProcess};
+use herald_integration_tests::large_stack_test;
+use herald_integration_tests::objects::{
+    self, create, in_registry, merge, opted_in, set_status, with,
 };
+use herald_integration_tests::stack::Stack;
+use herald_integration_tests::timeout::{eventually, within};
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use serde_json::{Value, json};
 
 const START: Duration = Duration::from_secs(60);
@@ -40,109 +36,84 @@ const CLUSTER: &str = "test-cluster";
 // ---------------------------------------------------------------------------------------
 // Servers and the watcher process
 
-struct Env {
-    kube: KubeApi,
-    nats: NatsServer,
-    dir: TestDir,
+/// NATS and one API server; each test starts its own watcher.
+async fn servers() -> anyhow::Result<Stack> {
+    Stack::builder("watcher")
+        .clusters(&[CLUSTER])
+        .servers_only()
+        .build()
+        .await
 }
 
-impl Env {
-    async fn start() -> anyhow::Result<Env> {
-        let (kube, nats) = tokio::join!(
-            within(START, "kube-apiserver", KubeApi::start()),
-            within(START, "nats-server", NatsServer::start())
-        );
-        Ok(Env {
-            kube: kube??,
-            nats: nats??,
-            dir: TestDir::new("watcher")?,
-        })
-    }
+/// `kind` objects at `version` in one namespace (the API of those objects by `Deref`).
+struct Objects {
+    api: Api<DynamicObject>,
+    kind: Kind,
+    version: &'static str,
+    namespace: &'static str,
+}
 
-    fn api(&self, kind: Kind, version: &str, namespace: &str) -> Api<DynamicObject> {
-        let gvk = GroupVersionKind::gvk(TOOLHIVE_GROUP, version, kind.as_str());
-        let ar = ApiResource::from_gvk_with_plural(&gvk, kind.plural());
-        Api::namespaced_with(self.kube.client(), namespace, &ar)
+impl std::ops::Deref for Objects {
+    type Target = Api<DynamicObject>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.api
     }
 }
 
-struct Watcher {
-    process: ChildProcess,
-    health: String,
+impl Objects {
+    fn new(env: &Stack, kind: Kind, version: &'static str, namespace: &'static str) -> Self {
+        Self {
+            api: objects::api_at(env.kube().client(), kind, version, namespace),
+            kind,
+            version,
+            namespace,
+        }
+    }
+
+    /// Creates `body` and sets `status`; returns the object after the status change.
+    async fn create_with(&self, body: Value, status: Value) -> anyhow::Result<DynamicObject> {
+        let name = body["metadata"]["name"]
+            .as_str()
+            .context("the body names the object")?
+            .to_owned();
+        create(&self.api, self.kind, self.version, body).await?;
+        set_status(&self.api, &name, status).await
+    }
+
+    fn object_ref(&self, name: &str) -> ObjectRef {
+        object_ref(self.kind, self.namespace, name)
+    }
 }
 
-impl Watcher {
-    /// Starts `herald-watcher` and waits until it reports ready.
-    async fn start(env: &Env, log: &str, extra: &[&str]) -> anyhow::Result<Watcher> {
-        let port = free_port();
-        let mut command = Command::new(herald_binary("herald-watcher"));
-        command
-            .env("KUBECONFIG", env.kube.kubeconfig_path())
-            .env("RUST_LOG", "info,herald_watcher=debug")
-            .args(["--log-format", "json"])
-            .args(["--cluster-id", CLUSTER, "--nats-url", &env.nats.url()])
-            .args(["--health-listen", &format!("127.0.0.1:{port}")])
-            .args(extra);
-        if !extra.contains(&"--shutdown-timeout") {
-            command.args(["--shutdown-timeout", "5s"]);
-        }
-        if !extra.contains(&"--heartbeat-interval") {
-            // Heartbeats are left out of what tests read; keep them rare.
-            command.args(["--heartbeat-interval", "1h"]);
-        }
-        let process = ChildProcess::spawn("herald-watcher", command, &env.dir.join(log))?;
-        let mut watcher = Watcher {
-            process,
-            health: format!("http://127.0.0.1:{port}"),
-        };
-        let ready = watcher.wait_ready(true).await;
-        if let Err(err) = ready {
-            return Err(watcher.process.explain(err));
-        }
-        Ok(watcher)
-    }
+/// Starts `herald-watcher` (logging to `log`) and waits until it reports ready.
+async fn start_watcher(env: &Stack, log: &str, extra: &[&str]) -> anyhow::Result<HeraldProcess> {
+    Herald::watcher(env.kube(), CLUSTER, &env.nats.url())
+        .dir(env.dir.path())
+        .log_name(log)
+        .env("RUST_LOG", "info,herald_watcher=debug")
+        // Heartbeats are left out of what tests read; keep them rare.
+        .default_flag("--heartbeat-interval", "1h")
+        .args(extra)
+        .ready_within(START)
+        .start()
+        .await
+}
 
-    async fn readyz(&self) -> Option<u16> {
-        let response = reqwest::get(format!("{}/readyz", self.health)).await.ok()?;
-        Some(response.status().as_u16())
-    }
-
-    /// Polls /readyz until it answers 200 (`ready`) or 503; fails at once if the
-    /// watcher exits.
-    async fn wait_ready(&mut self, ready: bool) -> anyhow::Result<()> {
-        let want = if ready { 200 } else { 503 };
-        let poll = async {
-            loop {
-                if let Some(status) = self.process.try_exit() {
-                    bail!("herald-watcher exited ({status}) while waiting for /readyz {want}");
-                }
-                if self.readyz().await == Some(want) {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        within(START, &format!("/readyz {want}"), poll).await?
-    }
-
-    async fn metrics(&self) -> anyhow::Result<String> {
-        let body = reqwest::get(format!("{}/metrics", self.health))
-            .await?
-            .text()
-            .await?;
-        Ok(body)
-    }
-
-    /// The value of one sample line, e.g. `herald_watcher_rejections_total{reason="invalid_url"}`.
-    async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
-        let body = self.metrics().await?;
-        let value = body
-            .lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-            .map(|v| v.trim().parse::<f64>())
-            .transpose()?;
-        Ok(value.unwrap_or(0.0))
-    }
+/// SIGTERM: the watcher exits 0 within 3 s.
+fn sigterm_exits_promptly(watcher: &mut HeraldProcess) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    watcher
+        .process_mut()
+        .signal(nix::sys::signal::Signal::SIGTERM);
+    let status = watcher.process_mut().wait_exit(Duration::from_secs(5))?;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -252,6 +223,19 @@ impl Reader {
         }
     }
 
+    /// The next event applies `object` of `objects`, at its resource version.
+    async fn applied_as(
+        &mut self,
+        objects: &Objects,
+        object: &DynamicObject,
+    ) -> anyhow::Result<DeploymentRecord> {
+        let record = self.applied().await?;
+        let name = object.metadata.name.as_deref().unwrap_or_default();
+        assert_eq!(record.object, objects.object_ref(name));
+        assert_eq!(record.resource_version, rv(object));
+        Ok(record)
+    }
+
     async fn withdrawn(&mut self) -> anyhow::Result<herald_core::record::Withdrawal> {
         match self.next().await?.data {
             EventData::Withdrawn(w) => Ok(w),
@@ -280,68 +264,6 @@ impl Bracket {
 // ---------------------------------------------------------------------------------------
 // Objects
 
-fn opted_in(name: &str, description: &str) -> Value {
-    json!({
-        "metadata": {
-            "name": name,
-            "annotations": {
-                ann::REGISTRY_EXPORT: "true",
-                ann::REGISTRY_DESCRIPTION: description,
-            },
-        },
-        "spec": {},
-    })
-}
-
-fn with(mut base: Value, path: &[&str], value: Value) -> Value {
-    let mut at = &mut base;
-    for key in &path[..path.len() - 1] {
-        if at.get(*key).is_none() {
-            at[*key] = json!({});
-        }
-        at = &mut at[*key];
-    }
-    at[path[path.len() - 1]] = value;
-    base
-}
-
-async fn create(
-    api: &Api<DynamicObject>,
-    kind: Kind,
-    version: &str,
-    body: Value,
-) -> anyhow::Result<DynamicObject> {
-    let body = with(
-        body,
-        &["apiVersion"],
-        json!(format!("{TOOLHIVE_GROUP}/{version}")),
-    );
-    let body = with(body, &["kind"], json!(kind.as_str()));
-    let object: DynamicObject = serde_json::from_value(body)?;
-    Ok(api.create(&PostParams::default(), &object).await?)
-}
-
-async fn set_status(
-    api: &Api<DynamicObject>,
-    name: &str,
-    status: Value,
-) -> anyhow::Result<DynamicObject> {
-    let patch = Patch::Merge(json!({ "status": status }));
-    Ok(api
-        .patch_status(name, &PatchParams::default(), &patch)
-        .await?)
-}
-
-async fn merge(
-    api: &Api<DynamicObject>,
-    name: &str,
-    patch: Value,
-) -> anyhow::Result<DynamicObject> {
-    Ok(api
-        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-        .await?)
-}
-
 fn rv(object: &DynamicObject) -> String {
     object.metadata.resource_version.clone().unwrap_or_default()
 }
@@ -353,35 +275,28 @@ fn object_ref(kind: Kind, ns: &str, name: &str) -> ObjectRef {
 // ---------------------------------------------------------------------------------------
 // Tests
 
+large_stack_test!(lifecycle_of_opted_in_servers => lifecycle_of_opted_in_servers_steps);
+
 /// Creation in both CRD eras and each kind, readiness later, opt-out, a move between
 /// registries, deletion, rejections (new and of an advertised object), metrics and
 /// SIGTERM, all with one watcher.
-#[test]
-fn lifecycle_of_opted_in_servers() -> anyhow::Result<()> {
-    run(lifecycle_of_opted_in_servers_steps)
-}
-
 async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
-    let env = Env::start().await?;
+    let env = servers().await?;
     let args = ["--registry-namespaces", "partners=team-a"];
-    let mut watcher = Watcher::start(&env, "watcher.log", &args).await?;
+    let mut watcher = start_watcher(&env, "watcher.log", &args).await?;
     let mut reader = Reader::open(&env.nats.jetstream().await).await?;
     let brackets = reader.startup().await?;
     assert!(brackets.values().all(|b| b.applied.is_empty()));
 
     // v1alpha1 MCPServer: not advertised while Pending; applied once Running.
-    let alpha = env.api(Kind::MCPServer, "v1alpha1", "team-a");
+    let alpha = Objects::new(&env, Kind::MCPServer, "v1alpha1", "team-a");
     let body = opted_in("alpha", "Fetches web pages");
     let body = with(body, &["spec", "transport"], json!("sse"));
     let body = with(body, &["spec", "port"], json!(9090));
     let body = with(body, &["spec", "image"], json!("ghcr.io/x/fetch:2.1.0"));
-    create(&alpha, Kind::MCPServer, "v1alpha1", body).await?;
-    let running = set_status(&alpha, "alpha", json!({"phase": "Running"})).await?;
+    let running = alpha.create_with(body, json!({"phase": "Running"})).await?;
     let record = reader.applied().await?;
-    assert_eq!(
-        record.object,
-        object_ref(Kind::MCPServer, "team-a", "alpha")
-    );
+    assert_eq!(record.object, alpha.object_ref("alpha"));
     assert_eq!(
         record.resource_version,
         rv(&running),
@@ -402,16 +317,15 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
     assert_eq!(record.uid, running.metadata.uid.clone().unwrap_or_default());
 
     // v1beta1 MCPServer with auth and a status URL, Ready right away.
-    let beta = env.api(Kind::MCPServer, "v1beta1", "team-b");
+    let beta = Objects::new(&env, Kind::MCPServer, "v1beta1", "team-b");
     let body = opted_in("beta", "Searches the web");
     let body = with(body, &["spec", "proxyPort"], json!(8081));
     let body = with(body, &["spec", "oidcConfigRef"], json!({"name": "idp"}));
-    create(&beta, Kind::MCPServer, "v1beta1", body).await?;
     let url = "http://mcp-beta-proxy.team-b.svc.cluster.local:8081/mcp";
-    let ready = set_status(&beta, "beta", json!({"phase": "Ready", "url": url})).await?;
-    let record = reader.applied().await?;
-    assert_eq!(record.object, object_ref(Kind::MCPServer, "team-b", "beta"));
-    assert_eq!(record.resource_version, rv(&ready));
+    let ready = beta
+        .create_with(body, json!({"phase": "Ready", "url": url}))
+        .await?;
+    let record = reader.applied_as(&beta, &ready).await?;
     assert_eq!(record.remote.url, url);
     assert_eq!(record.remote.transport, RemoteTransport::StreamableHttp);
     assert_eq!(record.remote.headers.len(), 1);
@@ -419,45 +333,26 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
     assert_eq!(record.version, "1.0.0");
 
     // MCPRemoteProxy into another registry, with the URL annotation.
-    let proxies = env.api(Kind::MCPRemoteProxy, "v1alpha1", "team-a");
+    let proxies = Objects::new(&env, Kind::MCPRemoteProxy, "v1alpha1", "team-a");
     let body = opted_in("remote", "A remote proxy");
-    let body = with(
-        body,
-        &["metadata", "labels"],
-        json!({ann::REGISTRY_NAME: "partners"}),
-    );
+    let body = in_registry(body, "partners");
     let body = with(
         body,
         &["metadata", "annotations", ann::REGISTRY_URL],
         json!("https://mcp.example.com/mcp"),
     );
-    create(&proxies, Kind::MCPRemoteProxy, "v1alpha1", body).await?;
-    let ready = set_status(&proxies, "remote", json!({"phase": "Ready"})).await?;
-    let record = reader.applied().await?;
-    assert_eq!(
-        record.object,
-        object_ref(Kind::MCPRemoteProxy, "team-a", "remote")
-    );
-    assert_eq!(record.resource_version, rv(&ready));
+    let ready = proxies.create_with(body, json!({"phase": "Ready"})).await?;
+    let record = reader.applied_as(&proxies, &ready).await?;
     assert_eq!(record.registry.as_str(), "partners");
     assert_eq!(record.remote.url, "https://mcp.example.com/mcp");
 
     // VirtualMCPServer.
-    let virtuals = env.api(Kind::VirtualMCPServer, "v1alpha1", "team-a");
-    create(
-        &virtuals,
-        Kind::VirtualMCPServer,
-        "v1alpha1",
-        opted_in("virtual", "Aggregates tools"),
-    )
-    .await?;
-    let ready = set_status(&virtuals, "virtual", json!({"phase": "Ready"})).await?;
-    let record = reader.applied().await?;
-    assert_eq!(
-        record.object,
-        object_ref(Kind::VirtualMCPServer, "team-a", "virtual")
-    );
-    assert_eq!(record.resource_version, rv(&ready));
+    let virtuals = Objects::new(&env, Kind::VirtualMCPServer, "v1alpha1", "team-a");
+    let body = opted_in("virtual", "Aggregates tools");
+    let ready = virtuals
+        .create_with(body, json!({"phase": "Ready"}))
+        .await?;
+    let record = reader.applied_as(&virtuals, &ready).await?;
     assert_eq!(
         record.remote.url,
         "http://vmcp-virtual.team-a.svc.cluster.local:8080/mcp"
@@ -531,46 +426,25 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
         &["metadata", "annotations", ann::REGISTRY_URL],
         json!("ftp://example.com/x"),
     );
-    create(&alpha, Kind::MCPServer, "v1alpha1", body).await?;
-    set_status(&alpha, "bad-url", ready.clone()).await?;
+    alpha.create_with(body, ready.clone()).await?;
     let mut body = opted_in("no-description", "");
     body["metadata"]["annotations"]
         .as_object_mut()
         .context("annotations")?
         .remove(ann::REGISTRY_DESCRIPTION);
-    create(&alpha, Kind::MCPServer, "v1alpha1", body).await?;
-    set_status(&alpha, "no-description", ready.clone()).await?;
+    alpha.create_with(body, ready.clone()).await?;
     let body = opted_in("bad-registry", "Bad registry");
-    let body = with(
-        body,
-        &["metadata", "labels"],
-        json!({ann::REGISTRY_NAME: "Not_A_Label"}),
-    );
-    create(&alpha, Kind::MCPServer, "v1alpha1", body).await?;
-    set_status(&alpha, "bad-registry", ready.clone()).await?;
+    let body = in_registry(body, "Not_A_Label");
+    alpha.create_with(body, ready.clone()).await?;
     // Only team-a may publish into "partners" (--registry-namespaces).
-    let team_b = env.api(Kind::MCPServer, "v1alpha1", "team-b");
+    let team_b = Objects::new(&env, Kind::MCPServer, "v1alpha1", "team-b");
     let body = opted_in("not-allowed", "Wrong namespace");
-    let body = with(
-        body,
-        &["metadata", "labels"],
-        json!({ann::REGISTRY_NAME: "partners"}),
-    );
-    create(&team_b, Kind::MCPServer, "v1alpha1", body).await?;
-    set_status(&team_b, "not-allowed", ready.clone()).await?;
-    create(
-        &alpha,
-        Kind::MCPServer,
-        "v1alpha1",
-        opted_in("sentinel", "Valid"),
-    )
-    .await?;
-    set_status(&alpha, "sentinel", ready.clone()).await?;
-    let record = reader.applied().await?;
-    assert_eq!(
-        record.object,
-        object_ref(Kind::MCPServer, "team-a", "sentinel")
-    );
+    let body = in_registry(body, "partners");
+    team_b.create_with(body, ready.clone()).await?;
+    let sentinel = alpha
+        .create_with(opted_in("sentinel", "Valid"), ready.clone())
+        .await?;
+    reader.applied_as(&alpha, &sentinel).await?;
 
     for reason in [
         "invalid_url",
@@ -586,7 +460,7 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
             "{sample}, reported once"
         );
     }
-    let log = watcher.process.log_contents();
+    let log = watcher.log_contents();
     for needle in [
         r#""name":"bad-url""#,
         r#""reason":"invalid_url""#,
@@ -609,33 +483,22 @@ async fn lifecycle_of_opted_in_servers_steps() -> anyhow::Result<()> {
     assert!(watcher.metric(resync).await? > 1.7e9);
 
     // SIGTERM: exits 0, promptly.
-    let started = std::time::Instant::now();
-    watcher.process.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = watcher.process.wait_exit(Duration::from_secs(5))?;
-    assert!(status.success(), "exit status {status}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    sigterm_exits_promptly(&mut watcher)?;
     Ok(())
 }
 
+large_stack_test!(restart_resyncs_what_was_deleted_meanwhile => restart_resyncs_what_was_deleted_meanwhile_steps);
+
 /// Objects deleted while the watcher was stopped: the restart's resync bracket re-applies
 /// what still exists with a newer epoch, so a consumer can sweep the rest.
-#[test]
-fn restart_resyncs_what_was_deleted_meanwhile() -> anyhow::Result<()> {
-    run(restart_resyncs_what_was_deleted_meanwhile_steps)
-}
-
 async fn restart_resyncs_what_was_deleted_meanwhile_steps() -> anyhow::Result<()> {
-    let env = Env::start().await?;
-    let api = env.api(Kind::MCPServer, "v1beta1", "ns");
+    let env = servers().await?;
+    let api = Objects::new(&env, Kind::MCPServer, "v1beta1", "ns");
     for name in ["kept", "gone"] {
-        create(&api, Kind::MCPServer, "v1beta1", opted_in(name, "A server")).await?;
-        set_status(&api, name, json!({"phase": "Ready"})).await?;
+        let ready = json!({"phase": "Ready"});
+        api.create_with(opted_in(name, "A server"), ready).await?;
     }
-    let mut watcher = Watcher::start(&env, "first.log", &[]).await?;
+    let mut watcher = start_watcher(&env, "first.log", &[]).await?;
     let mut reader = Reader::open(&env.nats.jetstream().await).await?;
     let first = reader.startup().await?;
     let names: Vec<&str> = first[&Kind::MCPServer]
@@ -649,10 +512,10 @@ async fn restart_resyncs_what_was_deleted_meanwhile_steps() -> anyhow::Result<()
         "{names:?}"
     );
     let stale_epoch = first[&Kind::MCPServer].applied[0].epoch;
-    assert!(watcher.process.terminate().success());
+    assert!(watcher.terminate().success());
 
     api.delete("gone", &DeleteParams::default()).await?;
-    let _watcher = Watcher::start(&env, "second.log", &[]).await?;
+    let _watcher = start_watcher(&env, "second.log", &[]).await?;
     let second = reader.startup().await?;
     let bracket = &second[&Kind::MCPServer];
     assert!(
@@ -666,23 +529,20 @@ async fn restart_resyncs_what_was_deleted_meanwhile_steps() -> anyhow::Result<()
     Ok(())
 }
 
+large_stack_test!(nats_outage_loses_nothing => nats_outage_loses_nothing_steps);
+
 /// NATS stops while objects change: the watcher reports not-ready, keeps the latest state
 /// per object, and after NATS returns the last event of every object matches the API
 /// server, with each object's events in order.
-#[test]
-fn nats_outage_loses_nothing() -> anyhow::Result<()> {
-    run(nats_outage_loses_nothing_steps)
-}
-
 async fn nats_outage_loses_nothing_steps() -> anyhow::Result<()> {
-    let mut env = Env::start().await?;
-    let api = env.api(Kind::MCPServer, "v1beta1", "ns");
+    let mut env = servers().await?;
+    let api = Objects::new(&env, Kind::MCPServer, "v1beta1", "ns");
     for name in ["moves", "deleted", "opts-out", "flaps"] {
-        create(&api, Kind::MCPServer, "v1beta1", opted_in(name, "A server")).await?;
-        set_status(&api, name, json!({"phase": "Ready"})).await?;
+        let ready = json!({"phase": "Ready"});
+        api.create_with(opted_in(name, "A server"), ready).await?;
     }
     let args = ["--shutdown-timeout", "1s"];
-    let mut watcher = Watcher::start(&env, "watcher.log", &args).await?;
+    let mut watcher = start_watcher(&env, "watcher.log", &args).await?;
     let mut reader = Reader::open(&env.nats.jetstream().await).await?;
     assert_eq!(reader.startup().await?[&Kind::MCPServer].applied.len(), 4);
     drop(reader);
@@ -701,19 +561,14 @@ async fn nats_outage_loses_nothing_steps() -> anyhow::Result<()> {
         json!({"metadata": {"annotations": {ann::REGISTRY_EXPORT: "false"}}}),
     )
     .await?;
-    create(
-        &api,
-        Kind::MCPServer,
-        "v1beta1",
-        opted_in("new", "A new server"),
-    )
-    .await?;
-    set_status(&api, "new", json!({"phase": "Ready"})).await?;
+    let ready = json!({"phase": "Ready"});
+    api.create_with(opted_in("new", "A new server"), ready)
+        .await?;
     for i in 0..20 {
         let patch = json!({"metadata": {"annotations": {ann::REGISTRY_DESCRIPTION: format!("Version {i}")}}});
         merge(&api, "flaps", patch).await?;
     }
-    watcher.wait_ready(false).await?;
+    watcher.wait_not_ready().await?;
     // One event per (object, registry) waits, however often "flaps" changed: six keys,
     // one of them possibly in the publisher's hands.
     let pending = eventually(STEP, "the outbox holds the changes", || async {
@@ -724,7 +579,7 @@ async fn nats_outage_loses_nothing_steps() -> anyhow::Result<()> {
     assert!(pending <= 6.0, "{pending} pending events");
 
     within(START, "NATS restart", env.nats.restart()).await??;
-    watcher.wait_ready(true).await?;
+    watcher.wait_ready().await?;
     eventually(CATCH_UP, "an empty outbox", || async {
         Ok((watcher.metric("herald_watcher_pending_events").await? == 0.0).then_some(()))
     })
@@ -807,52 +662,37 @@ async fn nats_outage_loses_nothing_steps() -> anyhow::Result<()> {
         json!({"metadata": {"annotations": {ann::REGISTRY_EXPORT: "false"}}}),
     )
     .await?;
-    watcher.wait_ready(false).await?;
-    let started = std::time::Instant::now();
-    watcher.process.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = watcher.process.wait_exit(Duration::from_secs(5))?;
-    assert!(status.success(), "exit status {status}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(
-        watcher
-            .process
-            .log_contents()
-            .contains("shutdown timeout reached")
-    );
+    watcher.wait_not_ready().await?;
+    sigterm_exits_promptly(&mut watcher)?;
+    assert!(watcher.log_contents().contains("shutdown timeout reached"));
     Ok(())
 }
 
 /// A bad flag or cluster id: non-zero exit and a one-line reason.
-#[test]
-fn bad_cluster_id_exits_with_one_line() -> anyhow::Result<()> {
-    let output = Command::new(herald_binary("herald-watcher"))
+#[tokio::test]
+async fn bad_cluster_id_exits_with_one_line() -> anyhow::Result<()> {
+    let output = Herald::bare("herald-watcher")
         .args(["--cluster-id", "Not_Valid"])
         .env_remove("HERALD_CLUSTER_ID")
-        .output()?;
+        .output(STEP)
+        .await?;
     assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = &output.stderr;
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("cluster-id"), "{stderr}");
     Ok(())
 }
 
+large_stack_test!(late_kind_and_namespace_list => late_kind_and_namespace_list_steps);
+
 /// A kind the cluster does not serve at start is picked up once installed, without a
 /// restart; only the configured namespaces are watched, in one resync bracket per kind;
 /// heartbeats flow.
-#[test]
-fn late_kind_and_namespace_list() -> anyhow::Result<()> {
-    run(late_kind_and_namespace_list_steps)
-}
-
 async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
-    let env = Env::start().await?;
-    let crds: Api<CustomResourceDefinition> = Api::all(env.kube.client());
+    let env = servers().await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(env.kube().client());
     let crd_name = format!("{}.{TOOLHIVE_GROUP}", Kind::VirtualMCPServer.plural());
     let mut crd = crds.get(&crd_name).await?;
     crds.delete(&crd_name, &DeleteParams::default()).await?;
@@ -862,15 +702,9 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
     .await?;
 
     for ns in ["team-a", "team-b", "team-c"] {
-        let api = env.api(Kind::MCPServer, "v1beta1", ns);
-        create(
-            &api,
-            Kind::MCPServer,
-            "v1beta1",
-            opted_in("srv", "A server"),
-        )
-        .await?;
-        set_status(&api, "srv", json!({"phase": "Ready"})).await?;
+        let api = Objects::new(&env, Kind::MCPServer, "v1beta1", ns);
+        let ready = json!({"phase": "Ready"});
+        api.create_with(opted_in("srv", "A server"), ready).await?;
     }
     let args = [
         "--namespaces",
@@ -880,7 +714,7 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
         "--heartbeat-interval",
         "200ms",
     ];
-    let watcher = Watcher::start(&env, "watcher.log", &args).await?;
+    let watcher = start_watcher(&env, "watcher.log", &args).await?;
     let mut reader = Reader::open(&env.nats.jetstream().await).await?;
     let present = [Kind::MCPServer, Kind::MCPRemoteProxy];
     let brackets = reader.brackets(&present).await?;
@@ -896,10 +730,7 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
         "one bracket over both namespaces"
     );
     assert!(
-        watcher
-            .process
-            .log_contents()
-            .contains("does not serve this kind"),
+        watcher.log_contents().contains("does not serve this kind"),
         "the missing kind is logged"
     );
 
@@ -912,21 +743,12 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
     crds.create(&PostParams::default(), &crd).await?;
     let brackets = reader.brackets(&[Kind::VirtualMCPServer]).await?;
     assert!(brackets[&Kind::VirtualMCPServer].applied.is_empty());
-    let virtuals = env.api(Kind::VirtualMCPServer, "v1alpha1", "team-b");
-    create(
-        &virtuals,
-        Kind::VirtualMCPServer,
-        "v1alpha1",
-        opted_in("late", "Late"),
-    )
-    .await?;
-    let ready = set_status(&virtuals, "late", json!({"phase": "Ready"})).await?;
-    let record = reader.applied().await?;
-    assert_eq!(
-        record.object,
-        object_ref(Kind::VirtualMCPServer, "team-b", "late")
-    );
-    assert_eq!(record.resource_version, rv(&ready));
+    let virtuals = Objects::new(&env, Kind::VirtualMCPServer, "v1alpha1", "team-b");
+    let ready = json!({"phase": "Ready"});
+    let ready = virtuals
+        .create_with(opted_in("late", "Late"), ready)
+        .await?;
+    reader.applied_as(&virtuals, &ready).await?;
 
     let heartbeats = "herald_watcher_events_published_total{type=\"cluster.heartbeat\"}";
     eventually(STEP, "heartbeats", || async {

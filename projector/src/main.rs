@@ -194,10 +194,10 @@ struct RunArgs {
 #[derive(Debug, Clone, Args)]
 #[group(multiple = false)]
 struct StartArgs {
-    /// StartingPoint at this stream sequence.
+    /// Start at this stream sequence.
     #[arg(long, env = "HERALD_FROM_SEQ")]
     from_seq: Option<u64>,
-    /// StartingPoint at a time: RFC 3339 (`2026-11-24T10:00:00Z`) or a duration back
+    /// Start at a time: RFC 3339 (`2026-11-24T10:00:00Z`) or a duration back
     /// from now (`10m`, `2h`, `1d`).
     #[arg(long, env = "HERALD_SINCE", value_parser = since)]
     since: Option<DateTime<Utc>>,

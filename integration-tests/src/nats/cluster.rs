@@ -184,4 +184,9 @@ impl NatsCluster {
     pub async fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
         self.nodes[i].restart().await
     }
+
+    /// An outage of node `i` ([`NatsServer::outage`]).
+    pub async fn node_outage(&mut self, i: usize, down: Duration) -> anyhow::Result<()> {
+        self.nodes[i].outage(down).await
+    }
 }

@@ -12,7 +12,7 @@ use futures::StreamExt as _;
 use herald_integration_tests::nats::NatsServer;
 use serde_json::{Value, json};
 
-use crate::common::{self, Api, IN_FLIGHT, Latency};
+use crate::common::{self, IN_FLIGHT, Latency};
 use crate::report::{Report, Row, per_second, ratio};
 
 const CONNECTIONS: usize = 64;
@@ -38,13 +38,13 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let js = nats.jetstream().await;
     fill(&js, 1, servers).await?;
-    let (api, _) = Api::start(&nats, &dir, &[]).await?;
-    api.wait_listing("a full first page", |page| {
+    let (api, _) = common::start_api(&nats, &dir, &[]).await?;
+    common::wait_listing(&api, "a full first page", |page| {
         page["servers"].as_array().map(Vec::len) == Some(100)
     })
     .await?;
 
-    let url = format!("{}{PATH}", api.base);
+    let url = format!("{}{PATH}", api.base());
     let response = reqwest::get(&url).await?;
     let content_type = response
         .headers()
@@ -55,13 +55,13 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
     let body = response.bytes().await?;
     let baseline_url = serve_bytes(content_type, body.clone()).await?;
 
-    let cpu_before = common::cpu_seconds(api.process.pid())?;
+    let cpu_before = common::cpu_seconds(api.pid())?;
     let herald = load(&url, Duration::from_secs_f64(seconds)).await?;
-    let api_cpu = common::cpu_seconds(api.process.pid())? - cpu_before;
+    let api_cpu = common::cpu_seconds(api.pid())? - cpu_before;
     // The load runs a warm-up and the recorded span; count requests over both roughly.
     let cpu_per_request_us = api_cpu / (herald.rate * (seconds + 0.5)) * 1e6;
     eprintln!("   herald-api: about {cpu_per_request_us:.0} µs of its CPU per request");
-    let (rss, peak) = common::memory_mib(api.process.pid())?;
+    let (rss, peak) = common::memory_mib(api.pid())?;
     let baseline = load(&baseline_url, Duration::from_secs_f64(seconds)).await?;
     report.row(Row {
         scenario: "api list",

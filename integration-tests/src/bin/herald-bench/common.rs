@@ -1,12 +1,11 @@
 //! What every scenario shares: latency statistics, benchmark events and stored
-//! values, Herald's processes started from the release folder, a light SSE reader,
-//! resident memory, and pipelined writes.
+//! values, Herald's processes started from the release folder (through the harness's
+//! `Herald` builder, with only the flags named here), a light SSE reader, resident
+//! memory, and pipelined writes.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
 use chrono::{DateTime, TimeZone as _, Utc};
 use futures::StreamExt as _;
@@ -15,11 +14,11 @@ use herald_core::projection::{Fold, fold_applied};
 use herald_core::record::{Phase, Remote, RemoteTransport};
 use herald_core::{ClusterId, DeploymentRecord, Event, EventData, Kind, ObjectRef, RegistryName};
 use herald_integration_tests::dir::TestDir;
+use herald_integration_tests::events::message;
+use herald_integration_tests::herald::{Herald, HeraldProcess};
+use herald_integration_tests::kube::KubeApi;
 use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::ports::free_port;
-use herald_integration_tests::process::ChildProcess;
 use herald_integration_tests::timeout::eventually;
-use herald_integration_tests::tools::herald_binary;
 use herald_runtime::stream::StreamArgs;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -124,17 +123,6 @@ pub fn applied(record: &DeploymentRecord) -> Event {
     )
 }
 
-/// Subject, headers and payload of an event, as the watcher publishes it.
-pub fn message(event: &Event) -> (String, HeaderMap, bytes::Bytes) {
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", event.id.as_str());
-    (
-        event.nats_subject().to_string(),
-        headers,
-        event.to_json().into(),
-    )
-}
-
 /// Key and value the projector stores for `record` (fresh, at stream sequence `seq`).
 pub fn stored(record: &DeploymentRecord, seq: u64) -> anyhow::Result<(String, bytes::Bytes)> {
     let key = DeploymentKey::new(record.cluster.clone(), record.object.clone()).to_string();
@@ -154,6 +142,14 @@ pub async fn ensure_stream(js: &jetstream::Context) -> anyhow::Result<()> {
     .ensure(js)
     .await?;
     Ok(())
+}
+
+/// A nats-server with HERALD_EVENTS, and JetStream on it.
+pub async fn nats_with_stream() -> anyhow::Result<(NatsServer, jetstream::Context)> {
+    let nats = NatsServer::start().await?;
+    let js = nats.jetstream().await;
+    ensure_stream(&js).await?;
+    Ok((nats, js))
 }
 
 /// The registry bucket `herald-default`, as the projector creates it.
@@ -198,96 +194,71 @@ pub async fn publish_events(
 
 // ---------------------------------------------------------------- processes
 
-/// Quiet logs: the benchmark measures work, not logging.
-const RUST_LOG: &str = "warn";
+// Quiet logs (`Herald::quiet`): the benchmark measures work, not logging.
 
-/// `herald-projector run` on `nats`, health on a free port.
-pub fn spawn_projector(nats: &NatsServer, dir: &TestDir) -> anyhow::Result<ChildProcess> {
-    let mut command = Command::new(herald_binary("herald-projector"));
-    command
-        .env("RUST_LOG", RUST_LOG)
-        .args(["--nats-url", &nats.url()])
-        .args(["--health-listen", &format!("127.0.0.1:{}", free_port())]);
-    ChildProcess::spawn(
-        "herald-projector",
-        command,
-        &dir.join("herald-projector.log"),
-    )
+/// `herald-projector run` on `nats`, health on a free port; not waited for (a scenario
+/// times its start itself).
+pub fn spawn_projector(nats: &NatsServer, dir: &TestDir) -> anyhow::Result<HeraldProcess> {
+    Herald::projector(&nats.url())
+        .quiet()
+        .dir(dir.path())
+        .log_name("herald-projector.log")
+        .spawn()
 }
 
-/// A running `herald-api` and its base URL.
-#[derive(Debug)]
-pub struct Api {
-    pub process: ChildProcess,
-    pub base: String,
-    pub port: u16,
+/// `herald-watcher` for `cluster` on `kube`, feeding `nats`; not waited for.
+pub fn spawn_watcher(
+    nats: &NatsServer,
+    kube: &KubeApi,
+    dir: &TestDir,
+    cluster: &str,
+) -> anyhow::Result<HeraldProcess> {
+    Herald::watcher(kube, cluster, &nats.url())
+        .quiet()
+        .flag("--heartbeat-interval", "1h")
+        .dir(dir.path())
+        .log_name("herald-watcher.log")
+        .spawn()
 }
 
-impl Api {
-    /// Spawns `herald-api` on `nats` and waits until `/readyz` answers 200; returns it
-    /// with the time from spawn to ready.
-    pub async fn start(
-        nats: &NatsServer,
-        dir: &TestDir,
-        extra: &[&str],
-    ) -> anyhow::Result<(Self, Duration)> {
-        let port = free_port();
-        let mut command = Command::new(herald_binary("herald-api"));
-        command
-            .env("RUST_LOG", RUST_LOG)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--nats-url", &nats.url()])
-            .args(["--discovery-interval", "200ms"])
-            .args(extra);
-        let started = Instant::now();
-        let process = ChildProcess::spawn("herald-api", command, &dir.join("herald-api.log"))?;
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let url = format!("{base}/readyz");
-        let ready = eventually(START, "herald-api ready", || async {
-            Ok(http
-                .get(&url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == reqwest::StatusCode::OK)
-                .map(|_| ()))
-        })
-        .await;
-        let took = started.elapsed();
-        if let Err(error) = ready {
-            return Err(process.explain(error));
-        }
-        Ok((
-            Self {
-                process,
-                base,
-                port,
-            },
-            took,
-        ))
-    }
+/// Starts `herald-api` on `nats` and waits until `/readyz` answers 200; returns it
+/// with the time from spawn to ready.
+pub async fn start_api(
+    nats: &NatsServer,
+    dir: &TestDir,
+    extra: &[&str],
+) -> anyhow::Result<(HeraldProcess, Duration)> {
+    let api = Herald::api(&nats.url())
+        .quiet()
+        .flag("--discovery-interval", "200ms")
+        .args(extra)
+        .dir(dir.path())
+        .log_name("herald-api.log")
+        .ready_within(START);
+    let started = Instant::now();
+    let api = api.start().await?;
+    Ok((api, started.elapsed()))
+}
 
-    /// Waits until the first page of the default registry lists `count` entries in all.
-    pub async fn wait_listing(
-        &self,
-        what: &str,
-        check: impl Fn(&Value) -> bool,
-    ) -> anyhow::Result<()> {
-        let http = reqwest::Client::new();
-        let url = format!("{}/v0.1/servers?limit=100", self.base);
-        eventually(START, what, || async {
-            let Ok(response) = http.get(&url).send().await else {
-                return Ok(None);
-            };
-            let Ok(body) = response.json::<Value>().await else {
-                return Ok(None);
-            };
-            Ok(check(&body).then_some(()))
-        })
-        .await
-        .map_err(|e| self.process.explain(e))
-    }
+/// Waits until the first page of the default registry satisfies `check`.
+pub async fn wait_listing(
+    api: &HeraldProcess,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let url = format!("{}/v0.1/servers?limit=100", api.base());
+    eventually(START, what, || async {
+        let Ok(response) = http.get(&url).send().await else {
+            return Ok(None);
+        };
+        let Ok(body) = response.json::<Value>().await else {
+            return Ok(None);
+        };
+        Ok(check(&body).then_some(()))
+    })
+    .await
+    .map_err(|e| api.explain(e))
 }
 
 /// Resident and peak resident memory of a process, in MiB (`/proc/<pid>/status`).

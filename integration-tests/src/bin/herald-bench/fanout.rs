@@ -9,7 +9,7 @@ use herald_integration_tests::nats::NatsServer;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::common::{self, Api, FEED, Latency, SseReader};
+use crate::common::{self, FEED, Latency, SseReader};
 use crate::report::{Report, Row};
 
 /// Connections opened at once (the API's accept backlog is finite).
@@ -37,14 +37,14 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
         "--max-connections-per-client",
         &max,
     ];
-    let (api, _) = Api::start(&nats, &dir, &limits).await?;
-    let (idle_rss, _) = common::memory_mib(api.process.pid())?;
+    let (api, _) = common::start_api(&nats, &dir, &limits).await?;
+    let (idle_rss, _) = common::memory_mib(api.pid())?;
 
     let (receipt_tx, mut receipts) = mpsc::unbounded_channel();
     let (ready_tx, mut ready) = mpsc::unbounded_channel();
     let (go_tx, go) = watch::channel(false);
     let connecting = Instant::now();
-    let port = api.port;
+    let port = api.port();
     let mut connects = futures::stream::iter(0..subscribers)
         .map(|_| {
             let (receipt_tx, ready_tx, mut go) = (receipt_tx.clone(), ready_tx.clone(), go.clone());
@@ -90,7 +90,7 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
         connect_time.as_secs_f64(),
         first_error.map(|e| format!(": {e}")).unwrap_or_default()
     );
-    let (subscribed_rss, _) = common::memory_mib(api.process.pid())?;
+    let (subscribed_rss, _) = common::memory_mib(api.pid())?;
 
     go_tx.send(true)?;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -108,7 +108,7 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
     }
     let reached = samples.len();
     let latency = Latency::of(&mut samples);
-    let (rss, peak) = common::memory_mib(api.process.pid())?;
+    let (rss, peak) = common::memory_mib(api.pid())?;
     report.row(Row {
         scenario: "sse fan-out",
         figure: format!("one change to {connected} subscribers ({reached} reached)"),

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt as _;
 use herald_core::names::STREAM;
-use herald_integration_tests::nats::NatsServer;
 use serde_json::json;
 
 use crate::common::{self, IN_FLIGHT};
@@ -22,9 +21,7 @@ const CONSUMER: &str = "herald-projector";
 pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
     let events = if quick { 20_000 } else { 200_000 };
     let dir = common::scenario_dir("projector")?;
-    let nats = NatsServer::start().await?;
-    let js = nats.jetstream().await;
-    common::ensure_stream(&js).await?;
+    let (nats, js) = common::nats_with_stream().await?;
     let publish_rate = common::publish_events(&js, events, CLUSTERS, OBJECTS).await?;
     eprintln!("   backlog of {events} events published at {publish_rate:.0}/s");
 
@@ -70,7 +67,7 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
 /// spawn to the first acknowledgement.
 async fn follow(
     js: &jetstream::Context,
-    projector: &mut herald_integration_tests::process::ChildProcess,
+    projector: &mut herald_integration_tests::herald::HeraldProcess,
     last: u64,
 ) -> anyhow::Result<(f64, Duration)> {
     let spawned = Instant::now();

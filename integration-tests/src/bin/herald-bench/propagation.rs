@@ -8,18 +8,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
+use herald_core::Kind;
 use herald_core::annotations as ann;
+use herald_integration_tests::events::message;
+use herald_integration_tests::herald::HeraldProcess;
 use herald_integration_tests::kube::KubeApi;
 use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::ports::free_port;
-use herald_integration_tests::process::ChildProcess;
-use herald_integration_tests::tools::herald_binary;
+use herald_integration_tests::objects;
 use kube::api::{Api as KubeObjects, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::common::{self, Api, FEED, Latency, MARKER, SseReader};
+use crate::common::{self, FEED, Latency, MARKER, SseReader};
 use crate::report::{Report, Row, per_second, ratio};
 
 /// Objects the events rotate over (a change of each one is its own SSE upsert).
@@ -61,11 +61,9 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
         (10.0, 5.0, &[2_000.0, 5_000.0, 10_000.0, 20_000.0, 40_000.0])
     };
     let dir = common::scenario_dir("propagation")?;
-    let nats = NatsServer::start().await?;
-    let js = nats.jetstream().await;
-    common::ensure_stream(&js).await?;
+    let (nats, js) = common::nats_with_stream().await?;
     let mut projector = common::spawn_projector(&nats, &dir)?;
-    let (api, _) = Api::start(&nats, &dir, &[]).await?;
+    let (api, _) = common::start_api(&nats, &dir, &[]).await?;
 
     // Raw baseline on its own stream of the same server.
     js.create_stream(stream::Config {
@@ -88,7 +86,7 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
         }
     });
 
-    let mut sse = SseReader::connect(api.port, FEED).await?;
+    let mut sse = SseReader::connect(api.port(), FEED).await?;
     sse.wait_for(b"event: snapshot").await?;
     let (sse_tx, mut sse_rx) = mpsc::unbounded_channel();
     // The projector's hop: the bucket's values as they are written.
@@ -116,7 +114,7 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
 
     // Warm-up: every object exists once, so later events are plain updates.
     let mut next_seq = 1u64;
-    let warm = paced_herald(&js, &mut sse_rx, next_seq, OBJECTS, 500.0).await?;
+    let warm = paced_publish(Path::Herald, &js, &mut sse_rx, next_seq, OBJECTS, 500.0).await?;
     anyhow::ensure!(
         warm.lost == 0,
         "warm-up: {} events never reached SSE",
@@ -136,8 +134,16 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
             step_seconds
         };
         let count = (rate * seconds) as usize;
-        let raw = paced_raw(&js, &mut raw_rx, next_seq, count, rate).await?;
-        let herald = paced_herald(&js, &mut sse_rx, next_seq + count as u64, count, rate).await?;
+        let raw = paced_publish(Path::Raw, &js, &mut raw_rx, next_seq, count, rate).await?;
+        let herald = paced_publish(
+            Path::Herald,
+            &js,
+            &mut sse_rx,
+            next_seq + count as u64,
+            count,
+            rate,
+        )
+        .await?;
         next_seq += 2 * count as u64;
         projector.ensure_running()?;
         eprintln!(
@@ -260,32 +266,20 @@ fn marker_in(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
-/// Publishes `count` applied events (markers `first..first+count`) at `rate` and
-/// collects their SSE receipts.
-async fn paced_herald(
-    js: &jetstream::Context,
-    receipts: &mut mpsc::UnboundedReceiver<(usize, u64, Instant)>,
-    first: u64,
-    count: usize,
-    rate: f64,
-) -> anyhow::Result<Step> {
-    let js = js.clone();
-    paced(receipts, 2, first, count, rate, move |seq| {
-        let js = js.clone();
-        async move {
-            let object = usize::try_from(seq)? % OBJECTS;
-            let record = common::record(0, object, seq)?;
-            let (subject, headers, payload) = common::message(&common::applied(&record));
-            Ok(Some(
-                js.publish_with_headers(subject, headers, payload).await?,
-            ))
-        }
-    })
-    .await
+/// Where a paced step publishes.
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    /// Applied events on HERALD_EVENTS, as the watcher publishes them; receipts from the
+    /// bucket and the SSE subscriber (two hops).
+    Herald,
+    /// The same payload on a plain stream, read by a subscriber (one hop).
+    Raw,
 }
 
-/// The same, raw: the same payload published on a plain stream, read by a subscriber.
-async fn paced_raw(
+/// Publishes `count` applied events (markers `first..first+count`) at `rate` on `path`
+/// and collects their receipts.
+async fn paced_publish(
+    path: Path,
     js: &jetstream::Context,
     receipts: &mut mpsc::UnboundedReceiver<(usize, u64, Instant)>,
     first: u64,
@@ -293,13 +287,23 @@ async fn paced_raw(
     rate: f64,
 ) -> anyhow::Result<Step> {
     let js = js.clone();
-    paced(receipts, 1, first, count, rate, move |seq| {
+    let hops = match path {
+        Path::Herald => 2,
+        Path::Raw => 1,
+    };
+    paced(receipts, hops, first, count, rate, move |seq| {
         let js = js.clone();
         async move {
             let object = usize::try_from(seq)? % OBJECTS;
-            let record = common::record(0, object, seq)?;
-            let payload = common::applied(&record).to_json();
-            Ok(Some(js.publish("bench.raw", payload.into()).await?))
+            let event = common::applied(&common::record(0, object, seq)?);
+            let ack = match path {
+                Path::Herald => {
+                    let (subject, headers, payload) = message(&event);
+                    js.publish_with_headers(subject, headers, payload).await?
+                }
+                Path::Raw => js.publish("bench.raw", event.to_json().into()).await?,
+            };
+            Ok(Some(ack))
         }
     })
     .await
@@ -413,12 +417,12 @@ where
 async fn kube_path(
     nats: &NatsServer,
     dir: &herald_integration_tests::dir::TestDir,
-    api: &Api,
+    api: &HeraldProcess,
     quick: bool,
 ) -> anyhow::Result<(Latency, Latency)> {
     let changes = if quick { 20 } else { 200 };
     let kube = KubeApi::start().await?;
-    let mut watcher = spawn_watcher(nats, &kube, dir, "cluster-k8s")?;
+    let mut watcher = common::spawn_watcher(nats, &kube, dir, "cluster-k8s")?;
     let objects = mcpservers(&kube, "tools");
     let body = mcpserver("kube-0", 1);
     let object: DynamicObject = serde_json::from_value(body)?;
@@ -428,7 +432,7 @@ async fn kube_path(
         .patch_status("kube-0", &PatchParams::default(), &patch)
         .await?;
 
-    let mut sse = SseReader::connect(api.port, FEED).await?;
+    let mut sse = SseReader::connect(api.port(), FEED).await?;
     let mut watch = {
         use futures::StreamExt as _;
         use kube::runtime::watcher;
@@ -497,28 +501,9 @@ async fn kube_path(
     Ok((Latency::of(&mut herald), Latency::of(&mut watched)))
 }
 
-/// `herald-watcher` for `cluster` on `kube`, feeding `nats`.
-pub fn spawn_watcher(
-    nats: &NatsServer,
-    kube: &KubeApi,
-    dir: &herald_integration_tests::dir::TestDir,
-    cluster: &str,
-) -> anyhow::Result<ChildProcess> {
-    let mut command = std::process::Command::new(herald_binary("herald-watcher"));
-    command
-        .env("KUBECONFIG", kube.kubeconfig_path())
-        .env("RUST_LOG", "warn")
-        .args(["--cluster-id", cluster, "--nats-url", &nats.url()])
-        .args(["--health-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--heartbeat-interval", "1h"]);
-    ChildProcess::spawn("herald-watcher", command, &dir.join("herald-watcher.log"))
-}
-
 /// MCPServers (v1alpha1) in `namespace`.
 pub fn mcpservers(kube: &KubeApi, namespace: &str) -> KubeObjects<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("toolhive.stacklok.dev", "v1alpha1", "MCPServer");
-    let resource = ApiResource::from_gvk_with_plural(&gvk, "mcpservers");
-    KubeObjects::namespaced_with(kube.client(), namespace, &resource)
+    objects::api_at(kube.client(), Kind::MCPServer, "v1alpha1", namespace)
 }
 
 /// An opted-in MCPServer whose description carries marker `seq`.

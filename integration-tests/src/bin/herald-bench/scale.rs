@@ -2,17 +2,15 @@
 //! clusters; `herald-projector replay` of 1,000,000 events. Baseline of the replay: a
 //! raw ordered read of the same stream with the same client library.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use herald_core::names::STREAM;
+use herald_integration_tests::herald::Herald;
 use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::process::ChildProcess;
-use herald_integration_tests::tools::herald_binary;
 use serde_json::json;
 
-use crate::common::{self, Api};
+use crate::common;
 use crate::report::{Report, Row, per_second, ratio};
 
 const CLUSTERS: usize = 50;
@@ -30,8 +28,8 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
     let js = nats.jetstream().await;
     let fill_rate = crate::api_list::fill(&js, CLUSTERS, deployments / CLUSTERS).await?;
     eprintln!("   {deployments} deployments written at {fill_rate:.0}/s");
-    let (api, ready) = Api::start(&nats, &dir, &[]).await?;
-    let (rss, peak) = common::memory_mib(api.process.pid())?;
+    let (api, ready) = common::start_api(&nats, &dir, &[]).await?;
+    let (rss, peak) = common::memory_mib(api.pid())?;
     report.row(Row {
         scenario: "scale",
         figure: format!(
@@ -46,14 +44,12 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
     drop(api);
     drop(nats);
 
-    let nats = NatsServer::start().await?;
-    let js = nats.jetstream().await;
-    common::ensure_stream(&js).await?;
+    let (nats, js) = common::nats_with_stream().await?;
     let publish_rate =
         common::publish_events(&js, events, CLUSTERS, deployments / CLUSTERS).await?;
     eprintln!("   {events} events published at {publish_rate:.0}/s");
     let raw = raw_read(&js, events as u64).await?;
-    let replay = replay(&nats, &dir).await?;
+    let replay = replay(&nats).await?;
     let replay_rate = events as f64 / replay.as_secs_f64();
     report.row(Row {
         scenario: "scale",
@@ -101,30 +97,9 @@ async fn raw_read(js: &async_nats::jetstream::Context, count: u64) -> anyhow::Re
 }
 
 /// Runs `herald-projector replay` to completion; its wall time.
-async fn replay(
-    nats: &NatsServer,
-    dir: &herald_integration_tests::dir::TestDir,
-) -> anyhow::Result<Duration> {
-    let mut command = Command::new(herald_binary("herald-projector"));
-    command
-        .env("RUST_LOG", "warn")
-        .args(["--nats-url", &nats.url()])
-        .arg("replay");
+async fn replay(nats: &NatsServer) -> anyhow::Result<Duration> {
+    let replay = Herald::projector_ops(&nats.url()).quiet().arg("replay");
     let started = Instant::now();
-    let mut process =
-        ChildProcess::spawn("herald-projector replay", command, &dir.join("replay.log"))?;
-    let status = tokio::task::spawn_blocking(move || {
-        let status = process.wait_exit(common::START * 10);
-        (process, status)
-    })
-    .await?;
-    let took = started.elapsed();
-    let (process, status) = status;
-    let status = status?;
-    anyhow::ensure!(
-        status.success(),
-        "replay exited with {status}: {}",
-        process.log_tail(20)
-    );
-    Ok(took)
+    replay.output(common::START * 10).await?.success()?;
+    Ok(started.elapsed())
 }

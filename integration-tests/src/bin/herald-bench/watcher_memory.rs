@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use herald_core::names::STREAM;
 use herald_integration_tests::kube::KubeApi;
-use herald_integration_tests::nats::NatsServer;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::common;
-use crate::propagation::{mcpserver, mcpservers, spawn_watcher};
+use crate::common::spawn_watcher;
+use crate::propagation::{mcpserver, mcpservers};
 use crate::report::{Report, Row, per_second};
 
 const TARGET_MIB: f64 = 150.0;
@@ -21,9 +21,7 @@ const CREATING: usize = 32;
 pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
     let objects = if quick { 1_000 } else { 10_000 };
     let dir = common::scenario_dir("watcher-memory")?;
-    let nats = NatsServer::start().await?;
-    let js = nats.jetstream().await;
-    common::ensure_stream(&js).await?;
+    let (nats, js) = common::nats_with_stream().await?;
     let kube = KubeApi::start().await?;
     let api = mcpservers(&kube, "tools");
     let started = Instant::now();
