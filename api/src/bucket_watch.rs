@@ -13,6 +13,7 @@ use futures::StreamExt;
 use herald_core::RegistryName;
 use herald_core::names::{BucketKey, bucket_name};
 use herald_core::stored::StoredValue;
+use herald_core::validate::{self, UrlRules};
 use herald_runtime::retry::{Backoff, RetryPolicy};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +55,7 @@ pub async fn run(
     registries: Registries,
     metrics: Metrics,
     interval: Duration,
+    rules: UrlRules,
     shutdown: CancellationToken,
 ) {
     let js = jetstream::new(client.clone());
@@ -91,6 +93,7 @@ pub async fn run(
                             view,
                             registries.clone(),
                             metrics.clone(),
+                            rules,
                             stop,
                         ));
                     }
@@ -117,13 +120,14 @@ async fn watch_forever(
     view: SharedView,
     registries: Registries,
     metrics: Metrics,
+    rules: UrlRules,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(WATCH_RETRY);
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = watch_once(&js, &registry, &view, &registries, &metrics) => r,
+            r = watch_once(&js, &registry, &view, &registries, &metrics, rules) => r,
         };
         if let Err(err) = result {
             tracing::warn!(%registry, %err, "bucket watch failed; restarting it");
@@ -147,6 +151,7 @@ async fn watch_once(
     view: &SharedView,
     registries: &Registries,
     metrics: &Metrics,
+    rules: UrlRules,
 ) -> Result<(), WatchError> {
     let bucket = bucket_name(registry);
     let store = js
@@ -179,10 +184,20 @@ async fn watch_once(
             continue;
         };
         let value = match entry.operation {
+            // Checked again here: whoever can write a bucket could have
+            // written anything, and only what the rules allow is served.
             kv::Operation::Put => match StoredValue::decode(&entry.key, &entry.value) {
-                Ok(v) => Some(v),
+                Ok(v) => match validate::stored(&v, rules) {
+                    Ok(()) => Some(v),
+                    Err(reason) => {
+                        tracing::warn!(%registry, key = %entry.key, %reason, "a stored value breaks the rules; treating the key as absent");
+                        metrics.refused_value(registry);
+                        None
+                    }
+                },
                 Err(err) => {
                     tracing::warn!(%registry, %err, "undecodable value; treating the key as absent");
+                    metrics.refused_value(registry);
                     None
                 }
             },

@@ -98,6 +98,12 @@ struct Cli {
     #[arg(long, env = "HERALD_DISCOVERY_INTERVAL", default_value = "10s", value_parser = herald_runtime::duration::positive)]
     discovery_interval: Duration,
 
+    /// Serve URLs whose host is loopback or `localhost` (a registry on one
+    /// machine; never a shared one). Every other rule of the shared
+    /// validation applies to every value read from a bucket.
+    #[arg(long, env = "HERALD_ALLOW_LOOPBACK_URLS")]
+    allow_loopback_urls: bool,
+
     #[command(flatten)]
     nats: NatsArgs,
 
@@ -169,6 +175,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             subscriber_buffer: cli.sse_buffer,
         },
         discovery_interval: cli.discovery_interval,
+        urls: herald_core::validate::UrlRules {
+            allow_loopback: cli.allow_loopback_urls,
+        },
         nats_unauthenticated: cli.nats.unauthenticated_remote().is_some(),
         connection: ConnectionSettings {
             header_read_timeout: cli.header_read_timeout,

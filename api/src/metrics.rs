@@ -61,6 +61,7 @@ pub struct Metrics {
     entries: Family<RegistryLabels, Gauge>,
     deployments: Family<RegistryLabels, Gauge>,
     entry_changes: Family<RegistryLabels, Counter>,
+    refused_values: Family<RegistryLabels, Counter>,
 }
 
 impl Metrics {
@@ -75,6 +76,7 @@ impl Metrics {
             entries: Family::default(),
             deployments: Family::default(),
             entry_changes: Family::default(),
+            refused_values: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("herald_api");
         r.register(
@@ -119,6 +121,11 @@ impl Metrics {
                 reason: reason.as_str(),
             });
         }
+        r.register(
+            "refused_values",
+            "Bucket values not served because they do not decode or break the rules, by registry",
+            m.refused_values.clone(),
+        );
         r.register(
             "sse_subscribers",
             "Connected SSE subscribers",
@@ -181,6 +188,14 @@ impl Metrics {
         };
         self.entries.remove(&labels);
         self.deployments.remove(&labels);
+    }
+
+    pub fn refused_value(&self, registry: &RegistryName) {
+        self.refused_values
+            .get_or_create(&RegistryLabels {
+                registry: registry.to_string(),
+            })
+            .inc();
     }
 
     pub fn changes(&self, registry: &RegistryName, count: usize) {

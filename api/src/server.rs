@@ -8,6 +8,7 @@ use anyhow::Context;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::serve::Listener;
 use herald_core::RegistryName;
+use herald_core::validate::UrlRules;
 use herald_runtime::health::Readiness;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,8 @@ pub struct Settings {
     pub sse: SseSettings,
     pub bounds: Bounds,
     pub discovery_interval: Duration,
+    /// What the URL rules allow beyond the default, for the values served.
+    pub urls: UrlRules,
     /// The NATS connection has no authentication and its server is not on
     /// loopback (`herald_nats_unauthenticated`).
     pub nats_unauthenticated: bool,
@@ -72,6 +75,7 @@ pub async fn run(
         registries,
         Metrics::clone(&metrics),
         settings.discovery_interval,
+        settings.urls,
         shutdown.clone(),
     ));
     let mut router = routes::router(app, readiness, Arc::new(registry));

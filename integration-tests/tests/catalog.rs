@@ -183,7 +183,13 @@ struct Pipeline {
 
 impl Pipeline {
     async fn start() -> anyhow::Result<Self> {
-        let stack = Stack::builder("catalog").clusters(&[]).build().await?;
+        // The deployments these tests publish use the catalog's name, which their
+        // namespace owns only by a grant.
+        let stack = Stack::builder("catalog")
+            .clusters(&[])
+            .projector_flags(&["--grant-name", "io.github.user/*=tools"])
+            .build()
+            .await?;
         Ok(Self {
             base: stack.api().base().to_owned(),
             stack,

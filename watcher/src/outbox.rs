@@ -9,6 +9,14 @@
 //!
 //! A `resync.*` event replacing a pending one of the same kind moves to the
 //! back instead: `completed` must follow every apply of its list.
+//!
+//! Coalescing stops at an object's incarnation (its uid): the hub refuses a
+//! withdrawal that names another uid than the one it holds, so the
+//! withdrawal of the incarnation the hub last received is never replaced by
+//! a later incarnation's events (an object deleted and created again during
+//! an outage). An incarnation the hub never received is dropped when a newer
+//! one appears. So an object has at most two pending events: the last
+//! published incarnation's and the newest one's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -20,10 +28,14 @@ use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 
+/// An object in one registry.
+type Slot = (ObjectRef, RegistryName);
+
 /// What a pending event is about; one pending event per key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
-    Deployment(ObjectRef, RegistryName),
+    /// One incarnation (uid) of an object in one registry.
+    Deployment(ObjectRef, RegistryName, String),
     ResyncStarted(Kind),
     ResyncCompleted(Kind),
     Heartbeat,
@@ -32,8 +44,12 @@ enum Key {
 impl Key {
     fn of(event: &Event) -> Key {
         match &event.data {
-            EventData::Applied(r) => Key::Deployment(r.object.clone(), r.registry.clone()),
-            EventData::Withdrawn(w) => Key::Deployment(w.object.clone(), w.registry.clone()),
+            EventData::Applied(r) => {
+                Key::Deployment(r.object.clone(), r.registry.clone(), r.uid.clone())
+            }
+            EventData::Withdrawn(w) => {
+                Key::Deployment(w.object.clone(), w.registry.clone(), w.uid.clone())
+            }
             EventData::ResyncStarted(r) => Key::ResyncStarted(r.kind),
             EventData::ResyncCompleted(r) => Key::ResyncCompleted(r.kind),
             EventData::Heartbeat(_) => Key::Heartbeat,
@@ -48,6 +64,15 @@ impl Key {
     fn keeps_position(&self) -> bool {
         matches!(self, Key::Deployment(..) | Key::Heartbeat)
     }
+
+    fn slot(&self) -> Option<(Slot, &str)> {
+        match self {
+            Key::Deployment(object, registry, uid) => {
+                Some(((object.clone(), registry.clone()), uid.as_str()))
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -55,7 +80,32 @@ struct Queue {
     next_seq: u64,
     entries: BTreeMap<u64, (Key, Event)>,
     index: HashMap<Key, u64>,
+    /// The uid of each object's incarnation whose apply was published last
+    /// (what the hub holds live); removed once its withdrawal is published.
+    published: HashMap<Slot, String>,
     closed: bool,
+}
+
+impl Queue {
+    /// Drops pending events of `slot`'s incarnations other than `uid` that
+    /// the hub never received.
+    fn drop_unpublished(&mut self, slot: &Slot, uid: &str) {
+        let published = self.published.get(slot).map(String::as_str);
+        let stale: Vec<Key> = self
+            .index
+            .keys()
+            .filter(|k| {
+                k.slot()
+                    .is_some_and(|(s, u)| s == *slot && u != uid && Some(u) != published)
+            })
+            .cloned()
+            .collect();
+        for key in stale {
+            if let Some(seq) = self.index.remove(&key) {
+                self.entries.remove(&seq);
+            }
+        }
+    }
 }
 
 /// A FIFO of events that coalesces per key; one consumer (the publisher).
@@ -84,6 +134,9 @@ impl Outbox {
         let key = Key::of(&event);
         let len = {
             let mut q = self.lock();
+            if let Some((slot, uid)) = key.slot() {
+                q.drop_unpublished(&slot, uid);
+            }
             match q.index.get(&key).copied() {
                 Some(seq) if key.keeps_position() => {
                     q.entries.insert(seq, (key, event));
@@ -112,6 +165,16 @@ impl Outbox {
                 let mut q = self.lock();
                 if let Some((_, (key, event))) = q.entries.pop_first() {
                     q.index.remove(&key);
+                    if let Some((slot, uid)) = key.slot() {
+                        match &event.data {
+                            EventData::Applied(_) => {
+                                q.published.insert(slot, uid.to_owned());
+                            }
+                            _ => {
+                                q.published.remove(&slot);
+                            }
+                        }
+                    }
                     self.metrics.set_pending(q.entries.len());
                     return Some(event);
                 }
@@ -147,12 +210,16 @@ mod tests {
     use herald_core::record::Withdrawal;
 
     fn withdrawal(name: &str, registry: &str, rv: &str) -> Event {
+        withdrawal_of(name, &format!("uid-{name}"), registry, rv)
+    }
+
+    fn withdrawal_of(name: &str, uid: &str, registry: &str, rv: &str) -> Event {
         let data = EventData::Withdrawn(Withdrawal {
             v: 1,
             cluster: "c1".parse::<ClusterId>().unwrap(),
             registry: registry.parse().unwrap(),
             object: ObjectRef::new(Kind::MCPServer, "ns", name).unwrap(),
-            uid: format!("uid-{name}"),
+            uid: uid.to_owned(),
             resource_version: rv.to_owned(),
             epoch: 1,
             reason: WithdrawReason::Deleted,
@@ -219,11 +286,78 @@ mod tests {
     }
 
     #[test]
+    fn the_withdrawal_of_what_the_hub_holds_survives_a_new_incarnation() {
+        let outbox = Outbox::new(Metrics::default());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // The hub received incarnation 1 (its apply was published).
+        let mut applied = withdrawal_of("a", "uid-1", "default", "1");
+        let EventData::Withdrawn(w) = &applied.data else {
+            unreachable!()
+        };
+        let record = herald_core::DeploymentRecord {
+            v: 1,
+            cluster: w.cluster.clone(),
+            registry: w.registry.clone(),
+            object: w.object.clone(),
+            uid: "uid-1".into(),
+            resource_version: "1".into(),
+            generation: None,
+            created_at: None,
+            observed_at: chrono::Utc::now(),
+            epoch: 1,
+            server_name: "com.toolhive.k8s.ns/aa".parse().unwrap(),
+            version: "1.0.0".into(),
+            description: "a".into(),
+            title: None,
+            icon: None,
+            category: None,
+            tools: vec![],
+            remote: herald_core::record::Remote {
+                transport: herald_core::record::RemoteTransport::StreamableHttp,
+                url: "https://a.example.com/mcp".into(),
+                headers: vec![],
+                extra: Default::default(),
+            },
+            phase: herald_core::record::Phase::Ready,
+            image: None,
+            transport: "streamable-http".into(),
+        };
+        applied = Event::new(EventData::Applied(Box::new(record)), chrono::Utc::now());
+        outbox.push(applied);
+        rt.block_on(outbox.pop()).unwrap();
+        // Deleted, created again (uid-2), deleted again, created again (uid-3).
+        outbox.push(withdrawal_of("a", "uid-1", "default", "2"));
+        outbox.push(withdrawal_of("a", "uid-2", "default", "3"));
+        outbox.push(withdrawal_of("a", "uid-3", "default", "4"));
+        let ids = drain(&outbox);
+        assert_eq!(
+            ids,
+            vec![
+                withdrawal_of("a", "uid-1", "default", "2").id,
+                withdrawal_of("a", "uid-3", "default", "4").id,
+            ],
+            "uid-1's withdrawal stays; uid-2, never received, is dropped"
+        );
+    }
+
+    #[test]
     fn memory_stays_bounded_however_many_changes() {
         let outbox = Outbox::new(Metrics::default());
         for rv in 0..10_000 {
             outbox.push(withdrawal(
                 &format!("o{}", rv % 10),
+                "default",
+                &rv.to_string(),
+            ));
+        }
+        assert_eq!(outbox.len(), 10);
+        // New incarnations too: at most the newest per object, none published.
+        for rv in 0..10_000 {
+            outbox.push(withdrawal_of(
+                &format!("o{}", rv % 10),
+                &format!("uid-{rv}"),
                 "default",
                 &rv.to_string(),
             ));
