@@ -96,6 +96,14 @@ impl KubeApi {
         Ok(api)
     }
 
+    /// Serves `events.k8s.io/v1` Events from now on, through the test-only
+    /// stand-in CRD of `integration-tests/kube/` (the server has no Events API
+    /// of its own), so what a binary records as Events can be read back.
+    pub async fn serve_events(&self) -> anyhow::Result<()> {
+        let crds = crds::read_dir(&workspace_root().join("integration-tests/kube"))?;
+        crds::install(&self.client, crds).await
+    }
+
     /// A client for the API server (cheap to clone; survives restarts).
     pub fn client(&self) -> kube::Client {
         self.client.clone()

@@ -757,3 +757,117 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+large_stack_test!(rejections_are_events_on_their_objects => rejections_are_events_on_their_objects_steps);
+
+/// Against an API server that serves `events.k8s.io/v1`: every rejection is a Warning
+/// Event on the rejected object with its reason, once per reason, and the strict flags
+/// (`--require-url-annotation`, `--deny-unlisted-registries`) reject what they say.
+async fn rejections_are_events_on_their_objects_steps() -> anyhow::Result<()> {
+    let env = servers().await?;
+    env.kube().serve_events().await?;
+    let args = [
+        "--require-url-annotation",
+        "--deny-unlisted-registries",
+        "--registry-namespaces",
+        "partners=team-a",
+    ];
+    let watcher = start_watcher(&env, "watcher.log", &args).await?;
+    let mut reader = Reader::open(&env.nats.jetstream().await).await?;
+    reader.startup().await?;
+
+    let team_a = Objects::new(&env, Kind::MCPServer, "v1beta1", "team-a");
+    let team_b = Objects::new(&env, Kind::MCPServer, "v1beta1", "team-b");
+    let ready = json!({"phase": "Ready"});
+    let with_url = |name: &str, registry: &str| {
+        let body = in_registry(opted_in(name, "Strict"), registry);
+        let url = format!("https://mcp.example.com/{name}/mcp");
+        with(
+            body,
+            &["metadata", "annotations", ann::REGISTRY_URL],
+            json!(url),
+        )
+    };
+    // Rejected: no URL annotation; a registry no rule lists; a namespace the rule of
+    // "partners" leaves out. Then a valid one, which must be the next event.
+    let no_url = in_registry(opted_in("no-url", "No URL"), "partners");
+    team_a.create_with(no_url, ready.clone()).await?;
+    team_a
+        .create_with(with_url("unlisted", "elsewhere"), ready.clone())
+        .await?;
+    team_b
+        .create_with(with_url("outsider", "partners"), ready.clone())
+        .await?;
+    let valid = team_a
+        .create_with(with_url("valid", "partners"), ready.clone())
+        .await?;
+    reader.applied_as(&team_a, &valid).await?;
+
+    let expected = [
+        ("team-a", "no-url", "annotation"),
+        ("team-a", "unlisted", "registry elsewhere"),
+        ("team-b", "outsider", "registry partners"),
+    ];
+    for (namespace, name, words) in expected {
+        let events = events_on(&env, namespace, name, 1).await?;
+        let [event] = events.as_slice() else {
+            bail!("{namespace}/{name}: expected one Event, got {events:#?}");
+        };
+        assert_eq!(event["type"], "Warning", "{event:#}");
+        assert_eq!(event["reportingController"], "herald-watcher", "{event:#}");
+        assert_eq!(event["regarding"]["kind"], "MCPServer", "{event:#}");
+        assert_eq!(event["regarding"]["namespace"], namespace, "{event:#}");
+        let note = event["note"].as_str().unwrap_or_default();
+        assert!(note.contains(words), "{namespace}/{name}: {note}");
+    }
+    // Recorded after the Events of the objects created before it, had it had one.
+    assert!(
+        events_on(&env, "team-a", "valid", 0).await?.is_empty(),
+        "no Event on an advertised object"
+    );
+
+    // A new reason is a new Event; the old one stays as it was.
+    let patch = json!({"metadata": {"annotations": {ann::REGISTRY_DESCRIPTION: "x".repeat(150)}}});
+    merge(&team_a, "no-url", patch).await?;
+    let events = events_on(&env, "team-a", "no-url", 2).await?;
+    let notes: Vec<&str> = events.iter().filter_map(|e| e["note"].as_str()).collect();
+    assert!(
+        notes.iter().any(|n| n.contains("150 characters")),
+        "{notes:?}"
+    );
+    for (reason, count) in [
+        ("url_required", 1.0),
+        ("registry_not_allowed", 2.0),
+        ("description_too_long", 1.0),
+    ] {
+        let sample = format!("herald_watcher_rejections_total{{reason=\"{reason}\"}}");
+        assert_eq!(watcher.metric(&sample).await?, count, "{sample}");
+    }
+    Ok(())
+}
+
+/// The watcher's rejection Events on one object, once there are at least `least`: they
+/// are recorded in the background after the rejection.
+async fn events_on(
+    env: &Stack,
+    namespace: &str,
+    name: &str,
+    least: usize,
+) -> anyhow::Result<Vec<Value>> {
+    let gvk = kube::api::GroupVersionKind::gvk("events.k8s.io", "v1", "Event");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "events");
+    let events: Api<DynamicObject> =
+        Api::namespaced_with(env.kube().client(), namespace, &resource);
+    let what = format!("{least} Events on {namespace}/{name}");
+    eventually(STEP, &what, || async {
+        let list = events.list(&Default::default()).await?;
+        let mine: Vec<Value> = list
+            .items
+            .into_iter()
+            .map(|e| e.data)
+            .filter(|e| e["regarding"]["name"] == name && e["reason"] == "RegistryRejected")
+            .collect();
+        Ok((mine.len() >= least).then_some(mine))
+    })
+    .await
+}

@@ -4,8 +4,9 @@
 //! The tracker reports a rejection only when it is new or its reason changed,
 //! so none of these repeat on every relist.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use herald_core::Rejection;
 use herald_core::object::ObjectRef;
@@ -20,7 +21,13 @@ pub const EVENT_REASON: &str = "RegistryRejected";
 /// Reports rejections; cheap to clone.
 #[derive(Clone)]
 pub struct Rejections {
-    recorder: Arc<Recorder>,
+    client: kube::Client,
+    reporter: Reporter,
+    /// One recorder per rejection code. A recorder folds a repeat of the same
+    /// (object, reason, action) into its first Event's series and keeps that
+    /// Event's note, so with one recorder a changed reason would only count
+    /// up the old, now wrong, note; per code it is a new Event.
+    recorders: Arc<Mutex<HashMap<&'static str, Arc<Recorder>>>>,
     metrics: Metrics,
     events_unavailable: Arc<AtomicBool>,
 }
@@ -40,7 +47,9 @@ impl Rejections {
             instance: std::env::var("POD_NAME").ok(),
         };
         Self {
-            recorder: Arc::new(Recorder::new(client, reporter)),
+            client,
+            reporter,
+            recorders: Arc::default(),
             metrics,
             events_unavailable: Arc::default(),
         }
@@ -59,6 +68,7 @@ impl Rejections {
         if self.events_unavailable.load(Ordering::Relaxed) {
             return;
         }
+        let recorder = self.recorder(rejection.code());
         let this = self.clone();
         let event = Event {
             type_: EventType::Warning,
@@ -68,7 +78,7 @@ impl Rejections {
             secondary: None,
         };
         tokio::spawn(async move {
-            match this.recorder.publish(&event, &reference).await {
+            match recorder.publish(&event, &reference).await {
                 Ok(()) => {}
                 Err(kube::Error::Api(status)) if status.code == 404 => {
                     if !this.events_unavailable.swap(true, Ordering::Relaxed) {
@@ -82,5 +92,13 @@ impl Rejections {
                 }
             }
         });
+    }
+
+    fn recorder(&self, code: &'static str) -> Arc<Recorder> {
+        let mut recorders = self.recorders.lock().unwrap_or_else(|e| e.into_inner());
+        recorders
+            .entry(code)
+            .or_insert_with(|| Arc::new(Recorder::new(self.client.clone(), self.reporter.clone())))
+            .clone()
     }
 }

@@ -1,4 +1,5 @@
-//! Installing the ToolHive CRDs of `deploy/crds/` into the test API server.
+//! Installing CRDs into the test API server: the ToolHive ones of `deploy/crds/`
+//! and the test-only stand-ins of `integration-tests/kube/`.
 
 use std::path::Path;
 use std::time::Duration;
