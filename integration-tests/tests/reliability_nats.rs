@@ -66,11 +66,14 @@ async fn three_node_cluster_steps() -> anyhow::Result<()> {
         "replicas of HERALD_EVENTS and herald-default"
     );
     drop(js);
-    // Node 0 is first in every client's URL list: its clients must fail over too.
+    // The node that leads the stream: the stream and every client on that node must
+    // fail over, and the stream must elect another leader while writes go on.
+    let leader = env.nats.leader_of(STREAM).await?;
+    eprintln!("HERALD_EVENTS is led by node {leader}");
     let nodes = &mut env.nats;
     // The outage, while the storm goes on.
     storm
-        .during(PACE, nodes.node_outage(0, Duration::from_secs(3)))
+        .during(PACE, nodes.node_outage(leader, Duration::from_secs(3)))
         .await??;
     storm.run(20, PACE).await?;
     let converged = env.converge().await?;

@@ -174,6 +174,22 @@ impl NatsCluster {
         &self.nodes[i]
     }
 
+    /// The node that leads `stream` now (asked, not guessed: JetStream places leaders
+    /// where it likes and moves them).
+    pub async fn leader_of(&self, stream: &str) -> anyhow::Result<usize> {
+        let mut stream = self.jetstream().await.get_stream(stream).await?;
+        let info = stream.info().await?;
+        let leader = info
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .with_context(|| format!("stream {} has no leader", info.config.name))?;
+        self.nodes
+            .iter()
+            .position(|node| node.name() == leader)
+            .with_context(|| format!("the leader {leader} is none of this cluster's nodes"))
+    }
+
     /// SIGKILL node `i`.
     pub fn kill_node(&mut self, i: usize) {
         self.nodes[i].kill();
