@@ -282,6 +282,9 @@ fn applied(record: &DeploymentRecord, change: impl FnOnce(&mut DeploymentRecord)
     Event::new(EventData::Applied(Box::new(r)), Utc::now())
 }
 
+/// A change a forger makes to a record.
+type Edit = fn(&mut DeploymentRecord);
+
 fn assert_refused(refusal: &Refusal, code: &str, says: &str) {
     assert_eq!(refusal.code, code, "{refusal:?}");
     assert!(
@@ -385,24 +388,18 @@ async fn a_withdrawal_of_another_uid_leaves_the_entry() -> anyhow::Result<()> {
 async fn records_the_mapping_would_reject_are_refused_by_the_projector() -> anyhow::Result<()> {
     let hub = Hub::start("trust-records", true).await?;
     let time = hub.live("time").await?;
-    let attacks: [(&str, Box<dyn FnOnce(&mut DeploymentRecord)>); 5] = [
-        (
-            "URL from the record",
-            Box::new(|r| r.remote.url = "javascript:alert(1)".into()),
-        ),
-        (
-            "icon",
-            Box::new(|r| r.icon = Some("javascript:alert(1)".into())),
-        ),
-        (
-            "control characters",
-            Box::new(|r| r.description = "ok\u{7}\u{1b}[2J".into()),
-        ),
-        (
-            "description is 1000000",
-            Box::new(|r| r.description = "x".repeat(1_000_000)),
-        ),
-        ("version", Box::new(|r| r.version = "1.0/../../x".into())),
+    let attacks: [(&str, Edit); 5] = [
+        ("URL from the record", |r| {
+            r.remote.url = "javascript:alert(1)".into()
+        }),
+        ("icon", |r| r.icon = Some("javascript:alert(1)".into())),
+        ("control characters", |r| {
+            r.description = "ok\u{7}\u{1b}[2J".into()
+        }),
+        ("description is 1000000", |r| {
+            r.description = "x".repeat(1_000_000)
+        }),
+        ("version", |r| r.version = "1.0/../../x".into()),
     ];
     for (says, change) in attacks {
         let refusal = hub.forge(&applied(&time, change)).await?;
