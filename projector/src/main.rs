@@ -341,20 +341,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let shutdown = herald_runtime::shutdown::on_signal().context("installing signal handlers")?;
     let mut stdout = std::io::stdout().lock();
     match cli.command {
-        None => {
-            let gate = cli.trust.gate()?;
-            run(
-                client,
-                cli.run,
-                cli.consumer,
-                cli.stream,
-                gate,
-                unauthenticated,
-                shutdown,
-            )
-            .await
-        }
-        Some(Command::Run(args)) => {
+        None | Some(Command::Run(_)) => {
+            let args = match cli.command {
+                Some(Command::Run(args)) => args,
+                _ => cli.run,
+            };
             let gate = cli.trust.gate()?;
             run(
                 client,
