@@ -24,14 +24,12 @@ use herald_core::names::{CLUSTERS_BUCKET, DLQ_STREAM, DeploymentKey, STREAM};
 use herald_core::ownership::{NameGrant, NameOwnership};
 use herald_core::record::RECORD_VERSION;
 use herald_core::stored::{DeploymentState, StoredDeployment};
-use herald_core::{
-    DeploymentRecord, Event, EventData, Kind, ObjectRef, WatcherPolicy, WithdrawReason,
-};
+use herald_core::{DeploymentRecord, Event, EventData, Kind, ObjectRef, WithdrawReason};
 use herald_integration_tests::dir::TestDir;
 use herald_integration_tests::events::{message, withdrawal};
 use herald_integration_tests::herald::projector_ops;
 use herald_integration_tests::objects::create_running;
-use herald_integration_tests::oracle::{ClusterUnderTest, View, assert_converges, served_view};
+use herald_integration_tests::oracle::{View, assert_converges, served_view};
 use herald_integration_tests::stack::Stack;
 use herald_integration_tests::timeout::eventually;
 use herald_projector::dead_letter::{REASON_HEADER, SEQUENCE_HEADER};
@@ -41,8 +39,9 @@ use serde_json::json;
 
 const STEP: Duration = Duration::from_secs(30);
 const CONVERGE: Duration = Duration::from_secs(45);
-/// The watcher's cluster.
+/// The clusters; every test but one needs only `east`.
 const EAST: &str = "east";
+const WEST: &str = "west";
 /// What `tools` may publish besides its default names (watcher flag, trust file).
 const GRANT: &str = "io.github.github/*=tools";
 const GITHUB: &str = "io.github.github/github-mcp-server";
@@ -51,12 +50,12 @@ const EVIL_URL: &str = "https://evil.example.com/mcp";
 
 // ------------------------------------------------------------------ the hub
 
-/// The hub under attack: cluster `east` with two servers in namespace `tools` (`time`
-/// under its default name, `github` under a granted name), a watcher that signs with
-/// its key and has the grant, a projector whose trust file accepts only `east`, signed
-/// with that key or the next one (a rotation), and has the same grant; with
-/// `requireSignatures` as the test asks (with it, an unknown cluster is refused as
-/// unsigned before the allow-list is asked).
+/// The hub under attack: clusters (the first is `east`, with two servers in namespace
+/// `tools`: `time` under its default name, `github` under a granted name), a watcher per
+/// cluster that signs with its own key and has the grant, a projector whose trust file
+/// accepts only these clusters, each signed with its key (`east` also with the next one:
+/// a rotation), and has the same grant; with `requireSignatures` as the test asks (with
+/// it, an unknown cluster is refused as unsigned before the allow-list is asked).
 struct Hub {
     stack: Stack,
     js: jetstream::Context,
@@ -78,26 +77,47 @@ struct Refusal {
 }
 
 impl Hub {
-    async fn start(name: &str, require_signatures: bool) -> anyhow::Result<Self> {
+    async fn start(
+        name: &str,
+        clusters: &[&str],
+        require_signatures: bool,
+    ) -> anyhow::Result<Self> {
         let keys = TestDir::new("trust-keys")?;
-        let (seed, east) = Signer::generate();
         let (_, next) = Signer::generate();
-        std::fs::write(keys.join("east.seed"), seed)?;
-        let trust = format!(
-            "clusters:\n  {EAST}:\n    keys: [{}, {}]\nrequireSignatures: {require_signatures}\n\
-             nameGrants:\n  - names: io.github.github/*\n    namespaces: [tools]\n",
-            east.public_key(),
-            next.public_key()
+        let mut signers = Vec::new();
+        let mut trust = String::from("clusters:\n");
+        for cluster in clusters {
+            let (seed, signer) = Signer::generate();
+            std::fs::write(keys.join(&format!("{cluster}.seed")), seed)?;
+            let mut public = signer.public_key().to_owned();
+            if signers.is_empty() {
+                public = format!("{public}, {}", next.public_key());
+            }
+            trust += &format!("  {cluster}:\n    keys: [{public}]\n");
+            signers.push(signer);
+        }
+        trust += &format!(
+            "requireSignatures: {require_signatures}\n\
+             nameGrants:\n  - names: io.github.github/*\n    namespaces: [tools]\n"
         );
         std::fs::write(keys.join("trust.yaml"), trust)?;
-        let seed_file = keys.join("east.seed").to_string_lossy().into_owned();
         let trust_file = keys.join("trust.yaml").to_string_lossy().into_owned();
-        let stack = Stack::builder(name)
-            .clusters(&[EAST])
-            .watcher_flags(&["--signing-key-file", &seed_file, "--grant-name", GRANT])
+        let mut stack = Stack::builder(name)
+            .clusters(clusters)
+            .without_watchers()
+            .watcher_flags(&["--grant-name", GRANT])
             .projector_flags(&["--trust-file", &trust_file])
             .build()
             .await?;
+        let url = stack.nats.url();
+        let watchers = clusters.iter().enumerate().map(|(i, cluster)| {
+            let seed = keys.join(&format!("{cluster}.seed"));
+            stack
+                .watcher(i, &url)
+                .flag("--signing-key-file", &seed.to_string_lossy())
+                .start()
+        });
+        stack.watchers = futures::future::try_join_all(watchers).await?;
         let tools = stack.mcpservers(0, "tools");
         create_running(
             &tools,
@@ -117,32 +137,33 @@ impl Hub {
         let mut hub = Self {
             stack,
             js,
-            east,
+            east: signers.remove(0),
             next,
             before: Default::default(),
             _keys: keys,
         };
-        let converged = hub.converge().await?;
-        anyhow::ensure!(converged == 2, "{converged} entries served, expected 2");
-        hub.before = (hub.served().await?, hub.revisions().await?);
+        hub.settle().await?;
         Ok(hub)
     }
 
-    /// Waits until the API serves exactly what the cluster holds under the watcher's
-    /// policy (with the grant); the number of entries.
-    async fn converge(&self) -> anyhow::Result<usize> {
-        let mut policy = WatcherPolicy::new(EAST.parse()?);
-        policy.names =
-            NameOwnership::new([GRANT.parse::<NameGrant>().map_err(anyhow::Error::msg)?]);
-        let cluster = ClusterUnderTest {
-            client: self.stack.kube().client(),
-            policy,
-        };
+    /// Waits until the API serves exactly what the clusters hold under the watchers'
+    /// policy (with the grant), and takes that as what must not change. Two entries.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        let grant: NameGrant = GRANT.parse().map_err(anyhow::Error::msg)?;
+        let mut clusters = self.stack.clusters();
+        for c in &mut clusters {
+            c.policy.names = NameOwnership::new([grant.clone()]);
+        }
         let registries = self.stack.registries();
         let base = self.stack.api().base();
-        Ok(assert_converges(CONVERGE, &[cluster], base, &registries)
-            .await?
-            .entries)
+        let converged = assert_converges(CONVERGE, &clusters, base, &registries).await?;
+        anyhow::ensure!(
+            converged.entries == 2,
+            "{} entries served, expected 2",
+            converged.entries
+        );
+        self.before = (self.served().await?, self.revisions().await?);
+        Ok(())
     }
 
     async fn served(&self) -> anyhow::Result<View> {
@@ -155,7 +176,7 @@ impl Hub {
         Ok(items.into_iter().map(|i| (i.key, i.revision)).collect())
     }
 
-    /// Neither the bucket nor what the API serves changed since the start.
+    /// Neither the bucket nor what the API serves changed since [`Hub::settle`].
     async fn assert_unchanged(&self) -> anyhow::Result<()> {
         assert_eq!(
             self.revisions().await?,
@@ -296,24 +317,36 @@ fn assert_refused(refusal: &Refusal, code: &str, says: &str) {
 // ------------------------------------------------------------------ the attacks
 
 #[tokio::test]
-async fn a_namespace_takes_no_name_it_was_not_granted() -> anyhow::Result<()> {
-    let hub = Hub::start("trust-names", true).await?;
-    // Tenants of another namespace claim tools' default name and the granted one.
-    let intruders = hub.stack.mcpservers(0, "aaa-intruder");
-    for (object, name) in [("time", TIME), ("github", GITHUB)] {
-        let annotations = json!({ ann::REGISTRY_DESCRIPTION: "Intruder", ann::REGISTRY_SERVER_NAME: name,
-                                  ann::REGISTRY_URL: EVIL_URL, ann::REGISTRY_VERSION: "99.0.0" });
-        create_running(&intruders, object, annotations).await?;
-    }
-    let watcher = &hub.stack.watchers[0];
-    let sample = "herald_watcher_rejections_total{reason=\"name_not_owned\"}";
-    eventually(STEP, "the watcher to reject both claims", || async {
-        Ok((watcher.metric(sample).await? == 2.0).then_some(()))
-    })
+async fn a_namespace_takes_no_name_it_was_not_granted_in_any_cluster() -> anyhow::Result<()> {
+    let mut hub = Hub::start("trust-names", &[EAST, WEST], true).await?;
+    // tools in west deploys its granted server too: the same owner, one entry.
+    create_running(
+        &hub.stack.mcpservers(1, "tools"),
+        "github",
+        json!({ ann::REGISTRY_DESCRIPTION: "GitHub", ann::REGISTRY_SERVER_NAME: GITHUB,
+                ann::REGISTRY_URL: "https://github.west.example.com/mcp" }),
+    )
     .await?;
+    // Tenants of another namespace in both clusters claim tools' default name and the
+    // granted one, with a higher version.
+    for cluster in 0..2 {
+        let intruders = hub.stack.mcpservers(cluster, "aaa-intruder");
+        for (object, name) in [("time", TIME), ("github", GITHUB)] {
+            let annotations = json!({ ann::REGISTRY_DESCRIPTION: "Intruder", ann::REGISTRY_SERVER_NAME: name,
+                                      ann::REGISTRY_URL: EVIL_URL, ann::REGISTRY_VERSION: "99.0.0" });
+            create_running(&intruders, object, annotations).await?;
+        }
+    }
+    let sample = "herald_watcher_rejections_total{reason=\"name_not_owned\"}";
+    for watcher in &hub.stack.watchers {
+        eventually(STEP, "each watcher to reject both claims", || async {
+            Ok((watcher.metric(sample).await? == 2.0).then_some(()))
+        })
+        .await?;
+    }
     // The test API server serves no events.k8s.io, so the watcher's Kubernetes Event
     // cannot be read here; its log says who claimed what.
-    let log = watcher.log_contents();
+    let log = hub.stack.watchers[0].log_contents();
     let line = log
         .lines()
         .find(|l| l.contains("\"namespace\":\"aaa-intruder\"") && l.contains(TIME))
@@ -322,11 +355,16 @@ async fn a_namespace_takes_no_name_it_was_not_granted() -> anyhow::Result<()> {
         line.contains("name_not_owned") && line.contains("namespace tools"),
         "{line}"
     );
-    // With the grant, tools serves the chosen name; the intruders serve nothing.
-    assert_eq!(hub.converge().await?, 2);
+    // With the grant, tools serves the chosen name from both clusters; the intruders
+    // serve nothing.
+    hub.settle().await?;
     let served = hub.served().await?;
-    let names: Vec<&str> = served.values().flatten().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, [TIME, GITHUB]);
+    let entries: Vec<(&str, usize)> = served
+        .values()
+        .flatten()
+        .map(|e| (e.name.as_str(), e.remotes.len()))
+        .collect();
+    assert_eq!(entries, [(TIME, 1), (GITHUB, 2)]);
 
     // A compromised watcher publishes the claim itself: the hub refuses it too.
     let time = hub.live("time").await?;
@@ -341,7 +379,7 @@ async fn a_namespace_takes_no_name_it_was_not_granted() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_forged_resync_with_a_huge_epoch_sweeps_nothing() -> anyhow::Result<()> {
-    let hub = Hub::start("trust-sweep", true).await?;
+    let hub = Hub::start("trust-sweep", &[EAST], true).await?;
     let state = hub.east_state().await?;
     let huge = u64::try_from((Utc::now() + chrono::Duration::days(3650)).timestamp_millis())?;
     for completed in [None, Some(0)] {
@@ -369,7 +407,7 @@ async fn a_forged_resync_with_a_huge_epoch_sweeps_nothing() -> anyhow::Result<()
 
 #[tokio::test]
 async fn a_withdrawal_of_another_uid_leaves_the_entry() -> anyhow::Result<()> {
-    let hub = Hub::start("trust-withdraw", true).await?;
+    let hub = Hub::start("trust-withdraw", &[EAST], true).await?;
     let time = hub.live("time").await?;
     let mut forged = withdrawal(
         &time,
@@ -386,7 +424,7 @@ async fn a_withdrawal_of_another_uid_leaves_the_entry() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn records_the_mapping_would_reject_are_refused_by_the_projector() -> anyhow::Result<()> {
-    let hub = Hub::start("trust-records", true).await?;
+    let hub = Hub::start("trust-records", &[EAST], true).await?;
     let time = hub.live("time").await?;
     let attacks: [(&str, Edit); 5] = [
         ("URL from the record", |r| {
@@ -410,7 +448,7 @@ async fn records_the_mapping_would_reject_are_refused_by_the_projector() -> anyh
 
 #[tokio::test]
 async fn an_invalid_value_written_into_a_bucket_is_not_served() -> anyhow::Result<()> {
-    let hub = Hub::start("trust-bucket", true).await?;
+    let hub = Hub::start("trust-bucket", &[EAST], true).await?;
     let store = hub.js.get_key_value("herald-default").await?;
     // Another deployment of tools' time, planted behind the projector's back: it would
     // add its remotes to the entry.
@@ -449,7 +487,7 @@ async fn an_invalid_value_written_into_a_bucket_is_not_served() -> anyhow::Resul
 #[tokio::test]
 async fn unsigned_and_wrongly_signed_events_are_refused_and_a_rotated_key_is_accepted()
 -> anyhow::Result<()> {
-    let hub = Hub::start("trust-signatures", true).await?;
+    let hub = Hub::start("trust-signatures", &[EAST], true).await?;
     let time = hub.live("time").await?;
     let redirect = || applied(&time, |r| r.remote.url = EVIL_URL.into());
     let unsigned = hub.publish(&redirect(), None).await?;
@@ -502,7 +540,7 @@ async fn unsigned_and_wrongly_signed_events_are_refused_and_a_rotated_key_is_acc
 
 #[tokio::test]
 async fn a_forged_heartbeat_makes_no_cluster_healthy() -> anyhow::Result<()> {
-    let hub = Hub::start("trust-heartbeat", false).await?;
+    let hub = Hub::start("trust-heartbeat", &[EAST], false).await?;
     let year_2099 = Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0).unwrap();
     let beat = |cluster: &str, time| {
         let body = Heartbeat {
@@ -549,7 +587,7 @@ async fn a_forged_heartbeat_makes_no_cluster_healthy() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_record_with_the_largest_epoch_is_refused() -> anyhow::Result<()> {
-    let hub = Hub::start("trust-epoch", true).await?;
+    let hub = Hub::start("trust-epoch", &[EAST], true).await?;
     let time = hub.live("time").await?;
     let planted = applied(&time, |r| {
         r.epoch = u64::MAX;
