@@ -20,7 +20,7 @@ use chrono::{TimeZone as _, Utc};
 use herald_core::annotations as ann;
 use herald_core::cluster_state::ClusterState;
 use herald_core::event::{Heartbeat, Resync};
-use herald_core::names::{CLUSTERS_BUCKET, DLQ_STREAM, DeploymentKey, STREAM};
+use herald_core::names::{CLUSTERS_BUCKET, DLQ_PREFIX, DLQ_STREAM, DeploymentKey, STREAM};
 use herald_core::ownership::{NameGrant, NameOwnership};
 use herald_core::record::RECORD_VERSION;
 use herald_core::stored::{DeploymentState, StoredDeployment};
@@ -267,7 +267,10 @@ impl Hub {
             let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_owned());
             if header(SEQUENCE_HEADER) == Some(seq.to_string()) {
                 return Ok(Some(Refusal {
-                    code: m.subject.trim_start_matches("herald.dlq.").to_owned(),
+                    code: m
+                        .subject
+                        .trim_start_matches(&format!("{DLQ_PREFIX}."))
+                        .to_owned(),
                     reason: header(REASON_HEADER).unwrap_or_default(),
                 }));
             }
