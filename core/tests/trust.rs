@@ -1,4 +1,4 @@
-//! The trust rules of the mapping, the shared validation and the merge:
+//! The trust rules of the mapping, the shared validation, admission and the merge:
 //! nobody takes another namespace's server name, deceptive values are
 //! refused or neutralised, and the owner that was there first speaks for a
 //! merged entry however the namespaces sort.
@@ -248,4 +248,76 @@ fn a_url_from_a_record_is_checked_like_one_from_an_annotation() {
         )
         .is_err()
     );
+}
+
+#[test]
+fn admission_refuses_the_future_unknown_clusters_and_what_the_rules_refuse() {
+    use herald_core::admission::AdmissionPolicy;
+    use herald_core::event::{Heartbeat, Resync};
+    use herald_core::{Event, EventData, Kind};
+
+    let stored_at = Utc.with_ymd_and_hms(2026, 11, 29, 12, 0, 0).unwrap();
+    let millis = |t: chrono::DateTime<Utc>| u64::try_from(t.timestamp_millis()).unwrap();
+    let mut good = record(
+        "c1",
+        "tools",
+        "time",
+        "com.toolhive.k8s.tools/time",
+        "1.0.0",
+    );
+    // Published a day late: an outbox held it through an outage.
+    good.epoch = millis(stored_at - Duration::days(1));
+    good.observed_at = stored_at - Duration::days(1);
+    let applied = |edit: &dyn Fn(&mut herald_core::DeploymentRecord)| {
+        let mut r = good.clone();
+        edit(&mut r);
+        Event::new(EventData::Applied(Box::new(r)), stored_at)
+    };
+    let policy = AdmissionPolicy::default();
+    let code = |p: &AdmissionPolicy, e: &Event| p.admit(e, stored_at).err().map(|r| r.code());
+    assert_eq!(code(&policy, &applied(&|_| ())), None);
+
+    let skew = Some("clock_skew");
+    assert_eq!(code(&policy, &applied(&|r| r.epoch = u64::MAX)), skew);
+    let ahead = |minutes| millis(stored_at + Duration::minutes(minutes));
+    assert_eq!(code(&policy, &applied(&|r| r.epoch = ahead(14))), None);
+    assert_eq!(code(&policy, &applied(&|r| r.epoch = ahead(16))), skew);
+    let year_2099 = Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0).unwrap();
+    let mut late = applied(&|_| ());
+    late.time = year_2099;
+    assert_eq!(code(&policy, &late), skew);
+    let resync = Resync {
+        v: 1,
+        cluster: "c1".parse().unwrap(),
+        kind: Kind::MCPServer,
+        epoch: millis(year_2099),
+        advertised: Some(0),
+    };
+    let sweep = Event::new(EventData::ResyncCompleted(resync), stored_at);
+    assert_eq!(code(&policy, &sweep), skew);
+    let beat = Heartbeat {
+        v: 1,
+        cluster: "ghost".parse().unwrap(),
+        started_at: year_2099,
+        interval_seconds: 30,
+        watcher_version: "1".into(),
+    };
+    let beat = Event::new(EventData::Heartbeat(beat), stored_at);
+    assert_eq!(code(&policy, &beat), skew);
+
+    // The rules of the mapping, and the names a namespace owns.
+    let evil = applied(&|r| r.remote.url = "javascript:alert(1)".into());
+    assert_eq!(code(&policy, &evil), Some("invalid"));
+    let intruder = applied(&|r| {
+        r.object = herald_core::ObjectRef::new(Kind::MCPServer, "aaa-intruder", "time").unwrap()
+    });
+    assert_eq!(code(&policy, &intruder), Some("name_not_owned"));
+
+    // Only the clusters the hub knows, when it was told any.
+    let known = AdmissionPolicy {
+        clusters: Some(["c1".parse().unwrap()].into()),
+        ..AdmissionPolicy::default()
+    };
+    assert_eq!(code(&known, &applied(&|_| ())), None);
+    assert_eq!(code(&known, &beat), Some("unknown_source"));
 }

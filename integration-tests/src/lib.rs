@@ -18,6 +18,9 @@
 //!   with its output captured;
 //! - [`stack`]: [`stack::Stack`], the whole pipeline (NATS, an API server and a watcher
 //!   per cluster, projector, API) and the helpers its tests repeat;
+//! - [`roles`]: the NATS roles of `deploy/nats/permissions.conf` with the test's own keys
+//!   ([`roles::RoleKeys`], [`roles::render_permissions`]);
+//! - [`local`]: [`local::LocalEnv`], `scripts/local` on free ports in a test folder;
 //! - [`sse`]: the frames of `herald-api`'s event feed, parsed as bytes arrive;
 //! - [`storm`]: seeded random changes to MCPServers, run while a fault is injected;
 //! - [`oracle`]: what `herald-api` must serve given the clusters' objects, and the check
@@ -45,11 +48,13 @@ pub mod events;
 pub mod herald;
 pub mod kube;
 pub mod large_stack;
+pub mod local;
 pub mod nats;
 pub mod objects;
 pub mod oracle;
 pub mod ports;
 pub mod process;
+pub mod roles;
 pub mod sse;
 pub mod stack;
 pub mod storm;

@@ -6,8 +6,7 @@
 //! cluster's user allows. And a process that connects without authentication to a server
 //! off loopback says so: a WARN at start and `herald_nats_unauthenticated 1`.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -25,11 +24,13 @@ use herald_integration_tests::nats::NatsServer;
 use herald_integration_tests::objects::resource;
 use herald_integration_tests::ports::free_port;
 use herald_integration_tests::process::ChildProcess;
+use herald_integration_tests::roles::{
+    API, CLUSTER_A, IMPORTER, PROJECTOR, RoleKeys, deploy_nats, render_permissions,
+};
 use herald_integration_tests::timeout::{eventually, within};
 use herald_integration_tests::tools::{herald_binary, workspace_root};
 use herald_runtime::nats::{OPEN_STREAM_WARNING, UNAUTHENTICATED_METRIC};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use nkeys::KeyPair;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -40,13 +41,6 @@ const REFUSAL: Duration = Duration::from_secs(5);
 /// Requests that are expected to go unanswered.
 const SHORT: Duration = Duration::from_secs(1);
 
-/// The users of permissions.conf, by the permissions variable each one uses.
-const PROJECTOR: &str = "PROJECTOR";
-const API: &str = "API";
-const IMPORTER: &str = "IMPORTER_OFFICIAL";
-const CLUSTER_A: &str = "CLUSTER_A";
-const CLUSTER_B: &str = "CLUSTER_B";
-const ROLES: [&str; 5] = [PROJECTOR, API, IMPORTER, CLUSTER_A, CLUSTER_B];
 /// The importer's source and registry in the sample.
 const SOURCE: &str = "official";
 const REGISTRY: &str = "default";
@@ -55,99 +49,7 @@ const KV_STREAM: &str = "KV_herald-default";
 /// Keys of 1 KiB that make the server ask a watcher for flow control.
 const BULK_KEYS: usize = 3000;
 
-// ------------------------------------------------------------------ the sample, rendered
-
-fn deploy_nats(file: &str) -> anyhow::Result<String> {
-    let path = workspace_root().join("deploy/nats").join(file);
-    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// One key pair per user of permissions.conf (and the leaf's local watcher), the seeds in
-/// files for `--nats-nkey`.
-struct Keys {
-    pairs: BTreeMap<&'static str, KeyPair>,
-    dir: PathBuf,
-}
-
-impl Keys {
-    fn new(dir: &Path) -> anyhow::Result<Self> {
-        let mut pairs = BTreeMap::new();
-        for role in ROLES.into_iter().chain([LEAF_WATCHER]) {
-            let pair = KeyPair::new_user();
-            std::fs::write(dir.join(format!("{role}.seed")), pair.seed()?)?;
-            pairs.insert(role, pair);
-        }
-        Ok(Self {
-            pairs,
-            dir: dir.to_owned(),
-        })
-    }
-
-    fn public(&self, role: &str) -> String {
-        self.pairs[role].public_key()
-    }
-
-    fn seed(&self, role: &str) -> anyhow::Result<String> {
-        Ok(self.pairs[role].seed()?)
-    }
-
-    fn seed_file(&self, role: &str) -> String {
-        self.dir
-            .join(format!("{role}.seed"))
-            .to_string_lossy()
-            .into_owned()
-    }
-}
-
-/// deploy/nats/permissions.conf with the test's public keys, plus a user `admin` without
-/// limits that clients without credentials get (the harness's readiness probe, and the
-/// test's own look at the stream). Every user with permissions must be one of `ROLES`.
-fn render_permissions(keys: &Keys) -> anyhow::Result<String> {
-    let text = deploy_nats("permissions.conf")?;
-    let mut seen = Vec::new();
-    let (mut in_herald, mut admin) = (false, false);
-    let mut out = String::from("no_auth_user: admin\n");
-    for line in text.lines() {
-        let code = line.split('#').next().unwrap_or_default();
-        let user = code
-            .split_once("nkey = ")
-            .zip(code.split_once("permissions = $"));
-        let line = match user {
-            Some(((_, key), (_, var))) => {
-                let key = key.split(',').next().unwrap_or_default().trim();
-                let var = var.trim_end_matches(|c: char| c == '}' || c.is_whitespace());
-                let role = var
-                    .strip_suffix("_PERMISSIONS")
-                    .and_then(|r| ROLES.into_iter().find(|known| *known == r))
-                    .with_context(|| {
-                        format!(
-                            "permissions.conf has a user with ${var}, which this test does not know"
-                        )
-                    })?;
-                seen.push(role);
-                line.replace(key, &keys.public(role))
-            }
-            None => line.to_owned(),
-        };
-        out.push_str(&line);
-        out.push('\n');
-        let code = code.trim_start();
-        in_herald |= code.starts_with("HERALD {");
-        if in_herald && !admin && code.starts_with("users = [") {
-            out.push_str("      { user: admin, password: admin }\n");
-            admin = true;
-        }
-    }
-    ensure!(admin, "permissions.conf has no users in an account HERALD");
-    seen.sort_unstable();
-    let mut all = ROLES.to_vec();
-    all.sort_unstable();
-    ensure!(
-        seen == all,
-        "permissions.conf users {seen:?}, expected {all:?}"
-    );
-    Ok(out)
-}
+// ------------------------------------------------------------------ the leaf, rendered
 
 /// The seed of the leaf node's own local user for the watcher (leaf.conf).
 const LEAF_WATCHER: &str = "LEAF_WATCHER";
@@ -156,7 +58,7 @@ const LEAF_WATCHER: &str = "LEAF_WATCHER";
 /// for the link, the test's key for the local watcher user, no TLS, plus an account
 /// PROBE for the harness's readiness probe and a user `rogue` without limits in the
 /// account HERALD: a leaf whose operator is hostile.
-fn render_leaf(keys: &Keys, hub_leaf_port: u16) -> anyhow::Result<String> {
+fn render_leaf(keys: &RoleKeys, hub_leaf_port: u16) -> anyhow::Result<String> {
     let text = without_tls(&deploy_nats("leaf.conf")?);
     let mut out = String::from("no_auth_user: probe\njetstream { domain: leaf }\n");
     let mut local_users = 0;
@@ -230,7 +132,7 @@ struct Probe {
 }
 
 impl Probe {
-    async fn connect(url: &str, keys: &Keys, role: &str, inbox: &str) -> anyhow::Result<Self> {
+    async fn connect(url: &str, keys: &RoleKeys, role: &str, inbox: &str) -> anyhow::Result<Self> {
         Self::connect_with(
             url,
             async_nats::ConnectOptions::new().nkey(keys.seed(role)?),
@@ -401,7 +303,7 @@ async fn subjects(js: &jetstream::Context, stream: &str) -> anyhow::Result<Vec<S
 /// A one-shot `herald-projector` command with `role`'s key; its output on success.
 async fn projector_command(
     nats: &str,
-    keys: &Keys,
+    keys: &RoleKeys,
     role: &str,
     args: &[&str],
 ) -> anyhow::Result<String> {
@@ -411,7 +313,7 @@ async fn projector_command(
 /// `binary` with `args`, as `role`, run to completion; its output.
 async fn command(
     nats: &str,
-    keys: &Keys,
+    keys: &RoleKeys,
     role: &str,
     binary: &str,
     args: &[&str],
@@ -458,7 +360,7 @@ fn catalog_file(dir: &Path, name: &str, examples: &[&str]) -> anyhow::Result<Str
 }
 
 /// `herald-catalog sync` once, with the importer's key.
-async fn import(nats: &str, keys: &Keys, file: &str) -> anyhow::Result<String> {
+async fn import(nats: &str, keys: &RoleKeys, file: &str) -> anyhow::Result<String> {
     command(
         nats,
         keys,
@@ -487,7 +389,7 @@ fn each_nats_role_runs_herald_with_its_own_user_and_is_refused_the_rest() -> any
 async fn four_roles_steps() -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = TestDir::new("nats-roles")?;
-    let keys = Keys::new(dir.path())?;
+    let keys = RoleKeys::new(dir.path(), &[LEAF_WATCHER])?;
     let config = render_permissions(&keys)?;
     let (kube, nats) = tokio::join!(
         within(START, "kube-apiserver", KubeApi::start()),
@@ -1039,7 +941,7 @@ fn a_leaf_node_reaches_only_what_its_clusters_user_allows() -> anyhow::Result<()
 async fn leaf_steps() -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = TestDir::new("nats-roles-leaf")?;
-    let keys = Keys::new(dir.path())?;
+    let keys = RoleKeys::new(dir.path(), &[LEAF_WATCHER])?;
     let leaf_port = free_port();
     // The hub as in hub-cluster.conf: JetStream domain `hub`, a leafnodes port.
     let hub_config = format!(
