@@ -761,8 +761,9 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
 large_stack_test!(rejections_are_events_on_their_objects => rejections_are_events_on_their_objects_steps);
 
 /// Against an API server that serves `events.k8s.io/v1`: every rejection is a Warning
-/// Event on the rejected object with its reason, once per reason, and the strict flags
-/// (`--require-url-annotation`, `--deny-unlisted-registries`) reject what they say.
+/// Event on the rejected object with its reason, once per reason, so a tenant sees why
+/// (a name it does not own included), and the strict flags (`--require-url-annotation`,
+/// `--deny-unlisted-registries`) reject what they say.
 async fn rejections_are_events_on_their_objects_steps() -> anyhow::Result<()> {
     let env = servers().await?;
     env.kube().serve_events().await?;
@@ -798,6 +799,13 @@ async fn rejections_are_events_on_their_objects_steps() -> anyhow::Result<()> {
     team_b
         .create_with(with_url("outsider", "partners"), ready.clone())
         .await?;
+    // A name that is team-b's default, claimed from team-a.
+    let claim = with(
+        with_url("claimant", "partners"),
+        &["metadata", "annotations", ann::REGISTRY_SERVER_NAME],
+        json!("com.toolhive.k8s.team-b/outsider"),
+    );
+    team_a.create_with(claim, ready.clone()).await?;
     let valid = team_a
         .create_with(with_url("valid", "partners"), ready.clone())
         .await?;
@@ -807,6 +815,7 @@ async fn rejections_are_events_on_their_objects_steps() -> anyhow::Result<()> {
         ("team-a", "no-url", "annotation"),
         ("team-a", "unlisted", "registry elsewhere"),
         ("team-b", "outsider", "registry partners"),
+        ("team-a", "claimant", "com.toolhive.k8s.team-b/outsider"),
     ];
     for (namespace, name, words) in expected {
         let events = events_on(&env, namespace, name, 1).await?;
@@ -839,6 +848,7 @@ async fn rejections_are_events_on_their_objects_steps() -> anyhow::Result<()> {
         ("url_required", 1.0),
         ("registry_not_allowed", 2.0),
         ("description_too_long", 1.0),
+        ("name_not_owned", 1.0),
     ] {
         let sample = format!("herald_watcher_rejections_total{{reason=\"{reason}\"}}");
         assert_eq!(watcher.metric(&sample).await?, count, "{sample}");
