@@ -84,6 +84,11 @@ pub enum Rejection {
         value: String,
         expected: &'static str,
     },
+    #[error(
+        "its event would be {size} bytes, more than the {max} the NATS server takes \
+         (max_payload); shorten the tools or other annotations"
+    )]
+    TooLarge { size: usize, max: usize },
 }
 
 /// Where a rejected URL came from.
@@ -131,6 +136,7 @@ impl Rejection {
             Rejection::InvalidIcon { .. } => "invalid_icon",
             Rejection::InvalidTools { .. } => "invalid_tools",
             Rejection::UnsupportedField { .. } => "unsupported_field",
+            Rejection::TooLarge { .. } => "too_large",
         }
     }
 

@@ -881,3 +881,59 @@ async fn events_on(
     })
     .await
 }
+
+large_stack_test!(a_record_larger_than_nats_takes_is_rejected_not_retried => too_large_steps);
+
+/// A NATS server that takes at most 16 KiB per message: a record over it is a rejection
+/// with its reason (a withdrawal when it was advertised), and the next object is
+/// published right after it, so the outbox never sticks on it.
+async fn too_large_steps() -> anyhow::Result<()> {
+    let env = Stack::builder("watcher-max-payload")
+        .clusters(&[CLUSTER])
+        .servers_only()
+        .build_on(
+            herald_integration_tests::nats::NatsServer::start_with_config("max_payload: 16384"),
+        )
+        .await?;
+    let watcher = start_watcher(&env, "watcher.log", &[]).await?;
+    let mut reader = Reader::open(&env.nats.jetstream().await).await?;
+    reader.startup().await?;
+    let team = Objects::new(&env, Kind::MCPServer, "v1beta1", "team");
+    let ready = json!({"phase": "Ready"});
+    let tools = |n: usize| {
+        let names: Vec<String> = (0..n)
+            .map(|i| format!("tool-{i:03}-{}", "x".repeat(100)))
+            .collect();
+        json!(serde_json::to_string(&names).unwrap_or_default())
+    };
+
+    // Too large from the start: nothing published for it; the next object is.
+    let body = with(
+        opted_in("huge", "Huge"),
+        &["metadata", "annotations", ann::TOOLS],
+        tools(200),
+    );
+    team.create_with(body, ready.clone()).await?;
+    let small = team
+        .create_with(opted_in("small", "Small"), ready.clone())
+        .await?;
+    reader.applied_as(&team, &small).await?;
+
+    // Advertised, then grown over the limit: withdrawn as rejected, with the reason.
+    let patch = json!({"metadata": {"annotations": {ann::TOOLS: tools(200)}}});
+    merge(&team, "small", patch).await?;
+    let w = reader.withdrawn().await?;
+    assert_eq!(w.object, team.object_ref("small"));
+    assert_eq!(w.reason, WithdrawReason::Rejected);
+    let message = w.message.unwrap_or_default();
+    assert!(message.contains("max_payload"), "{message}");
+    let after = team
+        .create_with(opted_in("after", "After"), ready.clone())
+        .await?;
+    reader.applied_as(&team, &after).await?;
+
+    let sample = "herald_watcher_rejections_total{reason=\"too_large\"}";
+    assert_eq!(watcher.metric(sample).await?, 2.0, "{sample}");
+    assert!(watcher.log_contents().contains(r#""reason":"too_large""#));
+    Ok(())
+}

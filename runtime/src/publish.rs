@@ -38,6 +38,20 @@ pub enum PublishError {
         subject: String,
         timeout: Duration,
     },
+    /// Larger than the server's `max_payload`: no retry can succeed.
+    #[error("publishing {id} on {subject}: {reason}")]
+    TooLarge {
+        id: String,
+        subject: String,
+        reason: String,
+    },
+}
+
+impl PublishError {
+    /// No later attempt can succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, PublishError::TooLarge { .. })
+    }
 }
 
 /// How one event is published.
@@ -86,6 +100,13 @@ async fn publish_once(
     };
     match tokio::time::timeout(timeout, sent).await {
         Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+            Err(PublishError::TooLarge {
+                id: event.id.clone(),
+                subject,
+                reason: e.to_string(),
+            })
+        }
         Ok(Err(e)) => Err(PublishError::Refused {
             id: event.id.clone(),
             subject,
@@ -100,24 +121,32 @@ async fn publish_once(
 }
 
 impl Producer {
-    /// Publishes `event` until the stream acks it, however long that takes.
+    /// Publishes `event` until the stream acks it, however long that takes;
+    /// fails only when no attempt can succeed (the event is too large).
     pub async fn until_acked(
         &self,
         event: &Event,
         policy: PublishPolicy,
         notify: impl FnMut(&PublishError, Duration),
-    ) {
+    ) -> Result<(), PublishError> {
         let message = message(event, self.signer.as_deref());
         retry::until_ok(
             policy.retry,
-            || publish_once(&self.js, event, message.clone(), policy.attempt_timeout),
+            || {
+                permanent_as_done(publish_once(
+                    &self.js,
+                    event,
+                    message.clone(),
+                    policy.attempt_timeout,
+                ))
+            },
             notify,
         )
-        .await;
+        .await
     }
 
     /// Publishes `event` in at most `attempts` attempts; the last failure
-    /// when none was acked.
+    /// when none was acked (at once when none can be).
     pub async fn with_attempts(
         &self,
         event: &Event,
@@ -129,9 +158,26 @@ impl Producer {
         retry::at_most(
             policy.retry,
             attempts,
-            || publish_once(&self.js, event, message.clone(), policy.attempt_timeout),
+            || {
+                permanent_as_done(publish_once(
+                    &self.js,
+                    event,
+                    message.clone(),
+                    policy.attempt_timeout,
+                ))
+            },
             notify,
         )
-        .await
+        .await?
+    }
+}
+
+/// Ends the retries on a permanent failure: it becomes the outcome.
+async fn permanent_as_done(
+    attempt: impl Future<Output = Result<(), PublishError>>,
+) -> Result<Result<(), PublishError>, PublishError> {
+    match attempt.await {
+        Err(e) if e.is_permanent() => Ok(Err(e)),
+        other => other.map(Ok),
     }
 }

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::epoch::EpochClock;
+use crate::event_limit::EventLimit;
 use crate::heartbeat;
 use crate::kind_watch::{self, KindWatch};
 use crate::metrics::Metrics;
@@ -76,6 +77,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let js = async_nats::jetstream::new(nats.clone());
 
     let outbox = Arc::new(Outbox::new(metrics.clone()));
+    let limit = EventLimit::default();
     let publisher = tokio::spawn(
         Publisher {
             producer: Producer {
@@ -83,6 +85,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 signer: settings.signer.clone(),
             },
             outbox: outbox.clone(),
+            limit: limit.clone(),
             stream: settings.stream.clone(),
             metrics: metrics.clone(),
             readiness: readiness.clone(),
@@ -101,6 +104,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             namespaces: settings.namespaces.clone(),
             policy: policy.clone(),
             clock: clock.clone(),
+            limit: limit.clone(),
             outbox: outbox.clone(),
             rejections: rejections.clone(),
             metrics: metrics.clone(),

@@ -21,6 +21,7 @@ use kube::runtime::watcher::{self, Event as WatchEvent};
 use tokio_util::sync::CancellationToken;
 
 use crate::epoch::EpochClock;
+use crate::event_limit::EventLimit;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::rejections::Rejections;
@@ -45,6 +46,7 @@ pub struct KindWatch {
     pub namespaces: Vec<String>,
     pub policy: Arc<WatcherPolicy>,
     pub clock: Arc<EpochClock>,
+    pub limit: EventLimit,
     pub outbox: Arc<Outbox>,
     pub rejections: Rejections,
     pub metrics: Metrics,
@@ -83,7 +85,12 @@ impl KindWatch {
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let cond = condition(self.kind);
-        let mut tracker = Tracker::new(self.kind, self.policy.clone(), self.clock.clone());
+        let mut tracker = Tracker::new(
+            self.kind,
+            self.policy.clone(),
+            self.clock.clone(),
+            self.limit.clone(),
+        );
         let mut absent_logged = false;
         loop {
             let found = tokio::select! {

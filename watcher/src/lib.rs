@@ -16,6 +16,7 @@
 
 pub mod app;
 pub mod epoch;
+pub mod event_limit;
 pub mod heartbeat;
 pub mod kind_watch;
 pub mod metrics;

@@ -26,6 +26,7 @@ use herald_core::{Rejection, WatcherPolicy, WithdrawReason};
 use serde_json::Value;
 
 use crate::epoch::EpochClock;
+use crate::event_limit::EventLimit;
 
 /// What to do after an observation, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +56,8 @@ pub struct Tracker {
     kind: Kind,
     policy: Arc<WatcherPolicy>,
     clock: Arc<EpochClock>,
+    /// The largest event the stream takes, once known.
+    limit: EventLimit,
     objects: HashMap<ObjectRef, Tracked>,
     epoch: u64,
     bracket: Option<Bracket>,
@@ -94,11 +97,17 @@ fn in_namespace(object: &ObjectRef, ns: &Option<String>) -> bool {
 }
 
 impl Tracker {
-    pub fn new(kind: Kind, policy: Arc<WatcherPolicy>, clock: Arc<EpochClock>) -> Self {
+    pub fn new(
+        kind: Kind,
+        policy: Arc<WatcherPolicy>,
+        clock: Arc<EpochClock>,
+        limit: EventLimit,
+    ) -> Self {
         Self {
             kind,
             policy,
             clock,
+            limit,
             objects: HashMap::new(),
             epoch: 0,
             bracket: None,
@@ -175,7 +184,11 @@ impl Tracker {
             observed_at: now,
             epoch: self.epoch,
         };
-        let decision = mapping::decide(self.kind, object, &self.policy, seen);
+        let decision = within_size(
+            mapping::decide(self.kind, object, &self.policy, seen),
+            self.limit.get(),
+            now,
+        );
         let tracked = self.objects.entry(id.object.clone()).or_default();
         let mut effects = Vec::new();
         let withdraw = |prev: &DeploymentRecord, reason, message| {
@@ -287,6 +300,25 @@ impl Tracker {
     }
 }
 
+/// A record whose event the stream would not take is a rejection like any
+/// other (reported, and a withdrawal of what was advertised), not an event
+/// the publisher would retry forever.
+fn within_size(decision: Decision, max: Option<usize>, now: DateTime<Utc>) -> Decision {
+    match (decision, max) {
+        (Decision::Advertise(record), Some(max)) => {
+            let size = Event::new(EventData::Applied(record.clone()), now)
+                .to_json()
+                .len();
+            if size > max {
+                Decision::Reject(Rejection::TooLarge { size, max })
+            } else {
+                Decision::Advertise(record)
+            }
+        }
+        (other, _) => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,7 +327,12 @@ mod tests {
 
     fn tracker() -> Tracker {
         let policy = WatcherPolicy::new("c1".parse().unwrap());
-        Tracker::new(Kind::MCPServer, Arc::new(policy), Arc::default())
+        Tracker::new(
+            Kind::MCPServer,
+            Arc::new(policy),
+            Arc::default(),
+            EventLimit::default(),
+        )
     }
 
     fn object(ns: &str, name: &str, rv: u32, registry: Option<&str>) -> Value {
