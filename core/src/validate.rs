@@ -36,6 +36,10 @@ pub const MAX_VERSION: usize = 255;
 pub const MAX_TOOLS: usize = 1000;
 /// Longest tool name (the MCP spec recommends at most 128).
 pub const MAX_TOOL_NAME: usize = 128;
+/// Most header declarations on one deployment's remote (the mapping makes
+/// at most one; each is bounded, and so is their number, so a forged record
+/// cannot make every list page that holds it ~1 MB).
+pub const MAX_HEADERS: usize = 16;
 /// Longest container image reference kept.
 pub const MAX_IMAGE: usize = 512;
 /// Longest Kubernetes uid or resource version kept.
@@ -381,6 +385,14 @@ pub fn record(r: &DeploymentRecord, rules: UrlRules) -> Result<(), Rejection> {
         return Err(Rejection::Malformed(
             "the remote carries fields a deployment never declares".to_owned(),
         ));
+    }
+    if r.remote.headers.len() > MAX_HEADERS {
+        return Err(Rejection::InvalidHeader {
+            reason: format!(
+                "{} header declarations; at most {MAX_HEADERS}",
+                r.remote.headers.len()
+            ),
+        });
     }
     for h in &r.remote.headers {
         header(h)?;

@@ -236,6 +236,20 @@ fn the_record_check_refuses_what_a_forged_event_could_carry() {
         refused(&|r| r.icon = Some("http://example.com/i.png".into())),
         "invalid_icon"
     );
+    // Each declaration is bounded, so is their number: 2,200 declarations of
+    // ~440 bytes made a record (and every list page holding it) ~1 MB.
+    assert_eq!(
+        refused(&|r| {
+            r.remote.headers = (0..2200)
+                .map(|i| herald_core::record::Header {
+                    name: format!("X-{i:05}{}", "a".repeat(120)),
+                    description: Some("d".repeat(256)),
+                    ..herald_core::record::Header::bearer_token()
+                })
+                .collect()
+        }),
+        "invalid_header"
+    );
 }
 
 #[test]

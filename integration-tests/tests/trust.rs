@@ -22,7 +22,7 @@ use herald_core::cluster_state::ClusterState;
 use herald_core::event::{Heartbeat, Resync};
 use herald_core::names::{CLUSTERS_BUCKET, DLQ_PREFIX, DLQ_STREAM, DeploymentKey, STREAM};
 use herald_core::ownership::{NameGrant, NameOwnership};
-use herald_core::record::RECORD_VERSION;
+use herald_core::record::{Header, RECORD_VERSION};
 use herald_core::stored::{DeploymentState, StoredDeployment};
 use herald_core::{DeploymentRecord, Event, EventData, Kind, ObjectRef, WithdrawReason};
 use herald_integration_tests::dir::TestDir;
@@ -429,7 +429,7 @@ async fn a_withdrawal_of_another_uid_leaves_the_entry() -> anyhow::Result<()> {
 async fn records_the_mapping_would_reject_are_refused_by_the_projector() -> anyhow::Result<()> {
     let hub = Hub::start("trust-records", &[EAST], true).await?;
     let time = hub.live("time").await?;
-    let attacks: [(&str, Edit); 5] = [
+    let attacks: [(&str, Edit); 6] = [
         ("URL from the record", |r| {
             r.remote.url = "javascript:alert(1)".into()
         }),
@@ -441,6 +441,17 @@ async fn records_the_mapping_would_reject_are_refused_by_the_projector() -> anyh
             r.description = "x".repeat(1_000_000)
         }),
         ("version", |r| r.version = "1.0/../../x".into()),
+        // Bounded one by one but not in number, 2,200 declarations made a ~1 MB record
+        // and every list page holding it ~1 MB.
+        ("2200 header declarations", |r| {
+            r.remote.headers = (0..2200)
+                .map(|i| Header {
+                    name: format!("X-{i:05}{}", "a".repeat(120)),
+                    description: Some("d".repeat(256)),
+                    ..Header::bearer_token()
+                })
+                .collect()
+        }),
     ];
     for (says, change) in attacks {
         let refusal = hub.forge(&applied(&time, change)).await?;
