@@ -925,3 +925,108 @@ fn the_containerfile_passes_hadolint() {
     let out = run(&hadolint, &["--no-color", "-"], Some(bad));
     assert!(!out.status.success(), "hadolint accepted {bad:?}");
 }
+
+// ------------------------------------------------------------------ the NATS chart
+
+#[test]
+fn the_nats_hub_values_render_with_the_official_chart_the_names_herald_uses() {
+    let helm = Helm::new();
+    let root = workspace_root();
+    let chart = root.join("integration-tests/tests/data/nats-2.14.2.tgz");
+    let values = root.join("deploy/nats/helm/hub-values.yaml");
+    let permissions = root.join("deploy/nats/permissions.conf");
+    let set_file = format!(
+        "configMap.merge.data.permissions\\.conf={}",
+        permissions.display()
+    );
+    let out = helm.command(&[
+        "template",
+        "nats",
+        chart.to_str().unwrap(),
+        "--namespace",
+        "nats",
+        "-f",
+        values.to_str().unwrap(),
+        "--set-file",
+        &set_file,
+        // `nats-server -t` loads TLS files; the leaf node TLS is checked by deploy.rs.
+        "--set",
+        "config.leafnodes.tls.enabled=false",
+    ]);
+    assert!(out.status.success(), "helm template nats: {}", text(&out));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let objects = parse(&yaml);
+
+    // The names Herald's chart, overlays and hub-cluster.conf use.
+    let sts = of_kind(&objects, "StatefulSet")[0];
+    assert_eq!(name(sts), "nats");
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(sts["spec"]["serviceName"], "nats-headless");
+    let services = names(&objects, "Service");
+    assert!(
+        services.contains("nats") && services.contains("nats-headless"),
+        "{services:?}"
+    );
+    let client_url = "nats://nats.nats.svc.cluster.local:4222";
+    let defaults = std::fs::read_to_string(chart_values()).unwrap();
+    assert!(
+        defaults.contains(client_url),
+        "the chart's nats.url default"
+    );
+    let hub =
+        std::fs::read_to_string(root.join("deploy/kubernetes/overlays/hub/kustomization.yaml"))
+            .unwrap();
+    assert!(hub.contains(&format!("HERALD_NATS_URL={client_url}")));
+
+    // The rendered configuration: the routes of hub-cluster.conf, and nats-server takes it.
+    let config = of_kind(&objects, "ConfigMap")
+        .into_iter()
+        .find(|c| name(c) == "nats-config")
+        .expect("ConfigMap nats-config");
+    let dir = TestDir::new("nats-chart").unwrap();
+    for (file, body) in config["data"].as_object().unwrap() {
+        // Storage in the test folder instead of the volume.
+        let body = body
+            .as_str()
+            .unwrap()
+            .replace("\"/data", &format!("\"{}", dir.path().display()));
+        std::fs::write(dir.path().join(file), body).unwrap();
+    }
+    let rendered = std::fs::read_to_string(dir.path().join("nats.conf")).unwrap();
+    let sample = std::fs::read_to_string(root.join("deploy/nats/hub-cluster.conf")).unwrap();
+    for i in 0..3 {
+        let route = format!("nats://nats-{i}.nats-headless.nats.svc.cluster.local:6222");
+        assert!(rendered.contains(&route), "the chart routes to {route}");
+        assert!(
+            sample.contains(&route),
+            "hub-cluster.conf routes to {route}"
+        );
+    }
+    assert!(rendered.contains("\"domain\": \"hub\""), "{rendered}");
+    assert!(rendered.contains("include permissions.conf"), "{rendered}");
+    let nats_server = tools().nats_server().unwrap();
+    let out = Command::new(nats_server)
+        .args(["-t", "-c"])
+        .arg(dir.path().join("nats.conf"))
+        .env("SERVER_NAME", "nats-0")
+        .env("POD_NAME", "nats-0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nats-server -t: {}\n{rendered}",
+        text(&out)
+    );
+    // Every object is valid Kubernetes.
+    let validate = tools().kubernetes_validate().unwrap();
+    let out = run(
+        &validate,
+        &["--strict", "-k", KUBE_VERSION, "-"],
+        Some(&yaml),
+    );
+    assert!(out.status.success(), "kubernetes-validate: {}", text(&out));
+}
+
+fn chart_values() -> PathBuf {
+    chart().join("values.yaml")
+}
