@@ -27,6 +27,7 @@ impl LocalEnv {
             "ETCD",
             "KUBE",
             "API",
+            "API_HEALTH",
             "WATCHER",
             "PROJECTOR",
         ]
