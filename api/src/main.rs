@@ -19,14 +19,24 @@ use ipnet::IpNet;
 /// Serves every Herald registry bucket read-only over the official MCP
 /// Registry API (`/v0.1/servers`, …), a live SSE feed
 /// (`/v0.1/x/dev.herald/events`) and a registry page at `/`; each registry
-/// under `/registry/<registry>/`, the default one also at the root. Health
-/// and metrics on the same listener: `/healthz`, `/readyz`, `/metrics`.
+/// under `/registry/<registry>/`, the default one also at the root. Probes
+/// (`/healthz`, `/readyz`) on the public listener; `/metrics` too unless
+/// `--health-listen` gives metrics and probes a listener of their own (what
+/// the Helm chart and the manifests do, so an Ingress never exposes metrics).
 #[derive(Debug, Parser)]
 #[command(name = "herald-api", version)]
 struct Cli {
-    /// Address of the HTTP listener (API, feed, page, health and metrics).
+    /// Address of the public HTTP listener: the API, the feed, the page, the
+    /// probes `/healthz`, `/readyz` (and `/metrics` without `--health-listen`).
     #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+
+    /// Address of a listener of its own for `/metrics`, `/healthz` and
+    /// `/readyz` (e.g. 0.0.0.0:8084); `/metrics` then leaves the public
+    /// listener, so an Ingress on the API never exposes it, and probes never
+    /// wait behind the public connection caps.
+    #[arg(long, env = "HERALD_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
 
     /// The registry served at the root paths (`/v0.1/…`, `/`).
     #[arg(long, env = "HERALD_DEFAULT_REGISTRY", default_value = "default")]
@@ -162,6 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = cli.nats.connect("herald-api", None).await?;
     let settings = Settings {
         listen: cli.listen,
+        health_listen: cli.health_listen,
         default_registry: cli.default_registry,
         cors_origins: cli.cors_origins,
         sse: SseSettings {

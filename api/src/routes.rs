@@ -1,7 +1,8 @@
 //! The HTTP surface: the read-only registry API (at the root for the
 //! default registry and under `/registry/{registry}` for every registry,
 //! each under `/v0.1` and `/v0`), the SSE feed, the registry page, the
-//! OpenAPI document, and health and metrics.
+//! OpenAPI document, and the probes (`/healthz`, `/readyz`) with `/metrics`
+//! unless the health listener (`--health-listen`) serves it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,7 +31,9 @@ pub const EVENTS_PATH: &str = "/x/dev.herald/events";
 type Params = Path<HashMap<String, String>>;
 type QueryList = Query<Vec<(String, String)>>;
 
-pub fn router(state: AppState, readiness: Readiness, registry: Arc<Registry>) -> Router {
+/// `metrics`: the registry to serve at `/metrics` on this router (`None`
+/// when a listener of its own serves it).
+pub fn router(state: AppState, readiness: Readiness, metrics: Option<Arc<Registry>>) -> Router {
     let mut api = Router::new();
     for base in ["", "/registry/{registry}"] {
         for v in VERSIONS {
@@ -48,7 +51,10 @@ pub fn router(state: AppState, readiness: Readiness, registry: Arc<Registry>) ->
         .fallback(|| async { Problem::no_route() });
     let tracked = state.metrics.clone();
     api.with_state(state)
-        .merge(health::router(readiness, registry))
+        .merge(match metrics {
+            Some(registry) => health::router(readiness, registry),
+            None => health::probes(readiness),
+        })
         .layer(axum::middleware::from_fn_with_state(
             tracked,
             metrics::track,

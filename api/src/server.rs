@@ -27,6 +27,9 @@ use crate::{bucket_watch, routes};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// `/metrics` (with `/healthz` and `/readyz`) apart from the public
+    /// port; without it `/metrics` is served on the public port.
+    pub health_listen: Option<SocketAddr>,
     pub default_registry: RegistryName,
     pub cors_origins: Vec<HeaderValue>,
     pub sse: SseSettings,
@@ -78,7 +81,21 @@ pub async fn run(
         settings.urls,
         shutdown.clone(),
     ));
-    let mut router = routes::router(app, readiness, Arc::new(registry));
+    let registry = Arc::new(registry);
+    let health_shutdown = CancellationToken::new();
+    let (mut router, health) = match settings.health_listen {
+        Some(addr) => {
+            let (_, task) = herald_runtime::health::serve(
+                addr,
+                readiness.clone(),
+                registry,
+                health_shutdown.clone(),
+            )
+            .await?;
+            (routes::router(app, readiness, None), Some(task))
+        }
+        None => (routes::router(app, readiness, Some(registry)), None),
+    };
     if !settings.cors_origins.is_empty() {
         router = router.layer(
             CorsLayer::new()
@@ -107,6 +124,11 @@ pub async fn run(
     let connections = Connections::new(settings.connection, router.with_state(()), metrics);
     serve(listener, admission, connections, shutdown).await;
     bucket_watch.await.ok();
+    // Metrics stay scrapable until the public port has drained.
+    health_shutdown.cancel();
+    if let Some(health) = health {
+        health.await.ok();
+    }
     tracing::info!("stopped");
     Ok(())
 }

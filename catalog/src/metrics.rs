@@ -1,12 +1,16 @@
 //! The importer's metrics, served on `/metrics`:
 //! `herald_catalog_skipped_total{reason}`,
 //! `herald_catalog_published_total{type=applied|withdrawn}` and
-//! `herald_catalog_syncs_total{result=ok|failed}`. Every label value exists
-//! from the start (at zero), so dashboards need no special case.
+//! `herald_catalog_syncs_total{result=ok|failed}` and
+//! `herald_catalog_last_success_timestamp_seconds` (the end of the newest
+//! successful sync, for a "no sync for too long" alert). Every label value
+//! exists from the start (at zero), so dashboards need no special case.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 use crate::screen::SkipReason;
 
@@ -18,6 +22,7 @@ pub struct CatalogMetrics {
     skipped: Family<Label, Counter>,
     published: Family<Label, Counter>,
     syncs: Family<Label, Counter>,
+    last_success: Gauge<f64, AtomicU64>,
 }
 
 impl CatalogMetrics {
@@ -47,6 +52,11 @@ impl CatalogMetrics {
             "Catalog syncs by result (ok, failed)",
             m.syncs.clone(),
         );
+        registry.register(
+            "herald_catalog_last_success_timestamp_seconds",
+            "When the newest successful sync ended (unix seconds; 0 before the first)",
+            m.last_success.clone(),
+        );
         m
     }
 
@@ -64,6 +74,10 @@ impl CatalogMetrics {
 
     pub fn synced(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
+        if ok {
+            let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+            self.last_success.set(now);
+        }
         self.syncs.get_or_create(&[("result", result)]).inc();
     }
 }

@@ -34,6 +34,7 @@ impl LocalEnv {
             "ETCD",
             "KUBE",
             "API",
+            "API_HEALTH",
             "WATCHER",
             "PROJECTOR",
         ]

@@ -1,6 +1,7 @@
 //! Where the real servers and Herald's own binaries are found.
 //!
-//! `scripts/test-deps` installs `nats-server`, `etcd` and `kube-apiserver` into
+//! `scripts/test-deps` installs `nats-server`, `etcd`, `kube-apiserver`, `helm`,
+//! `promtool`, `kubernetes-validate` and `hadolint` into
 //! `$HERALD_TOOLS_DIR/bin`, by default `${XDG_CACHE_HOME:-$HOME/.cache}/herald-tools/bin`.
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,26 @@ impl Tools {
 
     pub fn kube_apiserver(&self) -> anyhow::Result<PathBuf> {
         self.binary("kube-apiserver")
+    }
+
+    /// Helm 4 (`helm lint`, `helm template` of deploy/helm/herald).
+    pub fn helm(&self) -> anyhow::Result<PathBuf> {
+        self.binary("helm")
+    }
+
+    /// Prometheus' promtool (`check rules`, `test rules`, `check metrics`).
+    pub fn promtool(&self) -> anyhow::Result<PathBuf> {
+        self.binary("promtool")
+    }
+
+    /// Kubernetes' OpenAPI schemas, offline.
+    pub fn kubernetes_validate(&self) -> anyhow::Result<PathBuf> {
+        self.binary("kubernetes-validate")
+    }
+
+    /// The Containerfile linter.
+    pub fn hadolint(&self) -> anyhow::Result<PathBuf> {
+        self.binary("hadolint")
     }
 
     fn binary(&self, name: &str) -> anyhow::Result<PathBuf> {

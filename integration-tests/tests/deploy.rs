@@ -1,7 +1,8 @@
 //! The Kubernetes manifests in `deploy/kubernetes`: every overlay renders with
 //! `kubectl kustomize`, every Deployment is probed, bounded and locked down, each
 //! topology runs the binaries it should, and the watcher's RBAC is exactly what it
-//! watches (the kinds in `herald_core::Kind::ALL`) plus Events, and nothing more.
+//! watches (the kinds in `herald_core::Kind::ALL`) plus events.k8s.io Events, and
+//! nothing more.
 //! The NATS samples in `deploy/nats` pass `nats-server -t` and agree with each other
 //! and with the workload overlay.
 
@@ -158,11 +159,8 @@ fn check_deployment(objects: &[Value], deployment: &Value, what: &str) {
 
     // Probes on the health endpoints, on the port the binary listens on.
     let env = container_env(objects, c);
-    let listen_var = if name(deployment) == API {
-        "HERALD_LISTEN"
-    } else {
-        "HERALD_HEALTH_LISTEN"
-    };
+    // Every binary, herald-api included, probes its health listener.
+    let listen_var = "HERALD_HEALTH_LISTEN";
     let listen = env
         .get(listen_var)
         .unwrap_or_else(|| panic!("{what}: {listen_var} is not configured"));
@@ -384,10 +382,13 @@ fn the_watcher_rbac_covers_exactly_what_it_watches() {
             ));
         }
     }
-    for group in ["", "events.k8s.io"] {
-        for verb in ["create", "patch"] {
-            expected.insert((group.to_owned(), "events".to_owned(), verb.to_owned()));
-        }
+    // kube-runtime's recorder writes events.k8s.io Events only.
+    for verb in ["create", "patch"] {
+        expected.insert((
+            "events.k8s.io".to_owned(),
+            "events".to_owned(),
+            verb.to_owned(),
+        ));
     }
 
     for overlay in OVERLAYS {

@@ -277,6 +277,7 @@ fn run_config(consumer: &str, batch: usize, ack_wait: Duration) -> RunConfig {
         buckets: BucketSettings::default(),
         stream: stream_args(),
         gate: Default::default(),
+        liveness_interval: herald_projector::liveness::DEFAULT_INTERVAL,
     }
 }
 

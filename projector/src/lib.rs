@@ -5,6 +5,8 @@
 //!
 //! - [`run`]: the durable pull consumer (`herald-projector run`), with
 //!   [`dead_letter`] for messages that cannot be applied and [`metrics`].
+//! - [`liveness`]: each cluster's last heartbeat as a metric, from the
+//!   clusters bucket.
 //! - [`gate`]: what an event must pass before it is folded (signature,
 //!   known source, sane times, the shared validation, name ownership).
 //! - [`fold`]: which key an event belongs to and what the key holds after
@@ -21,6 +23,7 @@ pub mod apply;
 pub mod dead_letter;
 pub mod fold;
 pub mod gate;
+pub mod liveness;
 pub mod metrics;
 pub mod ops;
 pub mod run;

@@ -188,6 +188,10 @@ struct RunArgs {
     /// production NATS cluster).
     #[arg(long, env = "HERALD_BUCKET_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     bucket_replicas: u8,
+    /// How often the clusters bucket is read into the per-cluster liveness
+    /// metrics (`herald_projector_cluster_last_heartbeat_timestamp_seconds`).
+    #[arg(long, env = "HERALD_LIVENESS_INTERVAL", default_value = "15s", value_parser = herald_runtime::duration::positive)]
+    liveness_interval: Duration,
 }
 
 /// Where to start reading the history; at most one.
@@ -434,6 +438,7 @@ async fn run(
         },
         stream,
         gate,
+        liveness_interval: args.liveness_interval,
     };
     let result = herald_projector::run::run(client, config, metrics, readiness, shutdown).await;
     serving.cancel();

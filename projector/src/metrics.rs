@@ -12,6 +12,19 @@ use prometheus_client::metrics::gauge::Gauge;
 pub use prometheus_client::registry::Registry;
 
 type Label = [(&'static str, &'static str); 1];
+type ClusterLabel = [(&'static str, String); 1];
+type Timestamp = Gauge<f64, AtomicU64>;
+
+/// One cluster's liveness, as [`crate::liveness`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterReading {
+    pub cluster: String,
+    /// Unix seconds of the newest event the stream stored for it.
+    pub last_seen: f64,
+    /// Unix seconds of the newest heartbeat (none before the first).
+    pub last_heartbeat: Option<f64>,
+    pub heartbeat_interval: Option<u64>,
+}
 
 /// Counters and gauges of one running projector.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +36,9 @@ pub struct Metrics {
     redelivered: Counter,
     pending: Gauge<i64>,
     last_sequence: Gauge<u64, AtomicU64>,
+    cluster_last_seen: Family<ClusterLabel, Timestamp>,
+    cluster_last_heartbeat: Family<ClusterLabel, Timestamp>,
+    cluster_heartbeat_interval: Family<ClusterLabel, Gauge>,
 }
 
 impl Metrics {
@@ -72,7 +88,44 @@ impl Metrics {
             "Stream sequence of the newest event applied",
             m.last_sequence.clone(),
         );
+        registry.register(
+            "herald_projector_cluster_last_seen_timestamp_seconds",
+            "When the stream stored the newest event of the cluster's watcher (unix seconds), from the clusters bucket",
+            m.cluster_last_seen.clone(),
+        );
+        registry.register(
+            "herald_projector_cluster_last_heartbeat_timestamp_seconds",
+            "When the stream stored the newest heartbeat of the cluster's watcher (unix seconds), from the clusters bucket",
+            m.cluster_last_heartbeat.clone(),
+        );
+        registry.register(
+            "herald_projector_cluster_heartbeat_interval_seconds",
+            "The heartbeat interval the cluster's watcher announced",
+            m.cluster_heartbeat_interval.clone(),
+        );
         m
+    }
+
+    /// Replaces the per-cluster series with `readings` (a cluster whose
+    /// record was removed leaves the metrics too).
+    pub fn clusters(&self, readings: &[ClusterReading]) {
+        self.cluster_last_seen.clear();
+        self.cluster_last_heartbeat.clear();
+        self.cluster_heartbeat_interval.clear();
+        for r in readings {
+            let label = [("cluster", r.cluster.clone())];
+            self.cluster_last_seen
+                .get_or_create(&label)
+                .set(r.last_seen);
+            if let Some(t) = r.last_heartbeat {
+                self.cluster_last_heartbeat.get_or_create(&label).set(t);
+            }
+            if let Some(i) = r.heartbeat_interval {
+                self.cluster_heartbeat_interval
+                    .get_or_create(&label)
+                    .set(i64::try_from(i).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     pub fn applied(&self, ty: EventType, seq: u64) {

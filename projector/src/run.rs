@@ -69,6 +69,8 @@ pub struct RunConfig {
     pub stream: StreamArgs,
     /// What every event must pass before it is folded.
     pub gate: Arc<Gate>,
+    /// How often cluster liveness is read into the metrics.
+    pub liveness_interval: Duration,
 }
 
 /// Creates or binds the durable consumer.
@@ -124,6 +126,12 @@ pub async fn run(
         shutdown.clone(),
     ));
     let js = jetstream::new(client.clone());
+    tokio::spawn(crate::liveness::run(
+        js.clone(),
+        metrics.clone(),
+        config.liveness_interval,
+        shutdown.clone(),
+    ));
     let mut backoff = Backoff::new(RETRY);
     let mut consumer = loop {
         match ensure_and_bind(&js, &config).await {

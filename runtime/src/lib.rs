@@ -6,7 +6,8 @@
 //! - [`clock`]: NATS times as chrono times.
 //! - [`duration`]: duration flags, read with humantime; [`byte_size`]: size
 //!   flags (`16MiB`).
-//! - [`health`]: `/healthz`, `/readyz` and `/metrics` on one listener.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics` on one listener;
+//!   every `/metrics` also carries [`build_info`] and [`process_metrics`].
 //! - [`retry`]: backoff with jitter and a cap, for every retry loop.
 //! - [`signing`]: signing events with nkeys, and verifying them.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
@@ -21,6 +22,7 @@
 //! - [`secret`]: secret values that never print.
 
 pub mod buckets;
+pub mod build_info;
 pub mod byte_size;
 pub mod clock;
 pub mod duration;
@@ -29,6 +31,7 @@ pub mod health;
 pub mod http;
 pub mod logging;
 pub mod nats;
+pub mod process_metrics;
 pub mod publish;
 pub mod retry;
 pub mod secret;

@@ -20,6 +20,7 @@ pub struct Metrics {
     rejections: Family<Label, Counter>,
     pending: Gauge,
     last_resync: Family<Label, Gauge<f64, AtomicU64>>,
+    last_published: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -52,6 +53,11 @@ impl Metrics {
             "Unix time at which the last full list of a kind completed",
             m.last_resync.clone(),
         );
+        r.register(
+            "last_published_timestamp_seconds",
+            "Unix time at which JetStream last acknowledged an event (heartbeats included, so it stays fresh while the watcher can publish)",
+            m.last_published.clone(),
+        );
         // Every event type shows up at 0 so that rates work from the start.
         for ty in EventType::ALL {
             let _ = m.published.get_or_create(&[("type", ty.short())]);
@@ -61,6 +67,8 @@ impl Metrics {
 
     pub fn published(&self, ty: EventType) {
         self.published.get_or_create(&[("type", ty.short())]).inc();
+        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        self.last_published.set(now);
     }
 
     pub fn publish_failed(&self) {
