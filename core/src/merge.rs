@@ -151,6 +151,9 @@ pub struct DeploymentMeta {
     pub category: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<String>,
+    /// The ToolHive group of the deployment (`spec.groupRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// The deployments of one (server name, version), with their change times.
@@ -402,6 +405,7 @@ fn merge_group(group: &[(&DeploymentRecord, DateTime<Utc>)]) -> ServerResponse {
                         last_seen: r.observed_at,
                         category: r.category.clone(),
                         tools: r.tools.clone(),
+                        group: r.group.clone(),
                     })
                     .collect(),
                 catalogs: Vec::new(),

@@ -52,6 +52,9 @@ pub struct DeploymentRecord {
     pub image: Option<String>,
     /// The object's own `spec.transport` (stdio, sse, streamable-http).
     pub transport: String,
+    /// The ToolHive group the object belongs to (`spec.groupRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 impl DeploymentRecord {
@@ -82,6 +85,7 @@ impl DeploymentRecord {
             phase,
             image,
             transport,
+            group,
         } = self;
         *v == other.v
             && *cluster == other.cluster
@@ -100,6 +104,7 @@ impl DeploymentRecord {
             && *phase == other.phase
             && *image == other.image
             && *transport == other.transport
+            && *group == other.group
     }
 }
 
@@ -193,6 +198,8 @@ pub enum Phase {
     Failed,
     Terminating,
     Stopped,
+    /// An `MCPServerEntry` its operator checked (its only advertised phase).
+    Valid,
     /// A phase this build does not know; kept verbatim.
     Other(String),
 }
@@ -206,6 +213,7 @@ impl Phase {
             Phase::Failed => "Failed",
             Phase::Terminating => "Terminating",
             Phase::Stopped => "Stopped",
+            Phase::Valid => "Valid",
             Phase::Other(s) => s,
         }
     }
@@ -220,6 +228,7 @@ impl From<&str> for Phase {
             "Failed" => Phase::Failed,
             "Terminating" => Phase::Terminating,
             "Stopped" => Phase::Stopped,
+            "Valid" => Phase::Valid,
             other => Phase::Other(other.to_owned()),
         }
     }

@@ -95,6 +95,8 @@ pub enum UrlSource {
     /// A record read from the stream or a bucket (the projector's and the
     /// API's re-check).
     Record,
+    /// An `MCPServerEntry`'s `spec.remoteUrl`.
+    EntrySpec,
 }
 
 impl std::fmt::Display for UrlSource {
@@ -104,6 +106,7 @@ impl std::fmt::Display for UrlSource {
             UrlSource::Status => f.write_str("status.url"),
             UrlSource::Derived => f.write_str("the proxy Service"),
             UrlSource::Record => f.write_str("the record"),
+            UrlSource::EntrySpec => f.write_str("spec.remoteUrl"),
         }
     }
 }

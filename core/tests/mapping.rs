@@ -31,7 +31,7 @@ fn rejected(object: &Value) -> Rejection {
 #[test]
 fn advertised_fixtures_yield_the_stated_remote() {
     let all = load("advertised.yaml");
-    assert_eq!(all.len(), 6);
+    assert_eq!(all.len(), 8);
     for object in &all {
         let record = advertised(object);
         assert_eq!(
@@ -633,4 +633,74 @@ fn objects_without_identity_are_malformed() {
     let mut dotted_namespace = base.clone();
     dotted_namespace["metadata"]["namespace"] = json!("a.b");
     assert_eq!(rejected(&dotted_namespace).code(), "malformed");
+}
+
+// MCPServerEntry: no infrastructure; the URL, headers and group come from its spec.
+#[test]
+fn a_server_entry_advertises_its_remote_url_headers_and_group() {
+    let record = advertised(&fixture("advertised.yaml", "docs"));
+    assert_eq!(record.object.kind(), Kind::MCPServerEntry);
+    assert_eq!(record.transport, "streamable-http");
+    assert_eq!(record.group.as_deref(), Some("knowledge-tools"));
+    assert_eq!(record.phase, Phase::Valid);
+    assert_eq!(record.image, None);
+    let headers: Vec<(&str, bool)> = record
+        .remote
+        .headers
+        .iter()
+        .map(|h| (h.name.as_str(), h.is_secret))
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            ("Authorization", true),
+            ("X-Api-Key", true),
+            ("X-Tenant-ID", false)
+        ]
+    );
+    let json = serde_json::to_string(&record).unwrap();
+    for value in ["tenant-123", "docs-credentials", "api-key", "docs-oauth"] {
+        assert!(!json.contains(value), "{value} leaked: {json}");
+    }
+    let legacy = advertised(&fixture("advertised.yaml", "legacy-entry"));
+    assert_eq!(legacy.group.as_deref(), Some("knowledge-tools"));
+    assert_eq!(legacy.remote.transport, RemoteTransport::Sse);
+}
+
+#[test]
+fn a_server_entry_url_follows_the_entry_rule_and_the_annotation_wins() {
+    let base = fixture("advertised.yaml", "docs");
+    let mut private = base.clone();
+    private["spec"]["remoteUrl"] = json!("http://docs.knowledge.svc.cluster.local:8080/mcp");
+    assert_eq!(rejected(&private).code(), "invalid_url");
+    private["spec"]["allowPrivateEndpoint"] = json!(true);
+    assert_eq!(
+        advertised(&private).remote.url,
+        "http://docs.knowledge.svc.cluster.local:8080/mcp"
+    );
+    let mut central = policy();
+    central.require_url_annotation = true;
+    assert!(matches!(map_with(&private, &central), Decision::Reject(_)));
+    // A public entry needs no annotation, even on a central watcher.
+    assert!(matches!(map_with(&base, &central), Decision::Advertise(_)));
+    let mut annotated = base.clone();
+    annotate(
+        &mut annotated,
+        ann::REGISTRY_URL,
+        Some("https://gateway.example.com/docs/mcp"),
+    );
+    assert_eq!(
+        advertised(&annotated).remote.url,
+        "https://gateway.example.com/docs/mcp"
+    );
+    annotate(
+        &mut annotated,
+        ann::REGISTRY_URL,
+        Some("https://kubernetes.default.svc/api"),
+    );
+    let reason = rejected(&annotated).to_string();
+    assert!(reason.contains(ann::REGISTRY_URL), "{reason}");
+    let mut bad_group = base.clone();
+    bad_group["spec"]["groupRef"] = json!({"name": "Not A Name"});
+    assert_eq!(rejected(&bad_group).code(), "malformed");
 }
