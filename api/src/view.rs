@@ -381,6 +381,7 @@ mod tests {
             image: None,
             transport: "streamable-http".into(),
             group: None,
+            tool_definitions: Vec::new(),
         };
         let key = format!("deployment.{cluster}.mcpserver.ns.obj");
         let Fold::Write(v) = fold_applied(None, &record, seq) else {

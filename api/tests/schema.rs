@@ -87,6 +87,7 @@ fn record(cluster: &str, object: &str, server: &str, version: &str) -> Deploymen
         image: None,
         transport: "streamable-http".into(),
         group: None,
+        tool_definitions: Vec::new(),
     }
 }
 

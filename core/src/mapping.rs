@@ -12,7 +12,12 @@
 //! 3. registry: label `registry-name` (legacy alias `toolhive.stacklok.io/…`),
 //!    else the default; it must be a DNS label and the namespace allowed;
 //! 4. metadata: description (required, 1-100 characters), title (1-100),
-//!    icon (an https URL), category, tools (a JSON array of names);
+//!    icon (an https URL), category, tools (a JSON array of names), tool
+//!    definitions (a JSON array of MCP `Tool` objects, see
+//!    [`validate::tool_definitions`]). Valid definitions win over the names:
+//!    their names are the advertised tools. Invalid definitions do not stop
+//!    the server from being advertised: it goes without them, and
+//!    [`tool_definitions_warning`] tells the watcher why;
 //! 5. server name: the override annotation, else `com.toolhive.k8s.<ns>/<name>`;
 //! 6. version: the annotation, else a semver image tag, else `1.0.0`;
 //! 7. remote type: `spec.transport` (stdio speaks `spec.proxyMode`; an
@@ -143,7 +148,18 @@ fn build_record(
     let category = optional(object, ann::REGISTRY_CATEGORY)
         .map(|c| validate::text("category", c, validate::MAX_CATEGORY, Lines::One))
         .transpose()?;
-    let tools = tools(object)?;
+    let tool_definitions = optional(object, ann::TOOL_DEFINITIONS)
+        .and_then(|raw| validate::tool_definitions(raw).ok())
+        .unwrap_or_default();
+    let tools = if tool_definitions.is_empty() {
+        tools(object)?
+    } else {
+        tools(object)?;
+        tool_definitions
+            .iter()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect()
+    };
     let server_name = server_name(object, &id.object)?;
     policy
         .names
@@ -197,7 +213,14 @@ fn build_record(
         image,
         transport,
         group,
+        tool_definitions,
     }))
+}
+
+/// Why an object's tool definitions are left out of its record, if they
+/// are: the watcher reports it while the server stays advertised.
+pub fn tool_definitions_warning(object: &Value) -> Option<Rejection> {
+    optional(object, ann::TOOL_DEFINITIONS).and_then(|raw| validate::tool_definitions(raw).err())
 }
 
 fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {

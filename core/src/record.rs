@@ -55,6 +55,10 @@ pub struct DeploymentRecord {
     /// The ToolHive group the object belongs to (`spec.groupRef`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// MCP `Tool` objects from the `tool-definitions` annotation, normalised
+    /// by [`crate::validate::tool_definitions`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_definitions: Vec<Value>,
 }
 
 impl DeploymentRecord {
@@ -86,6 +90,7 @@ impl DeploymentRecord {
             image,
             transport,
             group,
+            tool_definitions,
         } = self;
         *v == other.v
             && *cluster == other.cluster
@@ -105,6 +110,7 @@ impl DeploymentRecord {
             && *image == other.image
             && *transport == other.transport
             && *group == other.group
+            && *tool_definitions == other.tool_definitions
     }
 }
 

@@ -78,6 +78,11 @@ pub enum Rejection {
         annotations::TOOLS
     )]
     InvalidTools { reason: String },
+    #[error(
+        "annotation {} is not usable ({reason}); the server is advertised without tool definitions",
+        annotations::TOOL_DEFINITIONS
+    )]
+    InvalidToolDefinitions { reason: String },
     #[error("{field} is {value:?}; expected {expected}")]
     UnsupportedField {
         field: &'static str,
@@ -133,6 +138,7 @@ impl Rejection {
             Rejection::InvalidVersion { .. } => "invalid_version",
             Rejection::InvalidIcon { .. } => "invalid_icon",
             Rejection::InvalidTools { .. } => "invalid_tools",
+            Rejection::InvalidToolDefinitions { .. } => "invalid_tool_definitions",
             Rejection::UnsupportedField { .. } => "unsupported_field",
         }
     }

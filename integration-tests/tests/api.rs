@@ -92,6 +92,7 @@ impl Bucket {
             image: None,
             transport: "streamable-http".into(),
             group: None,
+            tool_definitions: Vec::new(),
         })
     }
 

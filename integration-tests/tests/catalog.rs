@@ -407,6 +407,7 @@ fn deployment(server: &str, version: &str, url: &str) -> anyhow::Result<Deployme
         image: None,
         transport: "streamable-http".into(),
         group: None,
+        tool_definitions: Vec::new(),
     })
 }
 

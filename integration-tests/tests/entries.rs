@@ -87,6 +87,18 @@ async fn server_entries_steps() -> anyhow::Result<()> {
             ]
         }),
     );
+    let body = with(
+        body,
+        &["metadata", "annotations", ann::TOOL_DEFINITIONS],
+        json!(
+            r#"[{"name":"search_docs","description":"Searches the docs","inputSchema":{"type":"object","properties":{"q":{"type":"string"}}}}]"#
+        ),
+    );
+    let body = with(
+        body,
+        &["metadata", "annotations", ann::REGISTRY_CATEGORY],
+        json!("knowledge"),
+    );
     declare(&env, "v1beta1", body, "Valid").await?;
     // SSE, v1alpha1 of the first weeks: `remoteURL` and a bare-string groupRef.
     let body = opted_in("legacy", "An SSE entry of the first CRD era");
@@ -97,6 +109,12 @@ async fn server_entries_steps() -> anyhow::Result<()> {
     );
     let body = with(body, &["spec", "transport"], json!("sse"));
     let body = with(body, &["spec", "groupRef"], json!("tools"));
+    // Broken tool definitions: reported, and the server is advertised without them.
+    let body = with(
+        body,
+        &["metadata", "annotations", ann::TOOL_DEFINITIONS],
+        json!(r#"[{"name":"no_schema"}]"#),
+    );
     declare(&env, "v1alpha1", body, "Valid").await?;
     // A private endpoint the entry allows.
     let body = entry(
@@ -170,6 +188,20 @@ async fn server_entries_steps() -> anyhow::Result<()> {
     assert_eq!(deployment["group"], "tools");
     assert_eq!(deployment["phase"], "Valid");
     assert_eq!(deployment["cluster"], "east");
+    // ToolHive's block, as its clients read it.
+    let block = &hosted["server"]["_meta"]["io.modelcontextprotocol.registry/publisher-provided"]["io.github.stacklok"]
+        ["https://mcp.hosted.example.com/mcp"];
+    assert_eq!(block["status"], "active", "{hosted:#}");
+    assert_eq!(block["metadata"]["kubernetes"]["kind"], "MCPServerEntry");
+    assert_eq!(block["metadata"]["kubernetes"]["namespace"], NAMESPACE);
+    assert_eq!(block["metadata"]["kubernetes"]["name"], "hosted");
+    assert_eq!(block["tools"], json!(["search_docs"]));
+    assert_eq!(block["tags"], json!(["knowledge"]));
+    assert_eq!(block["tool_definitions"][0]["name"], "search_docs");
+    assert_eq!(
+        block["tool_definitions"][0]["inputSchema"]["properties"]["q"]["type"],
+        "string"
+    );
 
     let (status, body) = get(
         &env,
@@ -187,6 +219,10 @@ async fn server_entries_steps() -> anyhow::Result<()> {
         legacy["_meta"]["dev.herald"]["deployments"][0]["group"],
         "tools"
     );
+    let block = &legacy["server"]["_meta"]["io.modelcontextprotocol.registry/publisher-provided"]["io.github.stacklok"]
+        ["https://sse.example.com/sse"];
+    assert_eq!(block["status"], "active");
+    assert!(block.get("tool_definitions").is_none(), "{block:#}");
 
     // Each blocked entry is rejected with its reason, where an operator looks.
     let log = env.watchers[0].log_contents();
@@ -203,6 +239,14 @@ async fn server_entries_steps() -> anyhow::Result<()> {
         log.contains("set spec.allowPrivateEndpoint"),
         "the private reason"
     );
+    assert!(
+        log.lines().any(|l| l.contains(r#""name":"legacy""#)
+            && l.contains(r#""reason":"invalid_tool_definitions""#)
+            && l.contains("tool no_schema has no inputSchema")),
+        "the broken tool definitions are reported"
+    );
+    let sample = r#"herald_watcher_rejections_total{reason="invalid_tool_definitions"}"#;
+    assert_eq!(env.watchers[0].metric(sample).await?, 1.0);
     for (_, url, _) in blocked {
         assert!(!log.contains(url), "a rejection never echoes the URL");
     }

@@ -95,6 +95,7 @@ fn record(
         image: Some(format!("ghcr.io/acme/{name}:1.{}.0", rv % 4)),
         transport: "streamable-http".to_owned(),
         group: None,
+        tool_definitions: Vec::new(),
     }
 }
 

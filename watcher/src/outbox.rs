@@ -324,6 +324,7 @@ mod tests {
             image: None,
             transport: "streamable-http".into(),
             group: None,
+            tool_definitions: Vec::new(),
         };
         applied = Event::new(EventData::Applied(Box::new(record)), chrono::Utc::now());
         outbox.push(applied);

@@ -114,6 +114,7 @@ pub fn record(cluster: usize, object: usize, seq: u64) -> anyhow::Result<Deploym
         image: Some("ghcr.io/acme/bench:1.0.0".to_owned()),
         transport: "streamable-http".to_owned(),
         group: None,
+        tool_definitions: Vec::new(),
     })
 }
 
