@@ -380,6 +380,8 @@ mod tests {
             phase: Phase::Ready,
             image: None,
             transport: "streamable-http".into(),
+            group: None,
+            tool_definitions: Vec::new(),
         };
         let key = format!("deployment.{cluster}.mcpserver.ns.obj");
         let Fold::Write(v) = fold_applied(None, &record, seq) else {

@@ -86,6 +86,8 @@ fn record(cluster: &str, object: &str, server: &str, version: &str) -> Deploymen
         phase: Phase::Ready,
         image: None,
         transport: "streamable-http".into(),
+        group: None,
+        tool_definitions: Vec::new(),
     }
 }
 

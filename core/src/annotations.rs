@@ -17,6 +17,9 @@ pub const REGISTRY_CATEGORY: &str = "toolhive.stacklok.dev/registry-category";
 pub const REGISTRY_SERVER_NAME: &str = "toolhive.stacklok.dev/registry-server-name";
 /// Annotation: a JSON array of tool names.
 pub const TOOLS: &str = "toolhive.stacklok.dev/tools";
+/// Annotation: a JSON array of MCP `Tool` objects; when set, its names are
+/// the advertised tool names.
+pub const TOOL_DEFINITIONS: &str = "toolhive.stacklok.dev/tool-definitions";
 
 /// Legacy label of the first proposal, an alias of [`REGISTRY_NAME`]
 /// (the current key wins when both are set).

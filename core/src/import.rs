@@ -113,9 +113,7 @@ struct ToolHiveRegistry {
     remote_servers: BTreeMap<String, Value>,
 }
 
-/// The `_meta` key under which ToolHive's own fields (tier, status, tools,
-/// tags, stars…) travel, inside `publisher-provided`.
-pub const TOOLHIVE_META_KEY: &str = "io.github.stacklok";
+pub use crate::merge::{PUBLISHER_PROVIDED_KEY, TOOLHIVE_META_KEY};
 
 /// Converts a ToolHive `registry.json`; `namespace` prefixes its short names
 /// (`fetch` → `<namespace>/fetch`).
@@ -244,7 +242,7 @@ fn convert_toolhive(
     if !provided.is_empty() {
         server.insert(
             "_meta".into(),
-            json!({"io.modelcontextprotocol.registry/publisher-provided": {TOOLHIVE_META_KEY: provided}}),
+            json!({PUBLISHER_PROVIDED_KEY: {TOOLHIVE_META_KEY: provided}}),
         );
     }
     check_entry(&Value::Object(server))

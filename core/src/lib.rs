@@ -10,7 +10,8 @@
 //!   deployment (and its withdrawal), a catalog entry.
 //! - [`names`]: subjects, streams, buckets and bucket keys.
 //! - [`rejection`], [`validate`]: why a value is refused, and the checks
-//!   shared by every place a value enters.
+//!   shared by every place a value enters; [`entry`]: the rules particular
+//!   to an `MCPServerEntry` (its remote URL, its forwarded headers).
 //! - [`event`]: the wire contract, CloudEvents on JetStream.
 //! - [`stored`]: what a registry bucket holds under each key.
 //! - [`ownership`]: which namespaces may publish which server names.
@@ -28,6 +29,7 @@ pub mod admission;
 pub mod annotations;
 pub mod catalog_record;
 pub mod cluster_state;
+pub mod entry;
 pub mod event;
 pub mod ids;
 pub mod import;

@@ -2,7 +2,9 @@
 //! advertise a record, skip it, or reject it with a reason.
 //!
 //! Fields are read leniently so that both CRD eras work: `MCPServer`
-//! `v1alpha1` (2025) and `v1beta1`, `MCPRemoteProxy` and `VirtualMCPServer`.
+//! `v1alpha1` (2025) and `v1beta1`, `MCPRemoteProxy`, `VirtualMCPServer` and
+//! `MCPServerEntry` (2026; `remoteURL` and a bare-string `groupRef` of its
+//! first weeks are read too).
 //! Rules, in the order they are checked:
 //!
 //! 1. identity: `metadata.name`, `namespace`, `uid`, `resourceVersion`;
@@ -10,21 +12,33 @@
 //! 3. registry: label `registry-name` (legacy alias `toolhive.stacklok.io/…`),
 //!    else the default; it must be a DNS label and the namespace allowed;
 //! 4. metadata: description (required, 1-100 characters), title (1-100),
-//!    icon (an https URL), category, tools (a JSON array of names);
+//!    icon (an https URL), category, tools (a JSON array of names), tool
+//!    definitions (a JSON array of MCP `Tool` objects, see
+//!    [`validate::tool_definitions`]). Valid definitions win over the names:
+//!    their names are the advertised tools. Invalid definitions do not stop
+//!    the server from being advertised: it goes without them, and
+//!    [`tool_definitions_warning`] tells the watcher why;
 //! 5. server name: the override annotation, else `com.toolhive.k8s.<ns>/<name>`;
 //! 6. version: the annotation, else a semver image tag, else `1.0.0`;
-//! 7. remote type: `spec.transport` (stdio speaks `spec.proxyMode`);
+//! 7. remote type: `spec.transport` (stdio speaks `spec.proxyMode`; an
+//!    `MCPServerEntry` must name `sse` or `streamable-http`);
 //! 8. URL: the annotation, else `status.url`, else the proxy Service; only
-//!    `http`/`https` without user-info;
+//!    `http`/`https` without user-info. An `MCPServerEntry` has no Service:
+//!    the annotation, else `spec.remoteUrl`, under the entry's own safety
+//!    rule ([`crate::entry`]);
 //! 9. auth: any OIDC or external auth reference → a required, secret
-//!    `Authorization` header (a declaration, never a value);
-//! 10. phase: only the policy's phases (Running/Ready) are advertised.
+//!    `Authorization` header (a declaration, never a value); an
+//!    `MCPServerEntry`'s `spec.headerForward` → its header names;
+//! 10. group: `spec.groupRef` (a name, or `{name}`), a Kubernetes name;
+//! 11. phase: only the policy's phases (Running/Ready, and Valid for an
+//!     `MCPServerEntry`) are advertised.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::annotations as ann;
-use crate::ids::{RegistryName, ServerName, excerpt};
+use crate::entry;
+use crate::ids::{RegistryName, ServerName, excerpt, is_dns_subdomain};
 use crate::object::{Kind, ObjectRef};
 use crate::policy::WatcherPolicy;
 use crate::record::{
@@ -134,7 +148,18 @@ fn build_record(
     let category = optional(object, ann::REGISTRY_CATEGORY)
         .map(|c| validate::text("category", c, validate::MAX_CATEGORY, Lines::One))
         .transpose()?;
-    let tools = tools(object)?;
+    let tool_definitions = optional(object, ann::TOOL_DEFINITIONS)
+        .and_then(|raw| validate::tool_definitions(raw).ok())
+        .unwrap_or_default();
+    let tools = if tool_definitions.is_empty() {
+        tools(object)?
+    } else {
+        tools(object)?;
+        tool_definitions
+            .iter()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect()
+    };
     let server_name = server_name(object, &id.object)?;
     policy
         .names
@@ -143,11 +168,19 @@ fn build_record(
     let version = version(object, image.as_deref())?;
     let (transport, remote_type) = transport(kind, object)?;
     let url = url(kind, object, &id.object, remote_type, policy)?;
-    let headers = if requires_token(object) {
+    let mut headers = if requires_token(object) {
         vec![Header::bearer_token()]
     } else {
         Vec::new()
     };
+    if kind == Kind::MCPServerEntry {
+        for h in entry::forwarded_headers(at(object, &["spec", "headerForward"]))? {
+            if !headers.iter().any(|e| e.name.eq_ignore_ascii_case(&h.name)) {
+                headers.push(h);
+            }
+        }
+    }
+    let group = group(object)?;
     let phase = Phase::from(str_at(object, &["status", "phase"]).unwrap_or("Pending"));
     if !policy.advertised_phases.contains(&phase) {
         return Ok(None);
@@ -179,7 +212,15 @@ fn build_record(
         phase,
         image,
         transport,
+        group,
+        tool_definitions,
     }))
+}
+
+/// Why an object's tool definitions are left out of its record, if they
+/// are: the watcher reports it while the server stays advertised.
+pub fn tool_definitions_warning(object: &Value) -> Option<Rejection> {
+    optional(object, ann::TOOL_DEFINITIONS).and_then(|raw| validate::tool_definitions(raw).err())
 }
 
 fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
@@ -290,6 +331,8 @@ fn transport(kind: Kind, object: &Value) -> Result<(String, RemoteTransport), Re
     let default = match kind {
         Kind::MCPServer => "stdio",
         Kind::MCPRemoteProxy | Kind::VirtualMCPServer => "streamable-http",
+        // Deliberately without a default, as in ToolHive's CRD.
+        Kind::MCPServerEntry => "",
     };
     let transport = str_at(object, &["spec", "transport"]).unwrap_or(default);
     let remote = match (kind, transport) {
@@ -332,6 +375,26 @@ fn url(
     remote: RemoteTransport,
     policy: &WatcherPolicy,
 ) -> Result<String, Rejection> {
+    if kind == Kind::MCPServerEntry {
+        let allow_private =
+            at(object, &["spec", "allowPrivateEndpoint"]).and_then(Value::as_bool) == Some(true);
+        let central = policy.require_url_annotation;
+        if let Some(u) = annotation(object, ann::REGISTRY_URL) {
+            return entry::remote_url(u.trim(), allow_private, central, policy.urls).map_err(|e| {
+                match e {
+                    Rejection::InvalidUrl { reason, .. } => Rejection::InvalidUrl {
+                        origin: UrlSource::Annotation,
+                        reason,
+                    },
+                    other => other,
+                }
+            });
+        }
+        let remote = str_at(object, &["spec", "remoteUrl"])
+            .or_else(|| str_at(object, &["spec", "remoteURL"]))
+            .ok_or_else(|| Rejection::Malformed("spec.remoteUrl is missing".to_owned()))?;
+        return entry::remote_url(remote.trim(), allow_private, central, policy.urls);
+    }
     if let Some(u) = annotation(object, ann::REGISTRY_URL) {
         return validate::url(u.trim(), UrlSource::Annotation, policy.urls);
     }
@@ -345,9 +408,11 @@ fn url(
         RemoteTransport::StreamableHttp => "/mcp".to_owned(),
         RemoteTransport::Sse => format!("/sse#{}", id.name()),
     };
+    let service = kind
+        .service_name(id.name())
+        .ok_or_else(|| Rejection::Malformed(format!("a {kind} has no Service")))?;
     let derived = format!(
-        "http://{}.{}.svc.cluster.local:{}{path}",
-        kind.service_name(id.name()),
+        "http://{service}.{}.svc.cluster.local:{}{path}",
         id.namespace(),
         proxy_port(object)?
     );
@@ -369,4 +434,22 @@ fn requires_token(object: &Value) -> bool {
             && (at(auth, &["oidcConfig"]).is_some() || str_at(auth, &["type"]) == Some("oidc"))
     });
     direct || incoming
+}
+
+/// `spec.groupRef`: `{"name": …}` (2026) or a bare name (earlier).
+fn group(object: &Value) -> Result<Option<String>, Rejection> {
+    let Some(raw) = at(object, &["spec", "groupRef"]) else {
+        return Ok(None);
+    };
+    let name = raw
+        .as_str()
+        .or_else(|| str_at(raw, &["name"]))
+        .ok_or_else(|| Rejection::Malformed("spec.groupRef has no name".to_owned()))?;
+    if !is_dns_subdomain(name) {
+        return Err(Rejection::Malformed(format!(
+            "spec.groupRef {:?} is not a valid Kubernetes object name",
+            excerpt(name, 80)
+        )));
+    }
+    Ok(Some(name.to_owned()))
 }

@@ -22,6 +22,16 @@
 //!   themselves by last update, then by text.
 //! - The official `_meta` gives `publishedAt` (earliest creation) and
 //!   `updatedAt` (latest change); Herald's `_meta` key lists the deployments.
+//! - ToolHive's block, so that ToolHive's clients (`thv`, ToolHive Studio)
+//!   read Herald's entries as they read their own registry server's: in
+//!   `server._meta[publisher-provided]["io.github.stacklok"][<remote URL>]`,
+//!   one per remote URL, from the first deployment of that URL: `status`,
+//!   `metadata.kubernetes` (`kind`, `namespace`, `name`, `uid`, `image`,
+//!   `transport`), `tools`, `tool_definitions` and `tags` (the category).
+//!   Tool names and tags that ToolHive's schema would refuse (`tools`:
+//!   `^[\w-]+$`; `tags`: `^[a-z0-9][a-z0-9_-]*[a-z0-9]$`) are left out of it
+//!   (they stay in Herald's own `_meta`); a catalog entry's own block for a
+//!   URL wins.
 //! - Catalog entries ([`merge_registry`]): a catalog entry and the
 //!   deployments of its name and version are one entry — the catalog's
 //!   document, with the deployed remotes added after the catalog's own.
@@ -31,7 +41,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::catalog_record::CatalogRecord;
 use crate::ids::{ClusterId, ServerName, SourceId};
@@ -46,6 +56,11 @@ pub const SERVER_SCHEMA_URL: &str =
 pub const OFFICIAL_META_KEY: &str = "io.modelcontextprotocol.registry/official";
 /// Herald's own `_meta` key.
 pub const HERALD_META_KEY: &str = "dev.herald";
+/// The `server.json` `_meta` key of what the publisher says about a server.
+pub const PUBLISHER_PROVIDED_KEY: &str = "io.modelcontextprotocol.registry/publisher-provided";
+/// ToolHive's key inside [`PUBLISHER_PROVIDED_KEY`] (its fields: status,
+/// tier, tools, tags, metadata…).
+pub const TOOLHIVE_META_KEY: &str = "io.github.stacklok";
 
 /// One entry of `GET /v0.1/servers`: a server version and its metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +166,9 @@ pub struct DeploymentMeta {
     pub category: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<String>,
+    /// The ToolHive group of the deployment (`spec.groupRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// The deployments of one (server name, version), with their change times.
@@ -287,6 +305,7 @@ fn merge_listed(listed: &Listed<'_>, deployed: Option<ServerResponse>) -> Option
                 None => server.remotes.push(remote),
             }
         }
+        add_toolhive_blocks(&mut server.extra, &deployed.server.extra);
         if server.title.is_none() {
             server.title = deployed.server.title;
         }
@@ -380,7 +399,7 @@ fn merge_group(group: &[(&DeploymentRecord, DateTime<Utc>)]) -> ServerResponse {
                 })
                 .unwrap_or_default(),
             remotes,
-            extra: Map::new(),
+            extra: toolhive_meta(group),
         },
         meta: ResponseMeta {
             official: OfficialMeta {
@@ -402,6 +421,7 @@ fn merge_group(group: &[(&DeploymentRecord, DateTime<Utc>)]) -> ServerResponse {
                         last_seen: r.observed_at,
                         category: r.category.clone(),
                         tools: r.tools.clone(),
+                        group: r.group.clone(),
                     })
                     .collect(),
                 catalogs: Vec::new(),
@@ -409,6 +429,95 @@ fn merge_group(group: &[(&DeploymentRecord, DateTime<Utc>)]) -> ServerResponse {
             }),
             extra: Map::new(),
         },
+    }
+}
+
+/// `server.json` fields holding ToolHive's blocks of a group: `_meta` with
+/// one block per remote URL (module docs).
+fn toolhive_meta(group: &[(&DeploymentRecord, DateTime<Utc>)]) -> Map<String, Value> {
+    let mut blocks = Map::new();
+    for (r, _) in group {
+        blocks
+            .entry(r.remote.url.clone())
+            .or_insert_with(|| toolhive_block(r));
+    }
+    let mut extra = Map::new();
+    extra.insert(
+        "_meta".to_owned(),
+        json!({ PUBLISHER_PROVIDED_KEY: { TOOLHIVE_META_KEY: blocks } }),
+    );
+    extra
+}
+
+/// ToolHive's `ServerExtensions` for one deployment.
+fn toolhive_block(r: &DeploymentRecord) -> Value {
+    let word = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    };
+    let tag = |s: &str| {
+        word(s)
+            && !s.contains(|c: char| c.is_ascii_uppercase())
+            && !s.starts_with(['_', '-'])
+            && !s.ends_with(['_', '-'])
+            && s.len() >= 2
+    };
+    let mut kubernetes = Map::new();
+    kubernetes.insert("kind".to_owned(), json!(r.object.kind().as_str()));
+    kubernetes.insert("namespace".to_owned(), json!(r.object.namespace()));
+    kubernetes.insert("name".to_owned(), json!(r.object.name()));
+    kubernetes.insert("uid".to_owned(), json!(r.uid));
+    if let Some(image) = &r.image {
+        kubernetes.insert("image".to_owned(), json!(image));
+    }
+    kubernetes.insert("transport".to_owned(), json!(r.transport));
+    let mut block = Map::new();
+    block.insert("status".to_owned(), json!("active"));
+    block.insert("metadata".to_owned(), json!({ "kubernetes": kubernetes }));
+    let tools: Vec<&String> = r.tools.iter().filter(|t| word(t)).collect();
+    if !tools.is_empty() {
+        block.insert("tools".to_owned(), json!(tools));
+    }
+    if !r.tool_definitions.is_empty() {
+        block.insert("tool_definitions".to_owned(), json!(r.tool_definitions));
+    }
+    if let Some(category) = r.category.as_deref().filter(|c| tag(c)) {
+        block.insert("tags".to_owned(), json!([category]));
+    }
+    Value::Object(block)
+}
+
+/// Adds ToolHive's blocks of `from` (a `server.json`'s fields) to `into`,
+/// for remote URLs `into` has no block for.
+fn add_toolhive_blocks(into: &mut Map<String, Value>, from: &Map<String, Value>) {
+    let Some(Value::Object(blocks)) = from
+        .get("_meta")
+        .and_then(|m| m.get(PUBLISHER_PROVIDED_KEY))
+        .and_then(|p| p.get(TOOLHIVE_META_KEY))
+    else {
+        return;
+    };
+    let meta = into
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(meta) = meta.as_object_mut() else {
+        return; // a catalog `_meta` that is not an object: left as it is
+    };
+    let provided = meta
+        .entry(PUBLISHER_PROVIDED_KEY)
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(provided) = provided.as_object_mut() else {
+        return;
+    };
+    let toolhive = provided
+        .entry(TOOLHIVE_META_KEY)
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(toolhive) = toolhive.as_object_mut() else {
+        return;
+    };
+    for (url, block) in blocks {
+        toolhive.entry(url.clone()).or_insert_with(|| block.clone());
     }
 }
 

@@ -16,13 +16,17 @@ pub enum Kind {
     MCPServer,
     MCPRemoteProxy,
     VirtualMCPServer,
+    /// A remote server declared without infrastructure (2026): no pods, no
+    /// Service; `spec.remoteUrl` is the endpoint.
+    MCPServerEntry,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [
+    pub const ALL: [Kind; 4] = [
         Kind::MCPServer,
         Kind::MCPRemoteProxy,
         Kind::VirtualMCPServer,
+        Kind::MCPServerEntry,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -30,6 +34,7 @@ impl Kind {
             Kind::MCPServer => "MCPServer",
             Kind::MCPRemoteProxy => "MCPRemoteProxy",
             Kind::VirtualMCPServer => "VirtualMCPServer",
+            Kind::MCPServerEntry => "MCPServerEntry",
         }
     }
 
@@ -39,6 +44,7 @@ impl Kind {
             Kind::MCPServer => "mcpserver",
             Kind::MCPRemoteProxy => "mcpremoteproxy",
             Kind::VirtualMCPServer => "virtualmcpserver",
+            Kind::MCPServerEntry => "mcpserverentry",
         }
     }
 
@@ -47,24 +53,33 @@ impl Kind {
             Kind::MCPServer => "mcpservers",
             Kind::MCPRemoteProxy => "mcpremoteproxies",
             Kind::VirtualMCPServer => "virtualmcpservers",
+            Kind::MCPServerEntry => "mcpserverentries",
         }
     }
 
     /// API versions the watcher may find served, most preferred first.
     pub fn versions(self) -> &'static [&'static str] {
         match self {
-            Kind::MCPServer => &["v1beta1", "v1alpha1"],
+            // v1beta1 is the storage version; v1alpha1 is served, deprecated.
+            Kind::MCPServer | Kind::MCPServerEntry => &["v1beta1", "v1alpha1"],
             Kind::MCPRemoteProxy | Kind::VirtualMCPServer => &["v1alpha1", "v1beta1"],
         }
     }
 
-    /// The Service ToolHive's operator creates in front of the object.
-    pub fn service_name(self, object_name: &str) -> String {
+    /// The Service ToolHive's operator creates in front of the object;
+    /// `None` for an `MCPServerEntry`, which has no infrastructure.
+    pub fn service_name(self, object_name: &str) -> Option<String> {
         match self {
-            Kind::MCPServer => format!("mcp-{object_name}-proxy"),
-            Kind::MCPRemoteProxy => format!("mcp-{object_name}-remote-proxy"),
-            Kind::VirtualMCPServer => format!("vmcp-{object_name}"),
+            Kind::MCPServer => Some(format!("mcp-{object_name}-proxy")),
+            Kind::MCPRemoteProxy => Some(format!("mcp-{object_name}-remote-proxy")),
+            Kind::VirtualMCPServer => Some(format!("vmcp-{object_name}")),
+            Kind::MCPServerEntry => None,
         }
+    }
+
+    /// The name of the kind's CustomResourceDefinition.
+    pub fn crd_name(self) -> String {
+        format!("{}.{TOOLHIVE_GROUP}", self.plural())
     }
 
     pub fn from_token(token: &str) -> Option<Kind> {
@@ -86,7 +101,7 @@ impl FromStr for Kind {
             .find(|k| k.as_str().eq_ignore_ascii_case(s) || k.plural() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown kind {:?}: expected MCPServer, MCPRemoteProxy or VirtualMCPServer",
+                    "unknown kind {:?}: expected MCPServer, MCPRemoteProxy, VirtualMCPServer or MCPServerEntry",
                     excerpt(s, 40)
                 )
             })

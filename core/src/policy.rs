@@ -30,7 +30,7 @@ pub struct WatcherPolicy {
 
 impl WatcherPolicy {
     /// The defaults of docs/design.md: default registry `default`, Running or
-    /// Ready advertised, derived URLs allowed, every namespace allowed into
+    /// Ready (Valid, for an `MCPServerEntry`) advertised, derived URLs allowed, every namespace allowed into
     /// every registry, default server names only (no grants), no loopback
     /// URLs.
     pub fn new(cluster: ClusterId) -> Self {
@@ -38,7 +38,9 @@ impl WatcherPolicy {
             cluster,
             default_registry: RegistryName::default_registry(),
             require_url_annotation: false,
-            advertised_phases: [Phase::Running, Phase::Ready].into_iter().collect(),
+            advertised_phases: [Phase::Running, Phase::Ready, Phase::Valid]
+                .into_iter()
+                .collect(),
             namespaces: NamespacePolicy::default(),
             names: NameOwnership::default(),
             urls: UrlRules::default(),

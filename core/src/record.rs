@@ -52,6 +52,13 @@ pub struct DeploymentRecord {
     pub image: Option<String>,
     /// The object's own `spec.transport` (stdio, sse, streamable-http).
     pub transport: String,
+    /// The ToolHive group the object belongs to (`spec.groupRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// MCP `Tool` objects from the `tool-definitions` annotation, normalised
+    /// by [`crate::validate::tool_definitions`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_definitions: Vec<Value>,
 }
 
 impl DeploymentRecord {
@@ -82,6 +89,8 @@ impl DeploymentRecord {
             phase,
             image,
             transport,
+            group,
+            tool_definitions,
         } = self;
         *v == other.v
             && *cluster == other.cluster
@@ -100,6 +109,8 @@ impl DeploymentRecord {
             && *phase == other.phase
             && *image == other.image
             && *transport == other.transport
+            && *group == other.group
+            && *tool_definitions == other.tool_definitions
     }
 }
 
@@ -193,6 +204,8 @@ pub enum Phase {
     Failed,
     Terminating,
     Stopped,
+    /// An `MCPServerEntry` its operator checked (its only advertised phase).
+    Valid,
     /// A phase this build does not know; kept verbatim.
     Other(String),
 }
@@ -206,6 +219,7 @@ impl Phase {
             Phase::Failed => "Failed",
             Phase::Terminating => "Terminating",
             Phase::Stopped => "Stopped",
+            Phase::Valid => "Valid",
             Phase::Other(s) => s,
         }
     }
@@ -220,6 +234,7 @@ impl From<&str> for Phase {
             "Failed" => Phase::Failed,
             "Terminating" => Phase::Terminating,
             "Stopped" => Phase::Stopped,
+            "Valid" => Phase::Valid,
             other => Phase::Other(other.to_owned()),
         }
     }

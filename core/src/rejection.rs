@@ -78,6 +78,11 @@ pub enum Rejection {
         annotations::TOOLS
     )]
     InvalidTools { reason: String },
+    #[error(
+        "annotation {} is not usable ({reason}); the server is advertised without tool definitions",
+        annotations::TOOL_DEFINITIONS
+    )]
+    InvalidToolDefinitions { reason: String },
     #[error("{field} is {value:?}; expected {expected}")]
     UnsupportedField {
         field: &'static str,
@@ -100,6 +105,8 @@ pub enum UrlSource {
     /// A record read from the stream or a bucket (the projector's and the
     /// API's re-check).
     Record,
+    /// An `MCPServerEntry`'s `spec.remoteUrl`.
+    EntrySpec,
 }
 
 impl std::fmt::Display for UrlSource {
@@ -109,6 +116,7 @@ impl std::fmt::Display for UrlSource {
             UrlSource::Status => f.write_str("status.url"),
             UrlSource::Derived => f.write_str("the proxy Service"),
             UrlSource::Record => f.write_str("the record"),
+            UrlSource::EntrySpec => f.write_str("spec.remoteUrl"),
         }
     }
 }
@@ -135,6 +143,7 @@ impl Rejection {
             Rejection::InvalidVersion { .. } => "invalid_version",
             Rejection::InvalidIcon { .. } => "invalid_icon",
             Rejection::InvalidTools { .. } => "invalid_tools",
+            Rejection::InvalidToolDefinitions { .. } => "invalid_tool_definitions",
             Rejection::UnsupportedField { .. } => "unsupported_field",
             Rejection::TooLarge { .. } => "too_large",
         }

@@ -36,10 +36,21 @@ pub const MAX_VERSION: usize = 255;
 pub const MAX_TOOLS: usize = 1000;
 /// Longest tool name (the MCP spec recommends at most 128).
 pub const MAX_TOOL_NAME: usize = 128;
-/// Most header declarations on one deployment's remote (the mapping makes
-/// at most one; each is bounded, and so is their number, so a forged record
-/// cannot make every list page that holds it ~1 MB).
-pub const MAX_HEADERS: usize = 16;
+/// Most header declarations on one deployment's remote: an MCPServerEntry's
+/// forwarded headers and its `Authorization`. Each is bounded, and so is
+/// their number, so a forged record cannot make every list page that holds
+/// it ~1 MB.
+pub const MAX_HEADERS: usize = 33;
+/// Largest `tool-definitions` annotation read, in bytes. A record travels
+/// as one NATS message and one KV value (1 MiB by default) and herald-api
+/// serves up to 100 entries a page, so the definitions of one deployment
+/// are held well below that; 64 KiB fits some hundred richly described
+/// tools. Larger values are refused before they are parsed.
+pub const MAX_TOOL_DEFINITIONS: usize = 64 * 1024;
+/// Longest tool description kept.
+pub const MAX_TOOL_DESCRIPTION: usize = 4096;
+/// Deepest nesting of a tool's input or output schema.
+pub const MAX_SCHEMA_DEPTH: usize = 32;
 /// Longest container image reference kept.
 pub const MAX_IMAGE: usize = 512;
 /// Longest Kubernetes uid or resource version kept.
@@ -297,6 +308,176 @@ pub fn tool_name(raw: &str) -> Result<String, Rejection> {
     })
 }
 
+/// The `tool-definitions` annotation: a JSON array of MCP `Tool` objects
+/// (spec 2025-11-25), at most [`MAX_TOOL_DEFINITIONS`] bytes and
+/// [`MAX_TOOLS`] tools with distinct names. Returns them normalised: only
+/// the fields the MCP `Tool` defines and Herald checks are kept (`name`,
+/// `title`, `description`, `inputSchema`, `outputSchema`, `annotations`
+/// with its five known keys, `execution`); `icons` and `_meta` are left
+/// out (unchecked URLs and arbitrary data). Every string anywhere in them,
+/// schemas included, is free of control and invisible characters, so a
+/// definition cannot hide instructions from the person reading it.
+pub fn tool_definitions(raw: &str) -> Result<Vec<serde_json::Value>, Rejection> {
+    let invalid = |reason: String| Rejection::InvalidToolDefinitions { reason };
+    if raw.len() > MAX_TOOL_DEFINITIONS {
+        return Err(invalid(format!(
+            "{} bytes; at most {MAX_TOOL_DEFINITIONS}",
+            raw.len()
+        )));
+    }
+    let parsed: serde_json::Value =
+        serde_json::from_str(raw).map_err(|e| invalid(format!("not JSON ({e})")))?;
+    let items = parsed
+        .as_array()
+        .ok_or_else(|| invalid("not a JSON array of tools".to_owned()))?;
+    if items.len() > MAX_TOOLS {
+        return Err(invalid(format!(
+            "{} tools; at most {MAX_TOOLS}",
+            items.len()
+        )));
+    }
+    let mut tools: Vec<serde_json::Value> = Vec::with_capacity(items.len());
+    for item in items {
+        let tool = tool_definition(item)?;
+        if tools.iter().any(|t| t["name"] == tool["name"]) {
+            return Err(invalid(format!("tool {} is defined twice", tool["name"])));
+        }
+        tools.push(tool);
+    }
+    Ok(tools)
+}
+
+/// One MCP `Tool`, normalised (see [`tool_definitions`]).
+pub fn tool_definition(item: &serde_json::Value) -> Result<serde_json::Value, Rejection> {
+    use serde_json::{Map, Value};
+    let invalid = |reason: String| Rejection::InvalidToolDefinitions { reason };
+    let object = item.as_object().ok_or_else(|| {
+        invalid(format!(
+            "{} is not a tool object",
+            excerpt(&item.to_string(), 40)
+        ))
+    })?;
+    let name = object
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("a tool has no name".to_owned()))?;
+    let name = tool_name(name).map_err(|e| invalid(e.to_string()))?;
+    let field = |key: &str| object.get(key).filter(|v| !v.is_null());
+    let mut out = Map::new();
+    out.insert("name".to_owned(), Value::from(name.clone()));
+    let in_tool = |what: &str, e: Rejection| invalid(format!("tool {name}: {what}: {e}"));
+    if let Some(t) = field("title") {
+        let t = t.as_str().unwrap_or_default();
+        out.insert(
+            "title".to_owned(),
+            Value::from(self::title(t).map_err(|e| in_tool("title", e))?),
+        );
+    }
+    if let Some(d) = field("description") {
+        let d = d.as_str().unwrap_or_default();
+        let d = text("tool description", d, MAX_TOOL_DESCRIPTION, Lines::Many)
+            .map_err(|e| in_tool("description", e))?;
+        out.insert("description".to_owned(), Value::from(d));
+    }
+    for (key, required) in [("inputSchema", true), ("outputSchema", false)] {
+        match field(key) {
+            None if required => {
+                return Err(invalid(format!("tool {name} has no inputSchema")));
+            }
+            None => {}
+            Some(schema) => {
+                if schema.get("type").and_then(Value::as_str) != Some("object") {
+                    return Err(invalid(format!(
+                        "tool {name}: {key} must be a JSON Schema object with \"type\": \"object\""
+                    )));
+                }
+                clean_strings(schema, 0).map_err(|e| in_tool(key, e))?;
+                out.insert(key.to_owned(), schema.clone());
+            }
+        }
+    }
+    if let Some(annotations) = field("annotations") {
+        let annotations = annotations
+            .as_object()
+            .ok_or_else(|| invalid(format!("tool {name}: annotations is not an object")))?;
+        let mut kept = Map::new();
+        for (key, value) in annotations {
+            match (key.as_str(), value) {
+                ("title", Value::String(t)) => {
+                    kept.insert(
+                        key.clone(),
+                        Value::from(self::title(t).map_err(|e| in_tool("annotations.title", e))?),
+                    );
+                }
+                (
+                    "readOnlyHint" | "destructiveHint" | "idempotentHint" | "openWorldHint",
+                    Value::Bool(_),
+                ) => {
+                    kept.insert(key.clone(), value.clone());
+                }
+                (
+                    "title" | "readOnlyHint" | "destructiveHint" | "idempotentHint"
+                    | "openWorldHint",
+                    _,
+                ) => {
+                    return Err(invalid(format!(
+                        "tool {name}: annotations.{key} has the wrong type"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        out.insert("annotations".to_owned(), Value::Object(kept));
+    }
+    if let Some(execution) = field("execution") {
+        match execution.get("taskSupport").and_then(Value::as_str) {
+            Some(t @ ("forbidden" | "optional" | "required")) => {
+                out.insert(
+                    "execution".to_owned(),
+                    serde_json::json!({"taskSupport": t}),
+                );
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "tool {name}: execution.taskSupport must be forbidden, optional or required"
+                )));
+            }
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// Refuses control and invisible characters in every key and string of a
+/// schema, and nesting deeper than [`MAX_SCHEMA_DEPTH`].
+fn clean_strings(value: &serde_json::Value, depth: usize) -> Result<(), Rejection> {
+    use serde_json::Value;
+    if depth > MAX_SCHEMA_DEPTH {
+        return Err(Rejection::Malformed(format!(
+            "nested deeper than {MAX_SCHEMA_DEPTH} levels"
+        )));
+    }
+    let check = |s: &str| -> Result<(), Rejection> {
+        if s.chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+        {
+            return Err(Rejection::ControlCharacters { field: "schema" });
+        }
+        if s.chars().any(is_invisible) {
+            return Err(Rejection::InvisibleCharacters { field: "schema" });
+        }
+        Ok(())
+    };
+    match value {
+        Value::String(s) => check(s),
+        Value::Array(items) => items.iter().try_for_each(|v| clean_strings(v, depth + 1)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            check(k)?;
+            clean_strings(v, depth + 1)
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A header declaration of a deployment's remote: an HTTP token name,
 /// declared, never with a value.
 pub fn header(h: &Header) -> Result<(), Rejection> {
@@ -374,6 +555,14 @@ pub fn record(r: &DeploymentRecord, rules: UrlRules) -> Result<(), Rejection> {
     }
     for t in &r.tools {
         unchanged("tools", t, tool_name(t)?)?;
+    }
+    if !r.tool_definitions.is_empty() {
+        let raw = serde_json::to_string(&r.tool_definitions).unwrap_or_default();
+        if tool_definitions(&raw)? != r.tool_definitions {
+            return Err(Rejection::NotNormalised {
+                field: "toolDefinitions",
+            });
+        }
     }
     unchanged("version", &r.version, version(&r.version)?)?;
     unchanged(

@@ -298,6 +298,11 @@ fn a_deployment_merges_into_its_catalog_entry() {
         record.remote.url.as_str()
     );
     assert_eq!(merged["server"]["remotes"].as_array().unwrap().len(), 2);
+    // The deployed remote's ToolHive block joins the catalog document.
+    let toolhive = &merged["server"]["_meta"]["io.modelcontextprotocol.registry/publisher-provided"]
+        ["io.github.stacklok"];
+    assert_eq!(toolhive[record.remote.url.as_str()]["status"], "active");
+    assert_eq!(toolhive.as_object().unwrap().len(), 1);
     let herald = &merged["_meta"]["dev.herald"];
     assert_eq!(herald["deployments"][0]["url"], record.remote.url.as_str());
     assert_eq!(herald["catalogs"][0]["source"], "upstream");

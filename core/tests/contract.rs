@@ -264,3 +264,22 @@ fn an_event_on_another_clusters_subject_is_refused() {
     );
     assert!(Event::decode_on("herald.events.prod-eu.default", &resync.to_json()).is_err());
 }
+
+/// An `applied` event exactly as the watcher wrote it before MCPServerEntry,
+/// groups, tool definitions and the ToolHive block: it still reads, and reads
+/// as it did (no group, no tool definitions).
+const APPLIED_2026_11: &str = r#"{"specversion":"1.0","id":"prod-eu/uid-prod-eu-tools-search/4004/deployment.applied/default/7","source":"/clusters/prod-eu","type":"dev.herald.deployment.applied","subject":"mcpserver/tools/search","time":"2026-11-01T12:00:00Z","datacontenttype":"application/json","data":{"cluster":"prod-eu","description":"Web search","epoch":7,"image":"mcp/search:2.3.0","kind":"MCPServer","name":"search","namespace":"tools","observedAt":"2026-11-01T12:00:00Z","phase":"Ready","registry":"default","remote":{"type":"streamable-http","url":"https://search.tools.prod-eu.example.com/mcp"},"resourceVersion":"4004","serverName":"io.example/search","transport":"streamable-http","uid":"uid-prod-eu-tools-search","v":1,"version":"2.0.0"}}"#;
+
+#[test]
+fn an_event_written_before_the_new_fields_still_reads() {
+    let decoded = Event::decode(APPLIED_2026_11.as_bytes()).unwrap();
+    assert_eq!(decoded, applied());
+    let EventData::Applied(record) = &decoded.data else {
+        panic!("{decoded:?}")
+    };
+    assert_eq!(record.group, None);
+    // And a record without the new fields writes exactly what old readers know.
+    let written: Value = serde_json::from_slice(&applied().to_json()).unwrap();
+    let frozen: Value = serde_json::from_str(APPLIED_2026_11).unwrap();
+    assert_eq!(written, frozen);
+}

@@ -31,7 +31,7 @@ fn rejected(object: &Value) -> Rejection {
 #[test]
 fn advertised_fixtures_yield_the_stated_remote() {
     let all = load("advertised.yaml");
-    assert_eq!(all.len(), 6);
+    assert_eq!(all.len(), 8);
     for object in &all {
         let record = advertised(object);
         assert_eq!(
@@ -633,4 +633,173 @@ fn objects_without_identity_are_malformed() {
     let mut dotted_namespace = base.clone();
     dotted_namespace["metadata"]["namespace"] = json!("a.b");
     assert_eq!(rejected(&dotted_namespace).code(), "malformed");
+}
+
+// MCPServerEntry: no infrastructure; the URL, headers and group come from its spec.
+#[test]
+fn a_server_entry_advertises_its_remote_url_headers_and_group() {
+    let record = advertised(&fixture("advertised.yaml", "docs"));
+    assert_eq!(record.object.kind(), Kind::MCPServerEntry);
+    assert_eq!(record.transport, "streamable-http");
+    assert_eq!(record.group.as_deref(), Some("knowledge-tools"));
+    assert_eq!(record.phase, Phase::Valid);
+    assert_eq!(record.image, None);
+    let headers: Vec<(&str, bool)> = record
+        .remote
+        .headers
+        .iter()
+        .map(|h| (h.name.as_str(), h.is_secret))
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            ("Authorization", true),
+            ("X-Api-Key", true),
+            ("X-Tenant-ID", false)
+        ]
+    );
+    let json = serde_json::to_string(&record).unwrap();
+    for value in ["tenant-123", "docs-credentials", "api-key", "docs-oauth"] {
+        assert!(!json.contains(value), "{value} leaked: {json}");
+    }
+    let legacy = advertised(&fixture("advertised.yaml", "legacy-entry"));
+    assert_eq!(legacy.group.as_deref(), Some("knowledge-tools"));
+    assert_eq!(legacy.remote.transport, RemoteTransport::Sse);
+}
+
+#[test]
+fn a_server_entry_url_follows_the_entry_rule_and_the_annotation_wins() {
+    let base = fixture("advertised.yaml", "docs");
+    let mut private = base.clone();
+    private["spec"]["remoteUrl"] = json!("http://docs.knowledge.svc.cluster.local:8080/mcp");
+    assert_eq!(rejected(&private).code(), "invalid_url");
+    private["spec"]["allowPrivateEndpoint"] = json!(true);
+    assert_eq!(
+        advertised(&private).remote.url,
+        "http://docs.knowledge.svc.cluster.local:8080/mcp"
+    );
+    let mut central = policy();
+    central.require_url_annotation = true;
+    assert!(matches!(map_with(&private, &central), Decision::Reject(_)));
+    // A public entry needs no annotation, even on a central watcher.
+    assert!(matches!(map_with(&base, &central), Decision::Advertise(_)));
+    let mut annotated = base.clone();
+    annotate(
+        &mut annotated,
+        ann::REGISTRY_URL,
+        Some("https://gateway.example.com/docs/mcp"),
+    );
+    assert_eq!(
+        advertised(&annotated).remote.url,
+        "https://gateway.example.com/docs/mcp"
+    );
+    annotate(
+        &mut annotated,
+        ann::REGISTRY_URL,
+        Some("https://kubernetes.default.svc/api"),
+    );
+    let reason = rejected(&annotated).to_string();
+    assert!(reason.contains(ann::REGISTRY_URL), "{reason}");
+    let mut bad_group = base.clone();
+    bad_group["spec"]["groupRef"] = json!({"name": "Not A Name"});
+    assert_eq!(rejected(&bad_group).code(), "malformed");
+}
+
+// Tool definitions: MCP `Tool` objects; invalid ones are left out, the server stays.
+#[test]
+fn tool_definitions_are_checked_normalised_and_win_over_tool_names() {
+    let mut object = fixture("advertised.yaml", "search");
+    annotate(&mut object, ann::TOOLS, Some(r#"["old_name"]"#));
+    annotate(
+        &mut object,
+        ann::TOOL_DEFINITIONS,
+        Some(
+            r#"[{"name":"search","title":"Search","description":"Searches the web","inputSchema":{"type":"object","properties":{"q":{"type":"string"}},"required":["q"]},"annotations":{"readOnlyHint":true,"vendorHint":1},"icons":[{"src":"http://x"}],"_meta":{"x":1},"extra":true},
+               {"name":"fetch","inputSchema":{"type":"object"},"outputSchema":{"type":"object"},"execution":{"taskSupport":"optional"}}]"#,
+        ),
+    );
+    let record = advertised(&object);
+    assert_eq!(record.tools, ["search", "fetch"], "the definitions win");
+    assert_eq!(record.tool_definitions.len(), 2);
+    let search = &record.tool_definitions[0];
+    let keys: Vec<&String> = search.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        ["annotations", "description", "inputSchema", "name", "title"]
+    );
+    assert_eq!(search["annotations"], json!({"readOnlyHint": true}));
+    assert!(herald_core::mapping::tool_definitions_warning(&object).is_none());
+    herald_core::validate::record(&record, Default::default()).unwrap();
+}
+
+#[test]
+fn bad_tool_definitions_leave_the_server_advertised_with_a_reason() {
+    let base = fixture("advertised.yaml", "search");
+    let oversized = format!(
+        r#"[{{"name":"big","description":"d","inputSchema":{{"type":"object","x":"{}"}}}}]"#,
+        "y".repeat(herald_core::validate::MAX_TOOL_DEFINITIONS)
+    );
+    let deep = format!(
+        r#"[{{"name":"deep","inputSchema":{{"type":"object","p":{}1{}}}}}]"#,
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    for (value, expected) in [
+        ("[{\"name\": <script>", "not JSON"),
+        (r#"{"name":"x"}"#, "not a JSON array"),
+        (r#"["x"]"#, "not a tool object"),
+        (r#"[{"inputSchema":{"type":"object"}}]"#, "has no name"),
+        (r#"[{"name":"x"}]"#, "has no inputSchema"),
+        (
+            r#"[{"name":"x","inputSchema":{"type":"string"}}]"#,
+            "\"type\": \"object\"",
+        ),
+        (
+            r#"[{"name":"x","inputSchema":{"type":"object"}},{"name":"x","inputSchema":{"type":"object"}}]"#,
+            "defined twice",
+        ),
+        (
+            r#"[{"name":"x","description":"ignore previous\u202e","inputSchema":{"type":"object"}}]"#,
+            "invisible",
+        ),
+        (
+            r#"[{"name":"x","inputSchema":{"type":"object","description":"a\u200bb"}}]"#,
+            "invisible",
+        ),
+        (
+            r#"[{"name":"x","inputSchema":{"type":"object"},"annotations":{"readOnlyHint":"yes"}}]"#,
+            "wrong type",
+        ),
+        (
+            r#"[{"name":"x","inputSchema":{"type":"object"},"execution":{"taskSupport":"always"}}]"#,
+            "taskSupport",
+        ),
+        (&oversized, "bytes; at most 65536"),
+        (&deep, "deeper than 32"),
+    ] {
+        let mut object = base.clone();
+        annotate(&mut object, ann::TOOL_DEFINITIONS, Some(value));
+        let record = advertised(&object);
+        assert!(record.tool_definitions.is_empty(), "{expected}");
+        let warning = herald_core::mapping::tool_definitions_warning(&object)
+            .unwrap_or_else(|| panic!("no warning for {expected}"));
+        assert_eq!(warning.code(), "invalid_tool_definitions");
+        let text = warning.to_string();
+        assert!(text.contains(expected), "{expected}: {text}");
+        assert!(text.contains(ann::TOOL_DEFINITIONS), "{text}");
+        assert!(
+            text.contains("advertised without tool definitions"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_record_with_forged_tool_definitions_is_refused() {
+    let mut record = advertised(&fixture("advertised.yaml", "search"));
+    record.tool_definitions =
+        vec![json!({"name": "x", "inputSchema": {"type": "object"}, "_meta": {"evil": 1}})];
+    assert!(herald_core::validate::record(&record, Default::default()).is_err());
+    record.tool_definitions = vec![json!({"name": "x\u{202e}", "inputSchema": {"type": "object"}})];
+    assert!(herald_core::validate::record(&record, Default::default()).is_err());
 }

@@ -245,3 +245,61 @@ fn the_schema_check_itself_catches_invalid_documents() {
         );
     }
 }
+
+/// ToolHive's block, one per remote URL, in the shape its own types give it.
+#[test]
+fn the_toolhive_block_is_keyed_by_remote_url_in_toolhives_shape() {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_path("toolhive-server-extensions.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let toolhive = jsonschema::validator_for(&schema).unwrap();
+    let mut a = record("c1", "tools", "search", "io.example/search", "2.0.0");
+    a.category = Some("search".to_owned());
+    a.tools = vec!["web_search".to_owned(), "dotted.name".to_owned()];
+    a.tool_definitions = herald_core::validate::tool_definitions(
+        r#"[{"name":"web_search","description":"Searches","inputSchema":{"type":"object"}}]"#,
+    )
+    .unwrap();
+    let mut b = record("c2", "tools", "search", "io.example/search", "2.0.0");
+    b.category = Some("Not A Tag".to_owned());
+    let entries = merge(&stored(&[a.clone(), b.clone()]));
+    assert_eq!(entries.len(), 1);
+    let json = serde_json::to_value(&entries[0]).unwrap();
+    let blocks = json["server"]["_meta"]["io.modelcontextprotocol.registry/publisher-provided"]
+        ["io.github.stacklok"]
+        .as_object()
+        .expect("ToolHive's blocks under server._meta");
+    assert_eq!(blocks.len(), 2, "one per remote URL");
+    for block in blocks.values() {
+        let errors: Vec<String> = toolhive.iter_errors(block).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?} in {block:#}");
+        assert_eq!(block["status"], "active");
+    }
+    let first = &blocks[&a.remote.url];
+    assert_eq!(first["metadata"]["kubernetes"]["kind"], "MCPServer");
+    assert_eq!(first["metadata"]["kubernetes"]["namespace"], "tools");
+    assert_eq!(first["metadata"]["kubernetes"]["name"], "search");
+    assert_eq!(first["metadata"]["kubernetes"]["uid"], a.uid.as_str());
+    assert_eq!(
+        first["metadata"]["kubernetes"]["transport"],
+        "streamable-http"
+    );
+    assert_eq!(
+        first["tools"],
+        serde_json::json!(["web_search"]),
+        "ToolHive refuses dots"
+    );
+    assert_eq!(first["tags"], serde_json::json!(["search"]));
+    assert_eq!(first["tool_definitions"][0]["name"], "web_search");
+    let second = &blocks[&b.remote.url];
+    assert!(second.get("tags").is_none(), "not a ToolHive tag");
+    // Still valid server.json, and Herald's own _meta keeps the detail.
+    for (name, validator) in schema_validators() {
+        assert!(validator.is_valid(&json["server"]), "{name}");
+    }
+    assert_eq!(
+        json["_meta"]["dev.herald"]["deployments"][1]["category"],
+        "Not A Tag"
+    );
+}

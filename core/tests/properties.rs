@@ -155,4 +155,67 @@ proptest! {
         let _ = DeploymentKey::parse(&key);
         let _ = EventSubject::parse(&key);
     }
+
+    #[test]
+    fn version_order_is_total_and_puts_semver_above_the_rest(
+        versions in prop::collection::vec(
+            (
+                prop_oneof![
+                    "[0-9]{1,2}\\.[0-9]{1,2}\\.[0-9]{1,2}(-[a-z0-9]{1,4})?",
+                    "v?[0-9a-z.+_-]{1,8}",
+                ],
+                0i64..3,
+            ),
+            3,
+        )
+    ) {
+        use chrono::{Duration, TimeZone as _, Utc};
+        use herald_core::merge::compare_versions;
+        use std::cmp::Ordering;
+        let base = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let v: Vec<(&str, chrono::DateTime<Utc>)> = versions
+            .iter()
+            .map(|(s, d)| (s.as_str(), base + Duration::days(*d)))
+            .collect();
+        let cmp = |a: (&str, chrono::DateTime<Utc>), b: (&str, chrono::DateTime<Utc>)| {
+            compare_versions(a.0, a.1, b.0, b.1)
+        };
+        for &a in &v {
+            prop_assert_eq!(cmp(a, a), Ordering::Equal);
+            for &b in &v {
+                prop_assert_eq!(cmp(a, b), cmp(b, a).reverse(), "antisymmetric");
+                if cmp(a, b) == Ordering::Equal {
+                    prop_assert_eq!(a.0, b.0, "equal only when spelled the same");
+                }
+                let semver = |s: &str| semver::Version::parse(s).is_ok();
+                if semver(a.0) && !semver(b.0) {
+                    prop_assert_eq!(cmp(a, b), Ordering::Greater, "semver above non-semver");
+                }
+                for &c in &v {
+                    if cmp(a, b) != Ordering::Less && cmp(b, c) != Ordering::Less {
+                        prop_assert_ne!(cmp(a, c), Ordering::Less, "transitive");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tool_definitions_and_entry_urls_never_panic(
+        definitions in arbitrary_json(),
+        url in r#"(https?://)?[a-zA-Z0-9.:@\\/\[\]%-]{0,60}"#,
+        allow in any::<bool>(),
+    ) {
+        let raw = serde_json::to_string(&Value::Array(vec![definitions])).unwrap();
+        if let Ok(tools) = herald_core::validate::tool_definitions(&raw) {
+            // Normalised definitions are a fixed point.
+            let again = serde_json::to_string(&tools).unwrap();
+            prop_assert_eq!(herald_core::validate::tool_definitions(&again).unwrap(), tools);
+        }
+        if let Err(e) = herald_core::entry::remote_url(&url, allow, false, Default::default())
+            && url.len() > 12
+        {
+            prop_assert!(!e.to_string().contains(&url), "never echoes the URL");
+        }
+    }
 }

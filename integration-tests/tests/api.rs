@@ -91,6 +91,8 @@ impl Bucket {
             phase: Phase::Ready,
             image: None,
             transport: "streamable-http".into(),
+            group: None,
+            tool_definitions: Vec::new(),
         })
     }
 

@@ -406,6 +406,8 @@ fn deployment(server: &str, version: &str, url: &str) -> anyhow::Result<Deployme
         phase: Phase::Ready,
         image: None,
         transport: "streamable-http".into(),
+        group: None,
+        tool_definitions: Vec::new(),
     })
 }
 

@@ -82,6 +82,13 @@ async fn up_serves_the_examples_follows_kubectl_and_down_stops_everything() -> a
         "two deployments, one entry: {github:#}"
     );
     assert_eq!(github["remotes"][0]["headers"][0]["name"], "Authorization");
+    let docs = server(&engineering, "com.toolhive.k8s.knowledge/docs")
+        .expect("the MCPServerEntry in engineering");
+    assert_eq!(
+        docs["remotes"][0]["url"],
+        "https://mcp.docs.example.com/mcp"
+    );
+    assert_eq!(docs["remotes"][0]["headers"].as_array().unwrap().len(), 3);
 
     let before = env.pids();
     assert_eq!(before.len(), 6, "{before:?}");

@@ -86,7 +86,7 @@ fn record(
             transport: RemoteTransport::StreamableHttp,
             url: format!(
                 "http://{}.{ns}.svc.cluster.local:8080/mcp",
-                kind.service_name(name)
+                kind.service_name(name).unwrap_or_else(|| name.to_owned())
             ),
             headers: Vec::new(),
             extra: Default::default(),
@@ -94,6 +94,8 @@ fn record(
         phase: Phase::Ready,
         image: Some(format!("ghcr.io/acme/{name}:1.{}.0", rv % 4)),
         transport: "streamable-http".to_owned(),
+        group: None,
+        tool_definitions: Vec::new(),
     }
 }
 

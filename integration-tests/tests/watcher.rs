@@ -716,7 +716,7 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
     ];
     let watcher = start_watcher(&env, "watcher.log", &args).await?;
     let mut reader = Reader::open(&env.nats.jetstream().await).await?;
-    let present = [Kind::MCPServer, Kind::MCPRemoteProxy];
+    let present = [Kind::MCPServer, Kind::MCPRemoteProxy, Kind::MCPServerEntry];
     let brackets = reader.brackets(&present).await?;
     let mut listed: Vec<&str> = brackets[&Kind::MCPServer]
         .applied

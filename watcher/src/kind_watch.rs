@@ -35,6 +35,7 @@ pub fn condition(kind: Kind) -> &'static str {
         Kind::MCPServer => "watch mcpservers",
         Kind::MCPRemoteProxy => "watch mcpremoteproxies",
         Kind::VirtualMCPServer => "watch virtualmcpservers",
+        Kind::MCPServerEntry => "watch mcpserverentries",
     }
 }
 

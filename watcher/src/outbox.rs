@@ -323,6 +323,8 @@ mod tests {
             phase: herald_core::record::Phase::Ready,
             image: None,
             transport: "streamable-http".into(),
+            group: None,
+            tool_definitions: Vec::new(),
         };
         applied = Event::new(EventData::Applied(Box::new(record)), chrono::Utc::now());
         outbox.push(applied);

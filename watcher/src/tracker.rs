@@ -196,7 +196,16 @@ impl Tracker {
         };
         match decision {
             Decision::Advertise(record) => {
-                tracked.rejection = None;
+                // Advertised without its tool definitions: still an operator's to fix.
+                let warning = mapping::tool_definitions_warning(object);
+                if warning.is_some() && tracked.rejection != warning {
+                    effects.extend(
+                        warning
+                            .clone()
+                            .map(|w| Effect::Report(id.object.clone(), w)),
+                    );
+                }
+                tracked.rejection = warning;
                 if let Some(prev) = &tracked.advertised {
                     let unchanged = prev.registry == record.registry
                         && prev.uid == record.uid
@@ -375,6 +384,39 @@ mod tests {
                 Effect::Report(o, r) => format!("report {} {}", o.name(), r.code()),
             })
             .collect()
+    }
+
+    #[test]
+    fn bad_tool_definitions_are_reported_once_and_the_server_stays_advertised() {
+        let mut t = tracker();
+        let now = Utc::now();
+        t.begin_list(None, now);
+        t.end_list(None, now);
+        let key = herald_core::annotations::TOOL_DEFINITIONS;
+        let with_definitions = |rv, value: &str| {
+            let mut o = object("ns", "srv", rv, None);
+            o["metadata"]["annotations"][key] = json!(value);
+            o
+        };
+        assert_eq!(
+            summary(&t.observe(&with_definitions(1, "not json"), None, now)),
+            ["report srv invalid_tool_definitions", "applied srv default"]
+        );
+        assert_eq!(
+            summary(&t.observe(&with_definitions(2, "not json"), None, now)),
+            ["applied srv default"],
+            "the same reason is not reported again"
+        );
+        let valid = r#"[{"name":"t","inputSchema":{"type":"object"}}]"#;
+        assert_eq!(
+            summary(&t.observe(&with_definitions(3, valid), None, now)),
+            ["applied srv default"]
+        );
+        assert_eq!(
+            summary(&t.observe(&with_definitions(4, "[1]"), None, now)),
+            ["report srv invalid_tool_definitions", "applied srv default"],
+            "broken again: reported again"
+        );
     }
 
     #[test]
