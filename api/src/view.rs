@@ -380,6 +380,7 @@ mod tests {
             phase: Phase::Ready,
             image: None,
             transport: "streamable-http".into(),
+            authz_claims: None,
         };
         let key = format!("deployment.{cluster}.mcpserver.ns.obj");
         let Fold::Write(v) = fold_applied(None, &record, seq) else {

@@ -86,6 +86,7 @@ fn record(cluster: &str, object: &str, server: &str, version: &str) -> Deploymen
         phase: Phase::Ready,
         image: None,
         transport: "streamable-http".into(),
+        authz_claims: None,
     }
 }
 

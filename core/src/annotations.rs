@@ -17,6 +17,9 @@ pub const REGISTRY_CATEGORY: &str = "toolhive.stacklok.dev/registry-category";
 pub const REGISTRY_SERVER_NAME: &str = "toolhive.stacklok.dev/registry-server-name";
 /// Annotation: a JSON array of tool names.
 pub const TOOLS: &str = "toolhive.stacklok.dev/tools";
+/// Annotation: the claims a caller's token must carry to see the
+/// deployment (a JSON object; see [`crate::claims`]).
+pub const AUTHZ_CLAIMS: &str = "toolhive.stacklok.dev/authz-claims";
 
 /// Legacy label of the first proposal, an alias of [`REGISTRY_NAME`]
 /// (the current key wins when both are set).

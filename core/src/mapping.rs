@@ -10,7 +10,9 @@
 //! 3. registry: label `registry-name` (legacy alias `toolhive.stacklok.io/…`),
 //!    else the default; it must be a DNS label and the namespace allowed;
 //! 4. metadata: description (required, 1-100 characters), title (1-100),
-//!    icon (an https URL), category, tools (a JSON array of names);
+//!    icon (an https URL), category, tools (a JSON array of names), authz
+//!    claims (a JSON object, see [`crate::claims`]; invalid claims reject the
+//!    object, where ToolHive skips it silently);
 //! 5. server name: the override annotation, else `com.toolhive.k8s.<ns>/<name>`;
 //! 6. version: the annotation, else a semver image tag, else `1.0.0`;
 //! 7. remote type: `spec.transport` (stdio speaks `spec.proxyMode`);
@@ -24,6 +26,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::annotations as ann;
+use crate::claims;
 use crate::ids::{RegistryName, ServerName, excerpt};
 use crate::object::{Kind, ObjectRef};
 use crate::policy::WatcherPolicy;
@@ -135,6 +138,11 @@ fn build_record(
         .map(|c| validate::text("category", c, validate::MAX_CATEGORY, Lines::One))
         .transpose()?;
     let tools = tools(object)?;
+    let authz_claims = annotation(object, ann::AUTHZ_CLAIMS)
+        .map(claims::parse_annotation)
+        .transpose()
+        .map_err(Rejection::InvalidAuthzClaims)?
+        .flatten();
     let server_name = server_name(object, &id.object)?;
     policy
         .names
@@ -179,6 +187,7 @@ fn build_record(
         phase,
         image,
         transport,
+        authz_claims,
     }))
 }
 

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::claims::ClaimSet;
 use crate::ids::{ClusterId, RegistryName, ServerName};
 use crate::object::ObjectRef;
 
@@ -52,6 +53,10 @@ pub struct DeploymentRecord {
     pub image: Option<String>,
     /// The object's own `spec.transport` (stdio, sse, streamable-http).
     pub transport: String,
+    /// Who may see the deployment: the claims a caller's token must carry
+    /// (annotation `toolhive.stacklok.dev/authz-claims`). None: no claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authz_claims: Option<ClaimSet>,
 }
 
 impl DeploymentRecord {
@@ -82,6 +87,7 @@ impl DeploymentRecord {
             phase,
             image,
             transport,
+            authz_claims,
         } = self;
         *v == other.v
             && *cluster == other.cluster
@@ -100,6 +106,7 @@ impl DeploymentRecord {
             && *phase == other.phase
             && *image == other.image
             && *transport == other.transport
+            && *authz_claims == other.authz_claims
     }
 }
 

@@ -5,6 +5,7 @@
 //! credential. `code()` is the stable label for metrics and Kubernetes Events.
 
 use crate::annotations;
+use crate::claims::ClaimsError;
 use crate::ids::excerpt;
 
 /// What is wrong with an opted-in object.
@@ -78,6 +79,11 @@ pub enum Rejection {
         annotations::TOOLS
     )]
     InvalidTools { reason: String },
+    #[error(
+        "the authz claims (annotation {key}) are not usable: {0}",
+        key = annotations::AUTHZ_CLAIMS
+    )]
+    InvalidAuthzClaims(ClaimsError),
     #[error("{field} is {value:?}; expected {expected}")]
     UnsupportedField {
         field: &'static str,
@@ -130,6 +136,7 @@ impl Rejection {
             Rejection::InvalidVersion { .. } => "invalid_version",
             Rejection::InvalidIcon { .. } => "invalid_icon",
             Rejection::InvalidTools { .. } => "invalid_tools",
+            Rejection::InvalidAuthzClaims(_) => "invalid_authz_claims",
             Rejection::UnsupportedField { .. } => "unsupported_field",
         }
     }

@@ -91,6 +91,7 @@ impl Bucket {
             phase: Phase::Ready,
             image: None,
             transport: "streamable-http".into(),
+            authz_claims: None,
         })
     }
 

@@ -406,6 +406,7 @@ fn deployment(server: &str, version: &str, url: &str) -> anyhow::Result<Deployme
         phase: Phase::Ready,
         image: None,
         transport: "streamable-http".into(),
+        authz_claims: None,
     })
 }
 

@@ -94,6 +94,7 @@ fn record(
         phase: Phase::Ready,
         image: Some(format!("ghcr.io/acme/{name}:1.{}.0", rv % 4)),
         transport: "streamable-http".to_owned(),
+        authz_claims: None,
     }
 }
 

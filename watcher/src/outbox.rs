@@ -323,6 +323,7 @@ mod tests {
             phase: herald_core::record::Phase::Ready,
             image: None,
             transport: "streamable-http".into(),
+            authz_claims: None,
         };
         applied = Event::new(EventData::Applied(Box::new(record)), chrono::Utc::now());
         outbox.push(applied);

@@ -113,6 +113,7 @@ pub fn record(cluster: usize, object: usize, seq: u64) -> anyhow::Result<Deploym
         phase: Phase::Ready,
         image: Some("ghcr.io/acme/bench:1.0.0".to_owned()),
         transport: "streamable-http".to_owned(),
+        authz_claims: None,
     })
 }
 
