@@ -18,6 +18,8 @@
 //!   with its output captured;
 //! - [`stack`]: [`stack::Stack`], the whole pipeline (NATS, an API server and a watcher
 //!   per cluster, projector, API) and the helpers its tests repeat;
+//! - [`oidc`]: [`oidc::OidcProvider`], a real OpenID Provider (`integration-tests/oidc`,
+//!   npm `oidc-provider` on the machine's Node.js) issuing tokens with chosen claims;
 //! - [`sse`]: the frames of `herald-api`'s event feed, parsed as bytes arrive;
 //! - [`storm`]: seeded random changes to MCPServers, run while a fault is injected;
 //! - [`oracle`]: what `herald-api` must serve given the clusters' objects, and the check
@@ -47,6 +49,7 @@ pub mod kube;
 pub mod large_stack;
 pub mod nats;
 pub mod objects;
+pub mod oidc;
 pub mod oracle;
 pub mod ports;
 pub mod process;

@@ -1,7 +1,8 @@
 //! Where the real servers and Herald's own binaries are found.
 //!
 //! `scripts/test-deps` installs `nats-server`, `etcd` and `kube-apiserver` into
-//! `$HERALD_TOOLS_DIR/bin`, by default `${XDG_CACHE_HOME:-$HOME/.cache}/herald-tools/bin`.
+//! `$HERALD_TOOLS_DIR/bin`, by default `${XDG_CACHE_HOME:-$HOME/.cache}/herald-tools/bin`,
+//! and the test OpenID provider's npm packages into `$HERALD_TOOLS_DIR/oidc-provider`.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,7 @@ use anyhow::{Context as _, bail};
 /// The folder of test tools. Each accessor checks that its binary is installed.
 #[derive(Debug, Clone)]
 pub struct Tools {
+    root: PathBuf,
     bin: PathBuf,
 }
 
@@ -28,7 +30,20 @@ impl Tools {
         if !bin.is_dir() {
             bail!("{} does not exist: run scripts/test-deps", bin.display());
         }
-        Ok(Self { bin })
+        Ok(Self { root, bin })
+    }
+
+    /// The npm packages of the test OpenID provider (`integration-tests/oidc`),
+    /// installed by `scripts/test-deps` with `npm ci`.
+    pub fn oidc_provider_modules(&self) -> anyhow::Result<PathBuf> {
+        let modules = self.root.join("oidc-provider").join("node_modules");
+        if !modules.join("oidc-provider").join("package.json").is_file() {
+            bail!(
+                "{} has no oidc-provider: run scripts/test-deps",
+                modules.display()
+            );
+        }
+        Ok(modules)
     }
 
     pub fn nats_server(&self) -> anyhow::Result<PathBuf> {
