@@ -26,6 +26,8 @@ use futures::Stream;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use herald_core::claims::ClaimSet;
+
 use crate::access::Viewer;
 use crate::app::AppState;
 use crate::client::ClientKey;
@@ -144,7 +146,7 @@ impl Feed {
                 .data(serde_json::json!({ "name": name, "version": version }).to_string())
         };
         let seen_before =
-            |previous: Option<&Arc<Entry>>| previous.is_some_and(|p| self.viewer.sees(&p.required));
+            |previous: Option<&Vec<ClaimSet>>| previous.is_some_and(|p| self.viewer.sees(p));
         let events: Vec<Event> = batch
             .changes
             .iter()

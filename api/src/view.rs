@@ -64,19 +64,21 @@ impl Entry {
     }
 }
 
-/// What happened to one entry. Each change carries the entry as it was,
-/// so a subscriber can tell whether it could see it before (an entry that
-/// stops being visible to it reaches it as a delete).
+/// What happened to one entry. Each change carries the claims the entry
+/// required before (`Entry::required`; None: it did not exist), so a
+/// subscriber can tell whether it could see it (an entry that stops being
+/// visible to it reaches it as a delete). Only the claims: the old entry
+/// itself is not kept alive by the ring.
 #[derive(Debug, Clone)]
 pub enum ChangeKind {
     Upsert {
         entry: Arc<Entry>,
-        previous: Option<Arc<Entry>>,
+        previous: Option<Vec<ClaimSet>>,
     },
     Delete {
         name: String,
         version: String,
-        previous: Arc<Entry>,
+        previous: Vec<ClaimSet>,
     },
 }
 
@@ -317,7 +319,7 @@ impl RegistryView {
                     kind: ChangeKind::Delete {
                         name: key.0,
                         version: key.1,
-                        previous,
+                        previous: previous.required.clone(),
                     },
                 });
             }
@@ -333,7 +335,10 @@ impl RegistryView {
                 continue;
             }
             let entry = Arc::new(entry);
-            let previous = self.entries.insert(key, entry.clone());
+            let previous = self
+                .entries
+                .insert(key, entry.clone())
+                .map(|old| old.required.clone());
             changes.push(Change {
                 position,
                 kind: ChangeKind::Upsert { entry, previous },
