@@ -6,6 +6,7 @@ use std::time::Duration;
 use herald_core::RegistryName;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
 use crate::client::{ClientKey, TrustedProxies};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
@@ -32,6 +33,8 @@ pub struct App {
     pub sse_slots: Limiter<ClientKey>,
     /// Whose `X-Forwarded-For` names the client.
     pub trusted_proxies: TrustedProxies,
+    /// Who callers are (`--auth-mode`).
+    pub auth: Arc<Authenticator>,
     /// Cancelled at shutdown: SSE streams end so the server can drain.
     pub shutdown: CancellationToken,
 }

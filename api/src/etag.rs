@@ -26,24 +26,49 @@ fn matches(headers: &HeaderMap, etag: &str) -> bool {
 }
 
 /// A JSON response with its ETag, or 304 when the client has it.
-pub fn json_response(headers: &HeaderMap, body: String) -> Response {
+///
+/// A `personal` body (one caller's view, see [`crate::access`]) is marked
+/// `Cache-Control: private` and `Vary: Authorization`, so no shared cache
+/// serves it to another caller. Its ETag is still the body's hash: a 304
+/// only ever confirms the body this caller would get, so it tells a caller
+/// nothing about another's view.
+pub fn json_response(headers: &HeaderMap, body: String, personal: bool) -> Response {
     let etag = of(body.as_bytes());
     let etag_value = HeaderValue::from_str(&etag).expect("hex is a valid header value");
-    if matches(headers, &etag) {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response();
+    let cache_control = HeaderValue::from_static(if personal {
+        "private, no-cache"
+    } else {
+        "no-cache"
+    });
+    let mut response = if matches(headers, &etag) {
+        (
+            StatusCode::NOT_MODIFIED,
+            [
+                (header::ETAG, etag_value),
+                (header::CACHE_CONTROL, cache_control),
+            ],
+        )
+            .into_response()
+    } else {
+        (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (header::ETAG, etag_value),
+                (header::CACHE_CONTROL, cache_control),
+            ],
+            body,
+        )
+            .into_response()
+    };
+    if personal {
+        response
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("authorization"));
     }
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
-            (header::ETAG, etag_value),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        ],
-        body,
-    )
-        .into_response()
+    response
 }
 
 #[cfg(test)]

@@ -15,15 +15,21 @@
 //! - [`connection`]: one connection and its timeouts and sizes;
 //!   [`limits`]: slots with a global cap and a share per client (connections,
 //!   SSE subscribers); [`client`]: who a client is for those shares.
+//! - [`auth`]: the authentication mode and the bearer-token check of the
+//!   data routes (tokens verified by [`oidc`]); [`access`]: which entries a
+//!   caller sees (per-entry claims), on every route and the feed.
 //! - [`server`]: wires it all together for `main`, and admits connections.
 
+pub mod access;
 pub mod app;
+pub mod auth;
 pub mod bucket_watch;
 pub mod client;
 pub mod connection;
 pub mod etag;
 pub mod limits;
 pub mod metrics;
+pub mod oidc;
 pub mod page;
 pub mod problem;
 pub mod query;

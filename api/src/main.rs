@@ -1,14 +1,18 @@
 //! herald-api: parses flags and runs the API (see the library for the parts).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
 use clap::{CommandFactory as _, Parser};
 use herald_api::app::SseSettings;
+use herald_api::auth::{AuthMode, Authenticator, OAuth};
 use herald_api::client::TrustedProxies;
 use herald_api::connection::ConnectionSettings;
+use herald_api::oidc::{Provider, ProviderSettings};
 use herald_api::server::{self, Settings};
 use herald_api::view::Bounds;
 use herald_core::RegistryName;
@@ -114,6 +118,59 @@ struct Cli {
     #[arg(long, env = "HERALD_ALLOW_LOOPBACK_URLS")]
     allow_loopback_urls: bool,
 
+    /// `oauth`: every data route (list, get, versions, the feed) needs a
+    /// bearer token from an --oidc-issuer; `anonymous`: no authentication,
+    /// and only entries without authz claims are served.
+    #[arg(long, env = "HERALD_AUTH_MODE", value_enum, default_value = "oauth")]
+    auth_mode: AuthMode,
+
+    /// An OpenID provider whose tokens are accepted (its `iss`; keys found
+    /// by OIDC discovery). Repeat, or comma-separate, for several. https,
+    /// or http on loopback.
+    #[arg(
+        long = "oidc-issuer",
+        env = "HERALD_OIDC_ISSUER",
+        value_delimiter = ','
+    )]
+    oidc_issuers: Vec<String>,
+
+    /// The audience a token must carry (`aud`): this API's resource URL.
+    #[arg(long, env = "HERALD_OIDC_AUDIENCE")]
+    oidc_audience: Option<String>,
+
+    /// Fetch the keys here instead of discovering them (only with one
+    /// issuer; a Kubernetes API server: https://kubernetes.default.svc/openid/v1/jwks).
+    #[arg(long, env = "HERALD_OIDC_JWKS_URL")]
+    oidc_jwks_url: Option<herald_runtime::http::Url>,
+
+    /// A file holding a bearer token for the discovery and JWKS requests
+    /// (a Kubernetes service-account token), read again at every fetch.
+    #[arg(long, env = "HERALD_OIDC_FETCH_TOKEN_FILE")]
+    oidc_fetch_token_file: Option<PathBuf>,
+
+    /// A PEM file of CAs trusted for the providers' TLS, beside the system's.
+    #[arg(long, env = "HERALD_OIDC_CA_FILE")]
+    oidc_ca_file: Option<PathBuf>,
+
+    /// Clock difference allowed for a token's `exp` and `nbf`.
+    #[arg(long, env = "HERALD_OIDC_CLOCK_SKEW", default_value = "30s", value_parser = herald_runtime::duration::any)]
+    oidc_clock_skew: Duration,
+
+    /// Least time between two key fetches caused by tokens naming an
+    /// unknown key id (a key rotation is picked up after at most this).
+    #[arg(long, env = "HERALD_OIDC_KEYS_MIN_REFRESH", default_value = "30s", value_parser = herald_runtime::duration::positive)]
+    oidc_keys_min_refresh: Duration,
+
+    /// This API's resource identifier (RFC 9728), named in 401 answers and
+    /// the metadata document. Defaults to --oidc-audience.
+    #[arg(long, env = "HERALD_RESOURCE_URL")]
+    resource_url: Option<herald_runtime::http::Url>,
+
+    /// Hide entries without authz claims from token callers too (default
+    /// deny, as ToolHive); by default they are visible to every caller.
+    #[arg(long, env = "HERALD_HIDE_UNCLAIMED_ENTRIES")]
+    hide_unclaimed_entries: bool,
+
     #[command(flatten)]
     nats: NatsArgs,
 
@@ -135,6 +192,69 @@ fn url_like(raw: &str) -> Option<&str> {
 }
 
 impl Cli {
+    /// The authenticator of --auth-mode, or why the flags do not make one.
+    fn authenticator(&self) -> Result<Authenticator, String> {
+        if self.auth_mode == AuthMode::Anonymous {
+            return Ok(Authenticator::Anonymous);
+        }
+        let (Some(audience), false) = (&self.oidc_audience, self.oidc_issuers.is_empty()) else {
+            return Err(
+                "--auth-mode oauth (the default) needs --oidc-issuer and --oidc-audience \
+                        (HERALD_OIDC_ISSUER, HERALD_OIDC_AUDIENCE); to serve without \
+                        authentication, pass --auth-mode anonymous"
+                    .to_owned(),
+            );
+        };
+        if self.oidc_issuers.len() > 1
+            && (self.oidc_jwks_url.is_some() || self.oidc_fetch_token_file.is_some())
+        {
+            return Err(
+                "--oidc-jwks-url and --oidc-fetch-token-file apply to a single --oidc-issuer"
+                    .to_owned(),
+            );
+        }
+        let resource = match &self.resource_url {
+            Some(url) => url.clone(),
+            None => herald_runtime::http::Url::parse(audience).map_err(|_| {
+                "--oidc-audience is not a URL: give this API's URL with --resource-url".to_owned()
+            })?,
+        };
+        let mut http = herald_runtime::http::HttpClient::builder(concat!(
+            "herald-api/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .request_timeout(Duration::from_secs(10))
+        .max_body_size(1024 * 1024);
+        if let Some(ca) = &self.oidc_ca_file {
+            http = http.ca_file(ca);
+        }
+        let http = http.build().map_err(|e| e.to_string())?;
+        let providers = self
+            .oidc_issuers
+            .iter()
+            .map(|issuer| {
+                herald_api::auth::check_issuer(issuer).map_err(|e| format!("--oidc-issuer {e}"))?;
+                Ok(Provider::new(
+                    ProviderSettings {
+                        issuer: issuer.clone(),
+                        audience: audience.clone(),
+                        jwks_url: self.oidc_jwks_url.clone(),
+                        fetch_token_file: self.oidc_fetch_token_file.clone(),
+                        clock_skew: self.oidc_clock_skew,
+                        min_refresh: self.oidc_keys_min_refresh,
+                    },
+                    http.clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Authenticator::OAuth(OAuth {
+            providers,
+            resource,
+            realm: "herald".to_owned(),
+            hide_unclaimed: self.hide_unclaimed_entries,
+        }))
+    }
+
     /// What clap cannot check flag by flag.
     fn check(&self) -> Result<(), clap::Error> {
         if self.idle_timeout <= self.sse_keepalive {
@@ -153,12 +273,19 @@ impl Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    herald_runtime::tls::install_crypto_provider();
     let cli = Cli::parse();
     if let Err(err) = cli.check() {
         err.exit();
     }
+    let auth = match cli.authenticator() {
+        Ok(auth) => Arc::new(auth),
+        Err(why) => Cli::command()
+            .error(clap::error::ErrorKind::MissingRequiredArgument, why)
+            .exit(),
+    };
     cli.log.init();
-    match run(cli).await {
+    match run(cli, auth).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -167,7 +294,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, auth: Arc<Authenticator>) -> anyhow::Result<()> {
     let shutdown = herald_runtime::shutdown::on_signal()?;
     let client = cli.nats.connect("herald-api", None).await?;
     let settings = Settings {
@@ -198,6 +325,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         max_connections: cli.max_connections as usize,
         max_connections_per_client: cli.max_connections_per_client as usize,
         trusted_proxies: TrustedProxies::new(cli.trusted_proxies),
+        auth,
     };
     server::run(settings, client, shutdown).await
 }

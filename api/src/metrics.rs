@@ -62,9 +62,22 @@ pub struct Metrics {
     deployments: Family<RegistryLabels, Gauge>,
     entry_changes: Family<RegistryLabels, Counter>,
     refused_values: Family<RegistryLabels, Counter>,
+    authentications: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 impl Metrics {
+    /// One authentication, by outcome (never a token or claim value).
+    pub fn authentication(&self, outcome: &'static str) {
+        self.authentications
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             requests: Family::default(),
@@ -77,6 +90,7 @@ impl Metrics {
             deployments: Family::default(),
             entry_changes: Family::default(),
             refused_values: Family::default(),
+            authentications: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("herald_api");
         r.register(
@@ -88,6 +102,12 @@ impl Metrics {
             "http_request_duration_seconds",
             "Time to the response head, by route",
             m.latency.clone(),
+        );
+        r.register(
+            "authentications",
+            "Bearer token checks by outcome (ok, missing, or why the token \
+             was refused: expired, audience, signature, unknown_issuer, …)",
+            m.authentications.clone(),
         );
         r.register(
             "connections_open",

@@ -43,6 +43,19 @@ impl Problem {
         }
     }
 
+    /// No usable credentials; `detail` says what was wrong (never echoing
+    /// the token).
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self {
+            kind: "urn:herald:problem:unauthorized",
+            title: "Unauthorized",
+            status: 401,
+            detail: detail.into(),
+            parameter: None,
+            retry_after: None,
+        }
+    }
+
     pub fn no_route() -> Self {
         Self {
             kind: "urn:herald:problem:not-found",

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::access::Viewer;
 use crate::problem::Problem;
 use crate::view::{Entry, EntryKey, RegistryView};
 
@@ -112,7 +113,13 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
-pub fn list(view: &RegistryView, params: &ListParams, deployed_only: bool) -> Page {
+/// The page of `params` among the entries `viewer` may see.
+pub fn list(
+    view: &RegistryView,
+    params: &ListParams,
+    deployed_only: bool,
+    viewer: &Viewer,
+) -> Page {
     let start = match &params.after {
         Some(key) => Bound::Excluded(key.clone()),
         None => Bound::Unbounded,
@@ -120,7 +127,7 @@ pub fn list(view: &RegistryView, params: &ListParams, deployed_only: bool) -> Pa
     let mut entries = Vec::with_capacity(params.limit);
     let mut more = false;
     for (_, entry) in view.entries().range((start, Bound::Unbounded)) {
-        if !params.matches(entry, deployed_only) {
+        if !viewer.sees(&entry.required) || !params.matches(entry, deployed_only) {
             continue;
         }
         if entries.len() == params.limit {

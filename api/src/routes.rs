@@ -8,14 +8,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use herald_runtime::health::{self, Readiness};
 use prometheus_client::registry::Registry;
 
+use crate::access::Viewer;
 use crate::app::AppState;
+use crate::auth::{self, Authenticator};
 use crate::problem::Problem;
 use crate::query::{ListParams, list, server_list_json};
 use crate::{etag, metrics, page, sse};
@@ -34,14 +36,23 @@ type QueryList = Query<Vec<(String, String)>>;
 /// `metrics`: the registry to serve at `/metrics` on this router (`None`
 /// when a listener of its own serves it).
 pub fn router(state: AppState, readiness: Readiness, metrics: Option<Arc<Registry>>) -> Router {
-    let mut api = Router::new();
+    // The data routes, behind the caller check (`auth`).
+    let mut data = Router::new();
     for base in ["", "/registry/{registry}"] {
         for v in VERSIONS {
-            api = api
+            data = data
                 .route(&format!("{base}{v}/servers"), get(list_servers))
                 .route(&format!("{base}{v}/servers/{{*rest}}"), get(server_path))
                 .route(&format!("{base}{v}{EVENTS_PATH}"), get(sse::events));
         }
+    }
+    let data = data.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require,
+    ));
+    let mut api = Router::new().merge(data);
+    if let Authenticator::OAuth(oauth) = &*state.auth {
+        api = api.route(&oauth.metadata_path(), get(auth::metadata));
     }
     api = api
         .route("/", get(page::page))
@@ -76,9 +87,10 @@ async fn list_servers(
     State(app): State<AppState>,
     Path(params): Params,
     Query(query): QueryList,
+    Extension(viewer): Extension<Viewer>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    list_response(&app, &params, &query, &headers, false)
+    list_response(&app, &params, &query, &headers, &viewer, false)
 }
 
 fn list_response(
@@ -86,14 +98,15 @@ fn list_response(
     params: &HashMap<String, String>,
     query: &[(String, String)],
     headers: &HeaderMap,
+    viewer: &Viewer,
     deployed_only: bool,
 ) -> Result<Response, Problem> {
     let view = app.view(params.get("registry").map(String::as_str))?;
     let list_params = ListParams::parse(query)?;
     // The page holds its entries: the body is built after the lock is let go.
-    let page = list(&view.read(), &list_params, deployed_only);
+    let page = list(&view.read(), &list_params, deployed_only, viewer);
     let body = server_list_json(&page.entries, page.next_cursor.as_deref());
-    Ok(etag::json_response(headers, body))
+    Ok(etag::json_response(headers, body, viewer.is_personal()))
 }
 
 /// `servers/deployed`, `servers/{name}/versions` and
@@ -103,11 +116,12 @@ async fn server_path(
     State(app): State<AppState>,
     Path(params): Params,
     Query(query): QueryList,
+    Extension(viewer): Extension<Viewer>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let rest = params.get("rest").map(String::as_str).unwrap_or_default();
     if rest == "deployed" {
-        return list_response(&app, &params, &query, &headers, true);
+        return list_response(&app, &params, &query, &headers, &viewer, true);
     }
     let view = app.view(params.get("registry").map(String::as_str))?;
     let (name, version) = if let Some(name) = rest.strip_suffix("/versions") {
@@ -118,6 +132,8 @@ async fn server_path(
         return Err(Problem::no_route());
     };
     let mut versions = view.read().versions(name);
+    // What the caller may not see does not exist for it: the same 404.
+    versions.retain(|e| viewer.sees(&e.required));
     if versions.is_empty() {
         return Err(Problem::not_found(
             "serverName",
@@ -167,7 +183,7 @@ async fn server_path(
             }
         }
     };
-    Ok(etag::json_response(&headers, body))
+    Ok(etag::json_response(&headers, body, viewer.is_personal()))
 }
 
 fn excerpt(s: &str) -> String {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::{App, SseSettings};
+use crate::auth::Authenticator;
 use crate::client::{ClientKey, TrustedProxies};
 use crate::connection::{ConnectionSettings, Connections};
 use crate::limits::Limiter;
@@ -45,6 +46,8 @@ pub struct Settings {
     pub max_connections: usize,
     pub max_connections_per_client: usize,
     pub trusted_proxies: TrustedProxies,
+    /// Who callers are (`--auth-mode`).
+    pub auth: Arc<Authenticator>,
 }
 
 /// Serves until `shutdown`, then closes SSE streams and drains.
@@ -71,8 +74,29 @@ pub async fn run(
             settings.sse.max_subscribers_per_client,
         ),
         trusted_proxies: settings.trusted_proxies.clone(),
+        auth: settings.auth.clone(),
         shutdown: shutdown.clone(),
     });
+    if let Authenticator::OAuth(oauth) = &*settings.auth {
+        tracing::info!(
+            issuers = oauth.providers.len(),
+            resource = %oauth.resource,
+            "bearer tokens required (--auth-mode oauth)"
+        );
+        let auth = settings.auth.clone();
+        tokio::spawn(async move {
+            if let Authenticator::OAuth(oauth) = &*auth {
+                for provider in &oauth.providers {
+                    provider.prefetch().await;
+                }
+            }
+        });
+    } else {
+        tracing::warn!(
+            "no authentication (--auth-mode anonymous): anyone who reaches this API reads \
+             every entry without claims"
+        );
+    }
     let bucket_watch = tokio::spawn(bucket_watch::run(
         client,
         registries,
@@ -103,9 +127,10 @@ pub async fn run(
                 .allow_methods([Method::GET, Method::HEAD])
                 .allow_headers([
                     header::IF_NONE_MATCH,
+                    header::AUTHORIZATION,
                     HeaderName::from_static("last-event-id"),
                 ])
-                .expose_headers([header::ETAG]),
+                .expose_headers([header::ETAG, header::WWW_AUTHENTICATE]),
         );
     }
     let listener = tokio::net::TcpListener::bind(settings.listen)

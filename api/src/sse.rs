@@ -26,6 +26,9 @@ use futures::Stream;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use herald_core::claims::ClaimSet;
+
+use crate::access::Viewer;
 use crate::app::AppState;
 use crate::client::ClientKey;
 use crate::connection::Peer;
@@ -33,7 +36,7 @@ use crate::limits::{Permit, Refusal};
 use crate::problem::Problem;
 use crate::query::server_list_json;
 use crate::registries::SharedView;
-use crate::view::{Batch, ChangeKind, Snapshot, Start};
+use crate::view::{Batch, ChangeKind, Entry, Snapshot, Start};
 
 /// `GET …/v0.1/x/dev.herald/events`.
 pub async fn events(
@@ -41,6 +44,7 @@ pub async fn events(
     Path(params): Path<std::collections::HashMap<String, String>>,
     Query(query): Query<Vec<(String, String)>>,
     Extension(Peer(peer)): Extension<Peer>,
+    Extension(viewer): Extension<Viewer>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let view = app.view(params.get("registry").map(String::as_str))?;
@@ -89,6 +93,7 @@ pub async fn events(
         rx,
         pending: VecDeque::new(),
         last: last_seen.unwrap_or(0),
+        viewer,
         _guard: guard,
     };
     match start {
@@ -122,6 +127,8 @@ struct Feed {
     pending: VecDeque<Event>,
     /// The position the subscriber has everything up to.
     last: u64,
+    /// Whose view the feed is: only its entries are sent.
+    viewer: Viewer,
     _guard: Guard,
 }
 
@@ -130,22 +137,46 @@ impl Feed {
         if batch.position <= self.last {
             return;
         }
-        for (i, change) in batch.changes.iter().enumerate() {
-            let event = match &change.kind {
-                ChangeKind::Upsert(entry) => Event::default().event("upsert").data(&entry.json),
-                ChangeKind::Delete { name, version } => Event::default()
-                    .event("delete")
-                    .data(serde_json::json!({ "name": name, "version": version }).to_string()),
-            };
-            // One bucket change can change several entries. Only the last of
-            // them carries the position: a client cut off in the middle keeps
-            // the previous id and, resuming, gets the whole group again.
-            let last_of_its_position = batch
-                .changes
-                .get(i + 1)
-                .is_none_or(|next| next.position != change.position);
-            let event = if last_of_its_position {
-                event.id(change.position.to_string())
+        // What this subscriber is told: an entry it sees is upserted; one it
+        // saw and no longer sees (gone, or its claims changed) is deleted;
+        // the rest does not exist for it.
+        let delete = |name: &str, version: &str| {
+            Event::default()
+                .event("delete")
+                .data(serde_json::json!({ "name": name, "version": version }).to_string())
+        };
+        let seen_before =
+            |previous: Option<&Vec<ClaimSet>>| previous.is_some_and(|p| self.viewer.sees(p));
+        let events: Vec<Event> = batch
+            .changes
+            .iter()
+            .filter_map(|change| match &change.kind {
+                ChangeKind::Upsert { entry, previous } => {
+                    if self.viewer.sees(&entry.required) {
+                        Some(Event::default().event("upsert").data(&entry.json))
+                    } else if seen_before(previous.as_ref()) {
+                        let (name, version) = entry.key();
+                        Some(delete(&name, &version))
+                    } else {
+                        None
+                    }
+                }
+                ChangeKind::Delete {
+                    name,
+                    version,
+                    previous,
+                } => seen_before(Some(previous)).then(|| delete(name, version)),
+            })
+            .collect();
+        // One bucket change can change several entries. Only the last event
+        // of a batch carries its position: a client cut off in the middle
+        // keeps the previous id and, resuming, gets the whole group again.
+        // A batch with nothing for this subscriber sends nothing; its next
+        // event's id covers it.
+        let count = events.len();
+        for (i, event) in events.into_iter().enumerate() {
+            let event = if i + 1 == count {
+                event.id(batch.position.to_string())
             } else {
                 event
             };
@@ -156,10 +187,15 @@ impl Feed {
 
     fn push_snapshot(&mut self, snapshot: Snapshot) {
         self.pending.clear();
+        let entries: Vec<Arc<Entry>> = snapshot
+            .entries
+            .into_iter()
+            .filter(|e| self.viewer.sees(&e.required))
+            .collect();
         let event = Event::default()
             .event("snapshot")
             .id(snapshot.position.to_string())
-            .data(server_list_json(&snapshot.entries, None));
+            .data(server_list_json(&entries, None));
         self.pending.push_back(event);
         self.last = snapshot.position;
     }

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use herald_core::claims::ClaimSet;
 use herald_core::merge::{self, ServerResponse};
 use herald_core::names::KeyKind;
 use herald_core::stored::{StoredCatalog, StoredDeployment, StoredValue};
@@ -26,12 +27,23 @@ pub type EntryKey = (String, String);
 pub struct Entry {
     pub response: ServerResponse,
     pub json: String,
+    /// The claim sets of the parts merged into it (distinct, ordered; empty:
+    /// no part has claims). See [`crate::access`].
+    pub required: Vec<ClaimSet>,
 }
 
 impl Entry {
     pub fn new(response: ServerResponse) -> Self {
+        Self::with_claims(response, Vec::new())
+    }
+
+    pub fn with_claims(response: ServerResponse, required: Vec<ClaimSet>) -> Self {
         let json = serde_json::to_string(&response).expect("a server response always serializes");
-        Self { response, json }
+        Self {
+            response,
+            json,
+            required,
+        }
     }
 
     pub fn key(&self) -> EntryKey {
@@ -52,11 +64,22 @@ impl Entry {
     }
 }
 
-/// What happened to one entry.
+/// What happened to one entry. Each change carries the claims the entry
+/// required before (`Entry::required`; None: it did not exist), so a
+/// subscriber can tell whether it could see it (an entry that stops being
+/// visible to it reaches it as a delete). Only the claims: the old entry
+/// itself is not kept alive by the ring.
 #[derive(Debug, Clone)]
 pub enum ChangeKind {
-    Upsert(Arc<Entry>),
-    Delete { name: String, version: String },
+    Upsert {
+        entry: Arc<Entry>,
+        previous: Option<Vec<ClaimSet>>,
+    },
+    Delete {
+        name: String,
+        version: String,
+        previous: Vec<ClaimSet>,
+    },
 }
 
 /// One entry change, at the bucket revision that caused it.
@@ -254,38 +277,71 @@ impl RegistryView {
 
     fn recompute(&mut self, name: &str, position: u64, changes: &mut Vec<Change>) {
         let merged: BTreeMap<String, Entry> = match self.by_server.get(name) {
-            Some(keys) => merge::merge_registry(
-                keys.iter().filter_map(|k| self.catalog.get(k)),
-                keys.iter().filter_map(|k| self.deployments.get(k)),
-            )
-            .into_iter()
-            .map(|r| (r.server.version.clone(), Entry::new(r)))
-            .collect(),
+            Some(keys) => {
+                let catalog: Vec<&StoredCatalog> =
+                    keys.iter().filter_map(|k| self.catalog.get(k)).collect();
+                let deployments: Vec<&StoredDeployment> = keys
+                    .iter()
+                    .filter_map(|k| self.deployments.get(k))
+                    .collect();
+                // The claims of each version's parts (merge groups by version).
+                let mut claims: HashMap<&str, BTreeSet<&ClaimSet>> = HashMap::new();
+                for r in catalog.iter().filter_map(|c| c.live()) {
+                    if let Some(set) = &r.authz_claims {
+                        claims.entry(&r.version).or_default().insert(set);
+                    }
+                }
+                for r in deployments.iter().filter_map(|d| d.live()) {
+                    if let Some(set) = &r.authz_claims {
+                        claims.entry(&r.version).or_default().insert(set);
+                    }
+                }
+                merge::merge_registry(catalog.iter().copied(), deployments.iter().copied())
+                    .into_iter()
+                    .map(|r| {
+                        let required = claims
+                            .get(r.server.version.as_str())
+                            .map(|sets| sets.iter().map(|s| (*s).clone()).collect())
+                            .unwrap_or_default();
+                        (r.server.version.clone(), Entry::with_claims(r, required))
+                    })
+                    .collect()
+            }
             None => BTreeMap::new(),
         };
         let old: Vec<EntryKey> = self.versions(name).iter().map(|e| e.key()).collect();
         for key in old {
-            if !merged.contains_key(&key.1) {
-                self.entries.remove(&key);
+            if !merged.contains_key(&key.1)
+                && let Some(previous) = self.entries.remove(&key)
+            {
                 changes.push(Change {
                     position,
                     kind: ChangeKind::Delete {
                         name: key.0,
                         version: key.1,
+                        previous: previous.required.clone(),
                     },
                 });
             }
         }
         for (version, entry) in merged {
             let key = (name.to_owned(), version);
-            if self.entries.get(&key).is_some_and(|e| e.json == entry.json) {
+            // A change of claims alone is a change: it changes who sees it.
+            if self
+                .entries
+                .get(&key)
+                .is_some_and(|e| e.json == entry.json && e.required == entry.required)
+            {
                 continue;
             }
             let entry = Arc::new(entry);
-            self.entries.insert(key, entry.clone());
+            let previous = self
+                .entries
+                .insert(key, entry.clone())
+                .map(|old| old.required.clone());
             changes.push(Change {
                 position,
-                kind: ChangeKind::Upsert(entry),
+                kind: ChangeKind::Upsert { entry, previous },
             });
         }
     }
@@ -382,6 +438,7 @@ mod tests {
             transport: "streamable-http".into(),
             group: None,
             tool_definitions: Vec::new(),
+            authz_claims: None,
         };
         let key = format!("deployment.{cluster}.mcpserver.ns.obj");
         let Fold::Write(v) = fold_applied(None, &record, seq) else {

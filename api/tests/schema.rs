@@ -88,6 +88,7 @@ fn record(cluster: &str, object: &str, server: &str, version: &str) -> Deploymen
         transport: "streamable-http".into(),
         group: None,
         tool_definitions: Vec::new(),
+        authz_claims: None,
     }
 }
 

@@ -20,6 +20,9 @@ pub const TOOLS: &str = "toolhive.stacklok.dev/tools";
 /// Annotation: a JSON array of MCP `Tool` objects; when set, its names are
 /// the advertised tool names.
 pub const TOOL_DEFINITIONS: &str = "toolhive.stacklok.dev/tool-definitions";
+/// Annotation: the claims a caller's token must carry to see the
+/// deployment (a JSON object; see [`crate::claims`]).
+pub const AUTHZ_CLAIMS: &str = "toolhive.stacklok.dev/authz-claims";
 
 /// Legacy label of the first proposal, an alias of [`REGISTRY_NAME`]
 /// (the current key wins when both are set).

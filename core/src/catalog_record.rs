@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::claims::ClaimSet;
 use crate::ids::{RegistryName, ServerName, SourceId};
 use crate::record::RECORD_VERSION;
 
@@ -37,9 +38,14 @@ pub struct CatalogRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Value>,
     pub observed_at: DateTime<Utc>,
-    /// A digest of `server` and `meta`: equal digests, equal entry. Part of
-    /// the event id, so re-importing an unchanged entry is deduplicated.
+    /// A digest of `server`, `meta` and `authz_claims`: equal digests,
+    /// equal entry. Part of the event id, so re-importing an unchanged entry
+    /// is deduplicated.
     pub digest: String,
+    /// Who may see the entry: the claims its source was configured with
+    /// (`herald-catalog sync --authz-claims`). None: no claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authz_claims: Option<ClaimSet>,
 }
 
 impl CatalogRecord {
@@ -60,7 +66,15 @@ impl CatalogRecord {
             meta: entry.meta,
             observed_at,
             digest,
+            authz_claims: None,
         }
+    }
+
+    /// The same record, visible only to callers with `claims`.
+    pub fn with_claims(mut self, claims: Option<ClaimSet>) -> Self {
+        self.digest = digest_with_claims(&self.server, self.meta.as_ref(), claims.as_ref());
+        self.authz_claims = claims;
+        self
     }
 }
 
@@ -79,8 +93,22 @@ pub struct CatalogWithdrawal {
 /// FNV-1a (64 bit) of the entry's JSON, in hex: stable across builds and
 /// platforms, which is all an id needs (it is not a security boundary).
 pub fn digest(server: &Value, meta: Option<&Value>) -> String {
+    digest_with_claims(server, meta, None)
+}
+
+/// [`digest`], with the entry's claims when it has some (without, the same
+/// digest as before claims existed, so unchanged entries stay unchanged).
+pub fn digest_with_claims(
+    server: &Value,
+    meta: Option<&Value>,
+    claims: Option<&ClaimSet>,
+) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let bytes = serde_json::to_vec(&(server, meta)).expect("JSON values always serialize");
+    let bytes = match claims {
+        None => serde_json::to_vec(&(server, meta)),
+        Some(claims) => serde_json::to_vec(&(server, meta, claims)),
+    }
+    .expect("JSON values always serialize");
     for b in bytes {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);

@@ -6,6 +6,8 @@
 //! - [`ids`], [`object`], [`annotations`]: validated identifiers
 //!   (`ClusterId`, `RegistryName`, `ServerName`, `SourceId`), the identity
 //!   of a watched ToolHive object, and the annotation keys.
+//! - [`claims`]: required claims (ToolHive's `authz-claims`) and whether a
+//!   caller's token satisfies them.
 //! - [`record`], [`catalog_record`]: the plain records events carry — a
 //!   deployment (and its withdrawal), a catalog entry.
 //! - [`names`]: subjects, streams, buckets and bucket keys.
@@ -21,13 +23,15 @@
 //! - [`projection`], [`cluster_state`]: folding events into stored values,
 //!   idempotently and order-safely.
 //! - [`merge`]: stored deployments and catalog entries → `server.json`
-//!   entries for the API.
+//!   entries for the API; [`visibility`]: the same merge over only what one
+//!   caller may see.
 //! - [`import`]: catalog documents (official list, ToolHive
 //!   `registry.json`) → catalog entries.
 
 pub mod admission;
 pub mod annotations;
 pub mod catalog_record;
+pub mod claims;
 pub mod cluster_state;
 pub mod entry;
 pub mod event;
@@ -44,6 +48,7 @@ pub mod record;
 pub mod rejection;
 pub mod stored;
 pub mod validate;
+pub mod visibility;
 
 pub use event::{Event, EventData, EventType};
 pub use ids::{ClusterId, RegistryName, ServerName};

@@ -17,7 +17,9 @@
 //!    [`validate::tool_definitions`]). Valid definitions win over the names:
 //!    their names are the advertised tools. Invalid definitions do not stop
 //!    the server from being advertised: it goes without them, and
-//!    [`tool_definitions_warning`] tells the watcher why;
+//!    [`tool_definitions_warning`] tells the watcher why; authz claims (a
+//!    JSON object, see [`crate::claims`]; invalid claims reject the object,
+//!    where ToolHive skips it silently);
 //! 5. server name: the override annotation, else `com.toolhive.k8s.<ns>/<name>`;
 //! 6. version: the annotation, else a semver image tag, else `1.0.0`;
 //! 7. remote type: `spec.transport` (stdio speaks `spec.proxyMode`; an
@@ -37,6 +39,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::annotations as ann;
+use crate::claims;
 use crate::entry;
 use crate::ids::{RegistryName, ServerName, excerpt, is_dns_subdomain};
 use crate::object::{Kind, ObjectRef};
@@ -160,6 +163,11 @@ fn build_record(
             .filter_map(|t| t["name"].as_str().map(str::to_owned))
             .collect()
     };
+    let authz_claims = annotation(object, ann::AUTHZ_CLAIMS)
+        .map(claims::parse_annotation)
+        .transpose()
+        .map_err(Rejection::InvalidAuthzClaims)?
+        .flatten();
     let server_name = server_name(object, &id.object)?;
     policy
         .names
@@ -214,6 +222,7 @@ fn build_record(
         transport,
         group,
         tool_definitions,
+        authz_claims,
     }))
 }
 

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::claims::ClaimSet;
 use crate::ids::{ClusterId, RegistryName, ServerName};
 use crate::object::ObjectRef;
 
@@ -59,6 +60,10 @@ pub struct DeploymentRecord {
     /// by [`crate::validate::tool_definitions`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_definitions: Vec<Value>,
+    /// Who may see the deployment: the claims a caller's token must carry
+    /// (annotation `toolhive.stacklok.dev/authz-claims`). None: no claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authz_claims: Option<ClaimSet>,
 }
 
 impl DeploymentRecord {
@@ -91,6 +96,7 @@ impl DeploymentRecord {
             transport,
             group,
             tool_definitions,
+            authz_claims,
         } = self;
         *v == other.v
             && *cluster == other.cluster
@@ -111,6 +117,7 @@ impl DeploymentRecord {
             && *transport == other.transport
             && *group == other.group
             && *tool_definitions == other.tool_definitions
+            && *authz_claims == other.authz_claims
     }
 }
 

@@ -5,6 +5,7 @@
 //! credential. `code()` is the stable label for metrics and Kubernetes Events.
 
 use crate::annotations;
+use crate::claims::ClaimsError;
 use crate::ids::excerpt;
 
 /// What is wrong with an opted-in object.
@@ -83,6 +84,11 @@ pub enum Rejection {
         annotations::TOOL_DEFINITIONS
     )]
     InvalidToolDefinitions { reason: String },
+    #[error(
+        "the authz claims (annotation {key}) are not usable: {0}",
+        key = annotations::AUTHZ_CLAIMS
+    )]
+    InvalidAuthzClaims(ClaimsError),
     #[error("{field} is {value:?}; expected {expected}")]
     UnsupportedField {
         field: &'static str,
@@ -144,6 +150,7 @@ impl Rejection {
             Rejection::InvalidIcon { .. } => "invalid_icon",
             Rejection::InvalidTools { .. } => "invalid_tools",
             Rejection::InvalidToolDefinitions { .. } => "invalid_tool_definitions",
+            Rejection::InvalidAuthzClaims(_) => "invalid_authz_claims",
             Rejection::UnsupportedField { .. } => "unsupported_field",
             Rejection::TooLarge { .. } => "too_large",
         }

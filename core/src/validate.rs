@@ -603,6 +603,9 @@ pub fn record(r: &DeploymentRecord, rules: UrlRules) -> Result<(), Rejection> {
     if let Phase::Other(p) = &r.phase {
         text("status.phase", p, 64, Lines::One)?;
     }
+    if let Some(claims) = &r.authz_claims {
+        claims.validate().map_err(Rejection::InvalidAuthzClaims)?;
+    }
     Ok(())
 }
 
@@ -670,6 +673,9 @@ pub fn catalog_record(r: &CatalogRecord, rules: UrlRules) -> Result<(), Rejectio
         return Err(Rejection::Malformed(format!(
             "the catalog entry's _meta is {meta} bytes of JSON; at most {MAX_CATALOG_DOCUMENT}"
         )));
+    }
+    if let Some(claims) = &r.authz_claims {
+        claims.validate().map_err(Rejection::InvalidAuthzClaims)?;
     }
     Ok(())
 }

@@ -109,6 +109,9 @@ impl Herald {
     pub fn api(nats_url: &str) -> Self {
         Self::new("herald-api", nats_url, "api.log")
             .listen("--listen")
+            // Tests that are not about authentication read anonymously;
+            // tests/auth.rs gives --auth-mode oauth.
+            .default_flag("--auth-mode", "anonymous")
             .default_flag("--log-format", "json")
             .default_flag("--discovery-interval", "200ms")
     }

@@ -21,6 +21,8 @@
 //! - [`roles`]: the NATS roles of `deploy/nats/permissions.conf` with the test's own keys
 //!   ([`roles::RoleKeys`], [`roles::render_permissions`]);
 //! - [`local`]: [`local::LocalEnv`], `scripts/local` on free ports in a test folder;
+//! - [`oidc`]: [`oidc::OidcProvider`], a real OpenID Provider (`integration-tests/oidc`,
+//!   npm `oidc-provider` on the machine's Node.js) issuing tokens with chosen claims;
 //! - [`sse`]: the frames of `herald-api`'s event feed, parsed as bytes arrive;
 //! - [`storm`]: seeded random changes to MCPServers, run while a fault is injected;
 //! - [`oracle`]: what `herald-api` must serve given the clusters' objects, and the check
@@ -51,6 +53,7 @@ pub mod large_stack;
 pub mod local;
 pub mod nats;
 pub mod objects;
+pub mod oidc;
 pub mod oracle;
 pub mod ports;
 pub mod process;

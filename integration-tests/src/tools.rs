@@ -2,7 +2,8 @@
 //!
 //! `scripts/test-deps` installs `nats-server`, `etcd`, `kube-apiserver`, `helm`,
 //! `promtool`, `kubernetes-validate` and `hadolint` into
-//! `$HERALD_TOOLS_DIR/bin`, by default `${XDG_CACHE_HOME:-$HOME/.cache}/herald-tools/bin`.
+//! `$HERALD_TOOLS_DIR/bin`, by default `${XDG_CACHE_HOME:-$HOME/.cache}/herald-tools/bin`,
+//! and the test OpenID provider's npm packages into `$HERALD_TOOLS_DIR/oidc-provider`.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,7 @@ use anyhow::{Context as _, bail};
 /// The folder of test tools. Each accessor checks that its binary is installed.
 #[derive(Debug, Clone)]
 pub struct Tools {
+    root: PathBuf,
     bin: PathBuf,
 }
 
@@ -29,7 +31,20 @@ impl Tools {
         if !bin.is_dir() {
             bail!("{} does not exist: run scripts/test-deps", bin.display());
         }
-        Ok(Self { bin })
+        Ok(Self { root, bin })
+    }
+
+    /// The npm packages of the test OpenID provider (`integration-tests/oidc`),
+    /// installed by `scripts/test-deps` with `npm ci`.
+    pub fn oidc_provider_modules(&self) -> anyhow::Result<PathBuf> {
+        let modules = self.root.join("oidc-provider").join("node_modules");
+        if !modules.join("oidc-provider").join("package.json").is_file() {
+            bail!(
+                "{} has no oidc-provider: run scripts/test-deps",
+                modules.display()
+            );
+        }
+        Ok(modules)
     }
 
     pub fn nats_server(&self) -> anyhow::Result<PathBuf> {

@@ -93,6 +93,7 @@ impl Bucket {
             transport: "streamable-http".into(),
             group: None,
             tool_definitions: Vec::new(),
+            authz_claims: None,
         })
     }
 

@@ -408,6 +408,7 @@ fn deployment(server: &str, version: &str, url: &str) -> anyhow::Result<Deployme
         transport: "streamable-http".into(),
         group: None,
         tool_definitions: Vec::new(),
+        authz_claims: None,
     })
 }
 

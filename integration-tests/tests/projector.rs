@@ -96,6 +96,7 @@ fn record(
         transport: "streamable-http".to_owned(),
         group: None,
         tool_definitions: Vec::new(),
+        authz_claims: None,
     }
 }
 

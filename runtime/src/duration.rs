@@ -5,12 +5,17 @@ use std::time::Duration;
 
 /// A duration flag that must be more than zero (an interval, a timeout).
 pub fn positive(raw: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(raw)
-        .map_err(|e| format!("{raw:?} is not a duration like 500ms, 15s or 1m30s: {e}"))?;
+    let d = any(raw)?;
     if d.is_zero() {
         return Err("must be more than zero".to_owned());
     }
     Ok(d)
+}
+
+/// A duration flag that may be zero (a tolerance, such as a clock skew).
+pub fn any(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw)
+        .map_err(|e| format!("{raw:?} is not a duration like 500ms, 15s or 1m30s: {e}"))
 }
 
 #[cfg(test)]
@@ -25,5 +30,7 @@ mod tests {
         assert!(positive("0s").is_err());
         assert!(positive("15").is_err());
         assert!(positive("soon").is_err());
+        assert_eq!(any("0s"), Ok(Duration::ZERO));
+        assert!(any("15").is_err());
     }
 }

@@ -325,6 +325,7 @@ mod tests {
             transport: "streamable-http".into(),
             group: None,
             tool_definitions: Vec::new(),
+            authz_claims: None,
         };
         applied = Event::new(EventData::Applied(Box::new(record)), chrono::Utc::now());
         outbox.push(applied);

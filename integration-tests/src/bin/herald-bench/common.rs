@@ -115,6 +115,7 @@ pub fn record(cluster: usize, object: usize, seq: u64) -> anyhow::Result<Deploym
         transport: "streamable-http".to_owned(),
         group: None,
         tool_definitions: Vec::new(),
+        authz_claims: None,
     })
 }
 

@@ -1,0 +1,170 @@
+//! A real OpenID Provider on loopback: `integration-tests/oidc/server.mjs` (the npm package
+//! `oidc-provider`, installed by `scripts/test-deps`) run with the machine's Node.js. It
+//! serves OIDC discovery and a JWKS, and issues RS256 JWT access tokens by the
+//! `client_credentials` grant, with per-client claims and `aud` = the `resource` asked for.
+//!
+//! The provider picks its own port (`--port 0`) and prints `READY <issuer>` once listening;
+//! [`OidcProvider::start`] reads the issuer from its log. The process is a
+//! [`ChildProcess`]: killed when dropped, and when the test process dies.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::Value;
+
+use crate::dir::TestDir;
+use crate::process::ChildProcess;
+use crate::timeout::{eventually, within};
+use crate::tools::{Tools, workspace_root};
+
+/// Node's start and the provider's import and key generation take ~1.5 s on an idle machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One client of the provider: its id, secret and the extra claims of its tokens.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub id: String,
+    pub secret: String,
+    pub claims: Value,
+    /// Lifetime of its access tokens in seconds (the provider's default when None).
+    pub ttl: Option<u64>,
+}
+
+impl Client {
+    pub fn new(id: &str, claims: Value) -> Self {
+        Self {
+            id: id.to_owned(),
+            secret: format!("secret-{id}"),
+            claims,
+            ttl: None,
+        }
+    }
+
+    pub fn ttl(mut self, seconds: u64) -> Self {
+        self.ttl = Some(seconds);
+        self
+    }
+}
+
+/// A running provider.
+#[derive(Debug)]
+pub struct OidcProvider {
+    issuer: String,
+    process: ChildProcess,
+    http: reqwest::Client,
+    _dir: TestDir,
+}
+
+impl OidcProvider {
+    /// Starts the provider with `clients` and waits until it serves.
+    pub async fn start(clients: &[Client]) -> anyhow::Result<Self> {
+        let modules = Tools::locate()?.oidc_provider_modules()?;
+        let dir = TestDir::new("oidc")?;
+        // Node finds packages next to the script: a copy of the script beside a link to
+        // the installed node_modules.
+        let source = workspace_root().join("integration-tests/oidc");
+        for file in ["server.mjs", "package.json"] {
+            std::fs::copy(source.join(file), dir.join(file))
+                .with_context(|| format!("copying {file}"))?;
+        }
+        std::os::unix::fs::symlink(&modules, dir.join("node_modules"))?;
+        let config = serde_json::json!({
+            "clients": clients.iter().map(|c| {
+                let mut client = serde_json::json!({
+                    "client_id": c.id,
+                    "client_secret": c.secret,
+                    "claims": c.claims,
+                });
+                if let Some(ttl) = c.ttl {
+                    client["access_token_ttl"] = ttl.into();
+                }
+                client
+            }).collect::<Vec<_>>(),
+            "scopes": ["herald:read"],
+        });
+        std::fs::write(dir.join("clients.json"), config.to_string())?;
+        let mut command = Command::new("node");
+        command.current_dir(dir.path()).args([
+            "server.mjs",
+            "--config",
+            "clients.json",
+            "--port",
+            "0",
+        ]);
+        let process = ChildProcess::spawn("oidc-provider", command, &dir.join("oidc.log"))?;
+        let issuer = eventually(READY_TIMEOUT, "the OpenID provider's READY line", || {
+            let log = process.log_contents();
+            async move {
+                Ok(log
+                    .lines()
+                    .find_map(|l| l.strip_prefix("READY "))
+                    .map(|issuer| issuer.trim().to_owned()))
+            }
+        })
+        .await?;
+        Ok(Self {
+            issuer,
+            process,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        })
+    }
+
+    /// The issuer (`http://127.0.0.1:<port>`), as its tokens name it.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// An access token for `client` meant for `resource` (its `aud`).
+    pub async fn token(&self, client: &Client, resource: &str) -> anyhow::Result<String> {
+        let response = within(
+            REQUEST_TIMEOUT,
+            "a token from the OpenID provider",
+            self.http
+                .post(format!("{}/token", self.issuer))
+                .basic_auth(&client.id, Some(&client.secret))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("resource", resource),
+                    ("scope", "herald:read"),
+                ])
+                .send(),
+        )
+        .await??;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        ensure!(status.is_success(), "token endpoint: {status} {body}");
+        match body["access_token"].as_str() {
+            Some(token) if token.split('.').count() == 3 => Ok(token.to_owned()),
+            Some(_) => bail!("the provider issued an opaque token, not a JWT"),
+            None => bail!("no access_token in {body}"),
+        }
+    }
+
+    /// Replaces the signing key with a fresh one (`retain`: the old one stays published).
+    pub async fn rotate(&self, retain: bool) -> anyhow::Result<Value> {
+        let url = format!(
+            "{}/__admin/rotate{}",
+            self.issuer,
+            if retain { "?retain=1" } else { "" }
+        );
+        let response = within(
+            REQUEST_TIMEOUT,
+            "a key rotation",
+            self.http.post(url).send(),
+        )
+        .await??;
+        ensure!(
+            response.status().is_success(),
+            "rotate: {}",
+            response.status()
+        );
+        Ok(response.json().await?)
+    }
+}

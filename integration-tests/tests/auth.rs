@@ -1,0 +1,608 @@
+//! herald-api's authentication and per-entry claims against a real OpenID Provider
+//! (`oidc-provider` on Node.js, started on loopback by the harness): bearer tokens on
+//! every data route, 401 answers with their challenge, the RFC 9728 metadata, and entries
+//! with `authz-claims` shown only to the tokens that satisfy them, on list, get, versions
+//! and the SSE feed (including an entry whose claims change while a subscriber listens).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use async_nats::jetstream::{self, kv};
+use chrono::{TimeZone as _, Utc};
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+use herald_core::claims::{ClaimSet, parse_annotation};
+use herald_core::names::{DeploymentKey, bucket_name};
+use herald_core::projection::{Fold, fold_applied};
+use herald_core::record::{
+    DeploymentRecord, Header, Phase, RECORD_VERSION, Remote, RemoteTransport,
+};
+use herald_core::stored::StoredDeployment;
+use herald_core::{Kind, ObjectRef};
+use herald_integration_tests::herald::{Herald, HeraldProcess};
+use herald_integration_tests::nats::NatsServer;
+use herald_integration_tests::oidc::{Client, OidcProvider};
+use herald_integration_tests::sse::{Frames, SseEvent};
+use herald_integration_tests::timeout::{eventually, within};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const START: Duration = Duration::from_secs(60);
+const STEP: Duration = Duration::from_secs(15);
+/// The audience (resource) herald-api is configured with.
+const RESOURCE: &str = "http://herald.test";
+const LIST: &str = "/v0.1/servers";
+const EVENTS: &str = "/v0.1/x/dev.herald/events";
+
+// ---------------------------------------------------------------- data
+
+/// Writes deployments into the default registry's bucket as the projector does.
+struct Bucket {
+    kv: kv::Store,
+    seq: u64,
+    current: BTreeMap<String, StoredDeployment>,
+}
+
+impl Bucket {
+    async fn create(js: &jetstream::Context) -> anyhow::Result<Self> {
+        let kv = js
+            .create_key_value(kv::Config {
+                bucket: bucket_name(&"default".parse()?),
+                history: 5,
+                ..Default::default()
+            })
+            .await?;
+        Ok(Self {
+            kv,
+            seq: 0,
+            current: BTreeMap::new(),
+        })
+    }
+
+    /// Advertises `com.example/<object>` 1.0.0 with `claims` (annotation JSON, or none).
+    async fn put(&mut self, object: &str, claims: Option<&str>) -> anyhow::Result<()> {
+        let at = Utc
+            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+            .single()
+            .context("date")?;
+        let authz_claims: Option<ClaimSet> = match claims {
+            Some(raw) => parse_annotation(raw).map_err(anyhow::Error::msg)?,
+            None => None,
+        };
+        let record = DeploymentRecord {
+            v: RECORD_VERSION,
+            cluster: "c1".parse()?,
+            registry: "default".parse()?,
+            object: ObjectRef::new(Kind::MCPServer, "tools", object).map_err(anyhow::Error::msg)?,
+            uid: format!("uid-{object}"),
+            resource_version: "1".into(),
+            generation: Some(1),
+            created_at: Some(at),
+            observed_at: at + chrono::Duration::seconds(self.seq as i64),
+            epoch: 1,
+            server_name: format!("com.example/{object}").parse()?,
+            version: "1.0.0".into(),
+            description: format!("{object} server"),
+            title: None,
+            icon: None,
+            category: None,
+            tools: Vec::new(),
+            remote: Remote {
+                transport: RemoteTransport::StreamableHttp,
+                url: format!("https://{object}.example.com/mcp"),
+                headers: vec![Header::bearer_token()],
+                extra: Default::default(),
+            },
+            phase: Phase::Ready,
+            image: None,
+            transport: "streamable-http".into(),
+            group: None,
+            tool_definitions: Vec::new(),
+            authz_claims,
+        };
+        let key = DeploymentKey::new(record.cluster.clone(), record.object.clone()).to_string();
+        self.seq += 1;
+        let Fold::Write(value) = fold_applied(self.current.get(&key), &record, self.seq) else {
+            bail!("fold_applied refused a newer sequence");
+        };
+        self.kv.put(&key, value.to_json().into()).await?;
+        self.current.insert(key, value);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- the API
+
+struct Api {
+    process: HeraldProcess,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// herald-api in oauth mode trusting `issuers`, plus `extra` flags.
+    async fn oauth(nats: &NatsServer, issuers: &[&str], extra: &[&str]) -> anyhow::Result<Self> {
+        let mut api = Herald::api(&nats.url())
+            .env("RUST_LOG", "info,herald_api=debug")
+            .args(["--auth-mode", "oauth", "--oidc-audience", RESOURCE]);
+        for issuer in issuers {
+            api = api.args(["--oidc-issuer", issuer]);
+        }
+        Self::started(api.args(extra)).await
+    }
+
+    async fn anonymous(nats: &NatsServer) -> anyhow::Result<Self> {
+        Self::started(Herald::api(&nats.url())).await
+    }
+
+    async fn started(api: Herald) -> anyhow::Result<Self> {
+        Ok(Self {
+            process: api.start().await?,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> anyhow::Result<reqwest::Response> {
+        let mut request = self.http.get(format!("{}{path}", self.process.base()));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Ok(within(STEP, path, request.send()).await??)
+    }
+
+    /// A request with a raw `Authorization` header value.
+    async fn get_with(&self, path: &str, authorization: &str) -> anyhow::Result<reqwest::Response> {
+        let request = self
+            .http
+            .get(format!("{}{path}", self.process.base()))
+            .header("authorization", authorization);
+        Ok(within(STEP, path, request.send()).await??)
+    }
+
+    /// The server names `token` is listed, once the list holds `expected` many.
+    async fn names(&self, token: Option<&str>, expected: usize) -> anyhow::Result<Vec<String>> {
+        eventually(STEP, "the listing", || async {
+            let response = self.get(LIST, token).await?;
+            ensure!(response.status() == StatusCode::OK, "{}", response.status());
+            let body: Value = response.json().await?;
+            let names = server_names(&body["servers"]);
+            Ok((names.len() == expected).then_some(names))
+        })
+        .await
+    }
+}
+
+fn server_names(servers: &Value) -> Vec<String> {
+    let mut names: Vec<String> = servers
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["server"]["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The 401's challenge, checked for the parts every 401 has.
+fn challenge(response: &reqwest::Response) -> anyhow::Result<String> {
+    ensure!(
+        response.status() == StatusCode::UNAUTHORIZED,
+        "expected 401, got {}",
+        response.status()
+    );
+    let value = response
+        .headers()
+        .get("www-authenticate")
+        .context("a 401 without WWW-Authenticate")?
+        .to_str()?
+        .to_owned();
+    ensure!(value.starts_with("Bearer realm=\"herald\""), "{value}");
+    ensure!(
+        value.contains(
+            "resource_metadata=\"http://herald.test/.well-known/oauth-protected-resource\""
+        ),
+        "{value}"
+    );
+    Ok(value)
+}
+
+// ---------------------------------------------------------------- SSE
+
+struct Sse {
+    body: BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    frames: Frames,
+}
+
+impl Sse {
+    async fn connect(api: &Api, token: &str) -> anyhow::Result<Self> {
+        let response = api.get(EVENTS, Some(token)).await?;
+        ensure!(
+            response.status() == StatusCode::OK,
+            "SSE: {}",
+            response.status()
+        );
+        Ok(Self {
+            body: response
+                .bytes_stream()
+                .map(|r| r.map(|b| b.to_vec()))
+                .boxed(),
+            frames: Frames::default(),
+        })
+    }
+
+    async fn next(&mut self) -> anyhow::Result<SseEvent> {
+        within(STEP, "an SSE event", async {
+            loop {
+                if let Some(event) = self.frames.next_event()? {
+                    return Ok(event);
+                }
+                let chunk = self.body.next().await.context("the SSE stream ended")??;
+                self.frames.push(&chunk)?;
+            }
+        })
+        .await?
+    }
+}
+
+/// (event, server name) of an upsert or delete.
+fn change(e: &SseEvent) -> (String, String) {
+    let name = e.data["server"]["name"]
+        .as_str()
+        .or(e.data["name"].as_str())
+        .unwrap_or_default();
+    (e.event.clone(), name.to_owned())
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn oauth_mode_needs_an_issuer_and_an_audience_to_start() -> anyhow::Result<()> {
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    // The default mode is oauth: without a provider the API does not start.
+    let out = Herald::api(&nats.url())
+        .args(["--auth-mode", "oauth"])
+        .output(START)
+        .await?;
+    ensure!(out.code()? != 0, "herald-api started without a provider");
+    ensure!(
+        out.stderr.contains("--oidc-issuer") && out.stderr.contains("--auth-mode anonymous"),
+        "the error does not say what to do: {}",
+        out.stderr
+    );
+    let out = Herald::api(&nats.url())
+        .args([
+            "--auth-mode",
+            "oauth",
+            "--oidc-issuer",
+            "http://idp.example",
+        ])
+        .args(["--oidc-audience", RESOURCE])
+        .output(START)
+        .await?;
+    ensure!(
+        out.code()? != 0 && out.stderr.contains("https"),
+        "a plain-http remote issuer was accepted: {}",
+        out.stderr
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokens_are_checked_on_every_data_route_and_refusals_say_why() -> anyhow::Result<()> {
+    let reader = Client::new("reader", json!({"team": "a"}));
+    let short = Client::new("short", json!({})).ttl(2);
+    let idp = OidcProvider::start(&[reader.clone(), short.clone()]).await?;
+    // A second provider the API does not trust: its tokens are well formed and signed.
+    let stranger = OidcProvider::start(std::slice::from_ref(&reader)).await?;
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    let mut bucket = Bucket::create(&nats.jetstream().await).await?;
+    bucket.put("open", None).await?;
+    let api = Api::oauth(
+        &nats,
+        &[idp.issuer()],
+        &["--oidc-clock-skew", "0s", "--oidc-keys-min-refresh", "1s"],
+    )
+    .await?;
+
+    // No token: 401 with the challenge and no error code (RFC 6750 §3.1), on every data route.
+    for path in [
+        LIST,
+        "/v0/servers",
+        "/v0.1/servers/com.example%2Fopen/versions",
+        "/v0.1/servers/deployed",
+        "/registry/default/v0.1/servers",
+        EVENTS,
+    ] {
+        let response = api.get(path, None).await?;
+        let value = challenge(&response)?;
+        ensure!(!value.contains("error="), "{path}: {value}");
+        let body: Value = response.json().await?;
+        ensure!(body["status"] == 401, "{path}: {body}");
+    }
+    // Public: health, metrics, the OpenAPI document, the page, and the metadata document.
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/"] {
+        let status = api.get(path, None).await?.status();
+        ensure!(status == StatusCode::OK, "{path}: {status}");
+    }
+    let metadata: Value = api
+        .get("/.well-known/oauth-protected-resource", None)
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        metadata
+            == json!({
+                "resource": "http://herald.test/",
+                "authorization_servers": [idp.issuer()],
+                "bearer_methods_supported": ["header"],
+                "resource_name": "Herald MCP registry API",
+            }),
+        "{metadata}"
+    );
+
+    // A valid token reads.
+    let token = idp.token(&reader, RESOURCE).await?;
+    ensure!(api.names(Some(&token), 1).await? == ["com.example/open"]);
+
+    // Refusals, each with invalid_token (or invalid_request) and a reason, never the token.
+    // One character inside the signature (the last one also holds padding bits).
+    let mut tampered = token.clone().into_bytes();
+    let at = tampered.len() - 10;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered)?;
+    let wrong_audience = idp.token(&reader, "http://other.test").await?;
+    let foreign = stranger.token(&reader, RESOURCE).await?;
+    // Above the token cap (8 KiB), below the header cap (16 KiB, which answers 431).
+    let huge = "a".repeat(9_000);
+    let cases: [(&str, String, &str); 7] = [
+        (
+            "tampered signature",
+            format!("Bearer {tampered}"),
+            "signature",
+        ),
+        (
+            "wrong audience",
+            format!("Bearer {wrong_audience}"),
+            "audience",
+        ),
+        ("unknown issuer", format!("Bearer {foreign}"), "issuer"),
+        ("garbage", "Bearer not-a-jwt".to_owned(), "well-formed"),
+        (
+            "another scheme",
+            format!("Basic {token}"),
+            "not a bearer token",
+        ),
+        ("huge", format!("Bearer {huge}"), "too large"),
+        ("alg none", format!("Bearer {}", unsigned(&token)?), ""),
+    ];
+    for (what, header, reason) in &cases {
+        let response = api.get_with(LIST, header).await?;
+        let value = challenge(&response).with_context(|| what.to_string())?;
+        ensure!(
+            value.contains("error=\"invalid_token\"")
+                || value.contains("error=\"invalid_request\""),
+            "{what}: {value}"
+        );
+        let body = response.text().await?;
+        ensure!(body.contains(reason), "{what}: {body}");
+        ensure!(
+            !body.contains(&token[token.len() - 20..]),
+            "{what}: the token is echoed"
+        );
+    }
+
+    // Key rotation: a token signed with a new key is accepted without a restart.
+    let rotated = idp.rotate(false).await?;
+    let fresh = idp.token(&reader, RESOURCE).await?;
+    ensure!(
+        jwt_kid(&fresh)? == rotated["kid"].as_str().unwrap_or_default(),
+        "the new token is not signed with the new key"
+    );
+    eventually(STEP, "the rotated key to be fetched", || async {
+        Ok((api.get(LIST, Some(&fresh)).await?.status() == StatusCode::OK).then_some(()))
+    })
+    .await?;
+
+    // Expiry: a 2 s token works, then is refused as expired (no clock skew here).
+    let brief = idp.token(&short, RESOURCE).await?;
+    ensure!(api.get(LIST, Some(&brief)).await?.status() == StatusCode::OK);
+    eventually(
+        Duration::from_secs(20),
+        "the short token to expire",
+        || async {
+            let response = api.get(LIST, Some(&brief)).await?;
+            if response.status() == StatusCode::OK {
+                return Ok(None);
+            }
+            let value = challenge(&response)?;
+            ensure!(value.contains("expired"), "{value}");
+            Ok(Some(()))
+        },
+    )
+    .await?;
+
+    // Metrics count outcomes; no token or claim value appears there or in the log.
+    let metrics = api.get("/metrics", None).await?.text().await?;
+    for outcome in [
+        "ok",
+        "missing",
+        "signature",
+        "audience",
+        "unknown_issuer",
+        "expired",
+    ] {
+        ensure!(
+            metrics.contains(&format!(
+                "herald_api_authentications_total{{outcome=\"{outcome}\"}}"
+            )),
+            "no {outcome} in the metrics"
+        );
+    }
+    let log = api.process.log_contents();
+    for secret in [&token, &fresh, &foreign] {
+        ensure!(
+            !log.contains(&secret[secret.len() - 20..]),
+            "a token is in the log"
+        );
+        ensure!(
+            !metrics.contains(&secret[secret.len() - 20..]),
+            "a token is in the metrics"
+        );
+    }
+    Ok(())
+}
+
+/// The token's header with `alg: none` and no signature.
+fn unsigned(token: &str) -> anyhow::Result<String> {
+    let payload = token.split('.').nth(1).context("no payload")?;
+    // {"alg":"none","typ":"JWT"} in base64url.
+    Ok(format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}."))
+}
+
+fn jwt_kid(token: &str) -> anyhow::Result<String> {
+    let header = jsonwebtoken_header(token)?;
+    Ok(header["kid"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The JSON header of a JWT (base64url without padding).
+fn jsonwebtoken_header(token: &str) -> anyhow::Result<Value> {
+    let part = token.split('.').next().context("empty token")?;
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut bytes = Vec::new();
+    for c in part.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => bail!("not base64url"),
+        };
+        bits = (bits << 6) | u32::from(v);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            bytes.push((bits >> count) as u8);
+        }
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+#[tokio::test]
+async fn entries_with_claims_are_seen_only_by_tokens_that_satisfy_them() -> anyhow::Result<()> {
+    let a = Client::new("reader-a", json!({"groups": ["team-a"], "team": "a"}));
+    let b = Client::new(
+        "reader-b",
+        json!({"groups": ["team-b", "ops"], "team": "b"}),
+    );
+    let idp = OidcProvider::start(&[a.clone(), b.clone()]).await?;
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    let mut bucket = Bucket::create(&nats.jetstream().await).await?;
+    bucket.put("open", None).await?;
+    bucket.put("alpha", Some(r#"{"team": "a"}"#)).await?;
+    bucket
+        .put("beta", Some(r#"{"groups": ["team-b"]}"#))
+        .await?;
+    let api = Api::oauth(&nats, &[idp.issuer()], &[]).await?;
+    let anonymous = Api::anonymous(&nats).await?;
+    let (ta, tb) = (
+        idp.token(&a, RESOURCE).await?,
+        idp.token(&b, RESOURCE).await?,
+    );
+
+    // List: each token sees the open entry and its own; anonymous only the open one.
+    ensure!(api.names(Some(&ta), 2).await? == ["com.example/alpha", "com.example/open"]);
+    ensure!(api.names(Some(&tb), 2).await? == ["com.example/beta", "com.example/open"]);
+    ensure!(anonymous.names(None, 1).await? == ["com.example/open"]);
+
+    // Get and versions: another's entry is a 404, as if it did not exist.
+    for path in [
+        "/v0.1/servers/com.example%2Falpha/versions",
+        "/v0.1/servers/com.example%2Falpha/versions/1.0.0",
+        "/v0.1/servers/com.example%2Falpha/versions/latest",
+    ] {
+        ensure!(
+            api.get(path, Some(&ta)).await?.status() == StatusCode::OK,
+            "{path}"
+        );
+        ensure!(
+            api.get(path, Some(&tb)).await?.status() == StatusCode::NOT_FOUND,
+            "{path}"
+        );
+        ensure!(
+            anonymous.get(path, None).await?.status() == StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+
+    // ETags differ with the view; personal views are private and vary by Authorization,
+    // and one caller's ETag gets no 304 for the other.
+    let ra = api.get(LIST, Some(&ta)).await?;
+    let rb = api.get(LIST, Some(&tb)).await?;
+    let etag = |r: &reqwest::Response, h: &str| -> String {
+        r.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    ensure!(etag(&ra, "etag") != etag(&rb, "etag"));
+    ensure!(
+        etag(&ra, "vary").contains("authorization"),
+        "{:?}",
+        ra.headers()
+    );
+    ensure!(
+        etag(&ra, "cache-control").contains("private"),
+        "{:?}",
+        ra.headers()
+    );
+    let cross = api
+        .http
+        .get(format!("{}{LIST}", api.process.base()))
+        .bearer_auth(&tb)
+        .header("if-none-match", etag(&ra, "etag"))
+        .send()
+        .await?;
+    ensure!(cross.status() == StatusCode::OK, "{}", cross.status());
+
+    // The feed: each subscriber's snapshot holds only its entries...
+    let mut sa = Sse::connect(&api, &ta).await?;
+    let mut sb = Sse::connect(&api, &tb).await?;
+    let snap_a = sa.next().await?;
+    let snap_b = sb.next().await?;
+    ensure!(snap_a.event == "snapshot" && snap_b.event == "snapshot");
+    ensure!(server_names(&snap_a.data["servers"]) == ["com.example/alpha", "com.example/open"]);
+    ensure!(server_names(&snap_b.data["servers"]) == ["com.example/beta", "com.example/open"]);
+
+    // ...a new entry for team b reaches b only...
+    bucket.put("gamma", Some(r#"{"team": "b"}"#)).await?;
+    ensure!(change(&sb.next().await?) == ("upsert".into(), "com.example/gamma".into()));
+    // ...alpha's claims move from team a to team b: a is told it is gone, b gets it...
+    bucket.put("alpha", Some(r#"{"team": "b"}"#)).await?;
+    ensure!(change(&sb.next().await?) == ("upsert".into(), "com.example/alpha".into()));
+    ensure!(change(&sa.next().await?) == ("delete".into(), "com.example/alpha".into()));
+    // ...and a new open entry reaches both (had a seen gamma, it would have come first).
+    bucket.put("delta", None).await?;
+    ensure!(change(&sa.next().await?) == ("upsert".into(), "com.example/delta".into()));
+    ensure!(change(&sb.next().await?) == ("upsert".into(), "com.example/delta".into()));
+    ensure!(api.names(Some(&ta), 2).await? == ["com.example/delta", "com.example/open"]);
+    ensure!(anonymous.names(None, 2).await? == ["com.example/delta", "com.example/open"]);
+    // A subscriber that resumes gets exactly its own changes after its resume point.
+    let names = api.names(Some(&tb), 5).await?;
+    ensure!(
+        names
+            == [
+                "com.example/alpha",
+                "com.example/beta",
+                "com.example/delta",
+                "com.example/gamma",
+                "com.example/open"
+            ],
+        "{names:?}"
+    );
+    Ok(())
+}
