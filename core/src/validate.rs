@@ -114,12 +114,15 @@ pub fn url(raw: &str, source: UrlSource, rules: UrlRules) -> Result<String, Reje
 fn blocked_host(host: &url::Host<&str>, rules: UrlRules) -> Option<&'static str> {
     let ip = match host {
         url::Host::Ipv4(v4) => IpAddr::V4(*v4),
-        url::Host::Ipv6(v6) => match v6.to_ipv4_mapped() {
+        url::Host::Ipv6(v6) => match embedded_v4(v6) {
             Some(v4) => IpAddr::V4(v4),
             None => IpAddr::V6(*v6),
         },
         url::Host::Domain(name) => {
             let name = name.trim_end_matches('.');
+            if METADATA_NAMES.contains(&name) {
+                return Some("its host is a cloud metadata address");
+            }
             let loopback_name = name == "localhost" || name.ends_with(".localhost");
             return (loopback_name && !rules.allow_loopback)
                 .then_some("its host is localhost, which means the client's own machine");
@@ -141,6 +144,24 @@ fn blocked_host(host: &url::Host<&str>, rules: UrlRules) -> Option<&'static str>
     None
 }
 
+/// Names of cloud metadata services (resolved only inside their cloud).
+const METADATA_NAMES: [&str; 2] = ["metadata.google.internal", "metadata.goog"];
+
+/// The IPv4 address an IPv6 literal stands for: IPv4-mapped (`::ffff:a.b.c.d`)
+/// or through the NAT64 well-known prefix (`64:ff9b::a.b.c.d`, RFC 6052),
+/// which a NAT64 gateway forwards to that IPv4 address.
+fn embedded_v4(v6: &Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = v6.segments();
+    (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]).then(|| {
+        let [a, b] = s[6].to_be_bytes();
+        let [c, d] = s[7].to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    })
+}
+
 fn is_link_local(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
@@ -150,10 +171,11 @@ fn is_link_local(ip: IpAddr) -> bool {
 
 /// Cloud metadata endpoints outside the link-local ranges.
 fn is_metadata(ip: IpAddr) -> bool {
-    const V4: [Ipv4Addr; 3] = [
+    const V4: [Ipv4Addr; 4] = [
         Ipv4Addr::new(169, 254, 169, 254), // AWS, GCP, Azure, OpenStack…
         Ipv4Addr::new(100, 100, 100, 200), // Alibaba Cloud
         Ipv4Addr::new(192, 0, 0, 192),     // Oracle Cloud (classic)
+        Ipv4Addr::new(168, 63, 129, 16),   // Azure WireServer
     ];
     const V6: [Ipv6Addr; 1] = [
         Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254), // AWS IMDS over IPv6
@@ -747,6 +769,11 @@ mod tests {
             "http://0.0.0.0/mcp",
             "http://[fe80::1]/mcp",
             "http://2130706433/mcp",
+            "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+            "http://[64:ff9b::7f00:1]/mcp",
+            "http://168.63.129.16/meta-data",
+            "http://metadata.google.internal/computeMetadata/v1",
+            "http://metadata.google.internal./computeMetadata/v1",
             "javascript:alert(1)",
             "https://user:secret@example.com/mcp",
         ] {

@@ -625,6 +625,10 @@ fn the_chart_and_the_kustomize_overlays_render_the_same_essential_objects() {
             &format!("role={role}"),
             "--set",
             "watcher.clusterId=main",
+            "--set",
+            "api.auth.issuer=https://login.example.com",
+            "--set",
+            "api.auth.audience=herald",
         ]);
         assert!(out.status.success(), "{role}: {}", text(&out));
         let chart = parse(&String::from_utf8(out.stdout).unwrap());

@@ -815,6 +815,9 @@ fn spawn(
         };
         command.args([flag, listen.as_str()]);
     }
+    if binary == "herald-api" {
+        command.args(["--auth-mode", "anonymous"]);
+    }
     if binary == "herald-watcher" {
         command
             .env("KUBECONFIG", dir.join("kubeconfig"))
