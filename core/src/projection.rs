@@ -120,20 +120,15 @@ pub fn sweep(
         v: RECORD_VERSION,
         seq,
         changed_at: time,
-        state: DeploymentState::Withdrawn(Withdrawal {
-            v: RECORD_VERSION,
-            cluster: record.cluster.clone(),
-            registry: record.registry.clone(),
-            object: record.object.clone(),
-            uid: record.uid.clone(),
-            resource_version: record.resource_version.clone(),
-            epoch: completed.epoch,
-            reason: WithdrawReason::Unconfirmed,
-            message: Some(format!(
+        state: DeploymentState::Withdrawn(Withdrawal::of(
+            record,
+            completed.epoch,
+            WithdrawReason::Unconfirmed,
+            Some(format!(
                 "not confirmed by the re-list of epoch {}",
                 completed.epoch
             )),
-        }),
+        )),
     })
 }
 

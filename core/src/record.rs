@@ -313,3 +313,25 @@ pub struct Withdrawal {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
+
+impl Withdrawal {
+    /// The withdrawal of what `record` advertised, as of list `epoch`.
+    pub fn of(
+        record: &DeploymentRecord,
+        epoch: u64,
+        reason: WithdrawReason,
+        message: Option<String>,
+    ) -> Self {
+        Withdrawal {
+            v: RECORD_VERSION,
+            cluster: record.cluster.clone(),
+            registry: record.registry.clone(),
+            object: record.object.clone(),
+            uid: record.uid.clone(),
+            resource_version: record.resource_version.clone(),
+            epoch,
+            reason,
+            message,
+        }
+    }
+}

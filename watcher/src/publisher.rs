@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::Utc;
 use herald_core::WithdrawReason;
 use herald_core::event::{Event, EventData};
-use herald_core::record::{DeploymentRecord, RECORD_VERSION, Withdrawal};
+use herald_core::record::{DeploymentRecord, Withdrawal};
 use herald_runtime::health::Readiness;
 use herald_runtime::publish::{ATTEMPT_TIMEOUT, Producer, PublishError, PublishPolicy};
 use herald_runtime::retry::{self, RetryPolicy};
@@ -111,16 +111,12 @@ impl Publisher {
 /// The withdrawal of a record the stream would not take, so the hub stops
 /// serving what this object advertised before.
 fn too_large(record: &DeploymentRecord, err: &PublishError) -> Event {
-    let withdrawal = Withdrawal {
-        v: RECORD_VERSION,
-        cluster: record.cluster.clone(),
-        registry: record.registry.clone(),
-        object: record.object.clone(),
-        uid: record.uid.clone(),
-        resource_version: record.resource_version.clone(),
-        epoch: record.epoch,
-        reason: WithdrawReason::Rejected,
-        message: Some(format!("the record is too large to publish: {err}")),
-    };
+    let message = format!("the record is too large to publish: {err}");
+    let withdrawal = Withdrawal::of(
+        record,
+        record.epoch,
+        WithdrawReason::Rejected,
+        Some(message),
+    );
     Event::new(EventData::Withdrawn(withdrawal), Utc::now())
 }

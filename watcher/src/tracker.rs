@@ -74,22 +74,13 @@ fn withdrawn(
     message: Option<String>,
     now: DateTime<Utc>,
 ) -> Effect {
-    let (uid, resource_version) = match seen {
-        Some(id) => (&id.uid, &id.resource_version),
-        None => (&prev.uid, &prev.resource_version),
-    };
-    let data = EventData::Withdrawn(Withdrawal {
-        v: RECORD_VERSION,
-        cluster: prev.cluster.clone(),
-        registry: prev.registry.clone(),
-        object: prev.object.clone(),
-        uid: uid.clone(),
-        resource_version: resource_version.clone(),
-        epoch,
-        reason,
-        message,
-    });
-    Effect::Publish(Event::new(data, now))
+    let mut withdrawal = Withdrawal::of(prev, epoch, reason, message);
+    // The object as last seen, when it is still there to be seen.
+    if let Some(id) = seen {
+        withdrawal.uid.clone_from(&id.uid);
+        withdrawal.resource_version.clone_from(&id.resource_version);
+    }
+    Effect::Publish(Event::new(EventData::Withdrawn(withdrawal), now))
 }
 
 fn in_namespace(object: &ObjectRef, ns: &Option<String>) -> bool {
