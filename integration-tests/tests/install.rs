@@ -520,6 +520,8 @@ fn the_values_schema_and_the_templates_refuse_bad_values() {
         (&["--set", "watcher.natsAuth.type=password"], "type"),
         (&["--set", "surprise=1"], "surprise"),
         (&["--set", "watcher.clusterId="], "clusterId"),
+        (&["--set", "api.auth.issuer="], "api.auth.issuer"),
+        (&["--set", "api.auth.mode=open"], "mode"),
         (
             &[
                 "--set",
