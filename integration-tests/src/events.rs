@@ -3,7 +3,7 @@
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use herald_core::record::{RECORD_VERSION, Withdrawal};
+use herald_core::record::Withdrawal;
 use herald_core::{DeploymentRecord, Event, WithdrawReason};
 
 /// The withdrawal of `record`'s deployment: its cluster, registry, object, uid and
@@ -14,15 +14,8 @@ pub fn withdrawal(
     reason: WithdrawReason,
 ) -> Withdrawal {
     Withdrawal {
-        v: RECORD_VERSION,
-        cluster: record.cluster.clone(),
-        registry: record.registry.clone(),
-        object: record.object.clone(),
-        uid: record.uid.clone(),
         resource_version: resource_version.to_owned(),
-        epoch: record.epoch,
-        reason,
-        message: None,
+        ..Withdrawal::of(record, record.epoch, reason, None)
     }
 }
 

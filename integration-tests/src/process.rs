@@ -247,3 +247,17 @@ fn spawn_on_keeper_thread(command: Command) -> io::Result<Child> {
         .recv()
         .map_err(|_| io::Error::other("spawner thread is gone"))?
 }
+
+/// `field` (`VmRSS:`, `VmHWM:`) of `/proc/<pid>/status`, in KiB.
+pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("{field} in /proc/{pid}/status"))?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("a number")?
+        .parse()?)
+}

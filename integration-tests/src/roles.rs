@@ -24,6 +24,26 @@ pub fn deploy_nats(file: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// `config` without its `tls { … }` blocks: they name certificate files that exist
+/// only in a real deployment, and `nats-server -t` loads them.
+pub fn without_tls(config: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0usize;
+    for line in config.lines() {
+        let code = line.split('#').next().unwrap_or_default();
+        if depth == 0 && code.trim_start().starts_with("tls {") {
+            depth = 1;
+        } else if depth > 0 {
+            depth += code.matches('{').count();
+            depth -= code.matches('}').count();
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// One key pair per role (and per extra name the test needs), the seeds in files in a
 /// folder of the test.
 #[derive(Debug)]

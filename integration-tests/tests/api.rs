@@ -22,7 +22,7 @@ use herald_integration_tests::events::withdrawal;
 use herald_integration_tests::herald::{Herald, HeraldProcess};
 use herald_integration_tests::nats::NatsServer;
 use herald_integration_tests::ports::free_port;
-use herald_integration_tests::process::ChildProcess;
+use herald_integration_tests::process::{ChildProcess, status_kib};
 use herald_integration_tests::sse::{Frames, SseEvent};
 use herald_integration_tests::timeout::{eventually, within};
 use reqwest::StatusCode;
@@ -1159,19 +1159,6 @@ async fn paginated_walk_returns_each_server_once_while_servers_change() -> anyho
     Ok(())
 }
 
-fn rss_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| format!("{field} in /proc/{pid}/status"))?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("a number")?
-        .parse()?)
-}
-
 #[tokio::test]
 async fn a_subscriber_that_does_not_read_does_not_grow_memory() -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -1209,7 +1196,7 @@ async fn a_subscriber_that_does_not_read_does_not_grow_memory() -> anyhow::Resul
         Ok(m.contains("herald_api_sse_subscribers 1").then_some(()))
     })
     .await?;
-    let before = rss_kib(api.process.pid(), "VmRSS:")?;
+    let before = status_kib(api.process.pid(), "VmRSS:")?;
 
     // 1,500 changes of ~40 KiB entries: 60 MiB if the backlog were kept.
     let rounds = 1500;
@@ -1230,8 +1217,8 @@ async fn a_subscriber_that_does_not_read_does_not_grow_memory() -> anyhow::Resul
             .await?;
         }
     }
-    let after = rss_kib(api.process.pid(), "VmRSS:")?;
-    let peak = rss_kib(api.process.pid(), "VmHWM:")?;
+    let after = status_kib(api.process.pid(), "VmRSS:")?;
+    let peak = status_kib(api.process.pid(), "VmHWM:")?;
     eprintln!("RSS before {before} KiB, after {after} KiB, peak {peak} KiB");
     assert!(
         after < before + 24 * 1024,

@@ -23,6 +23,7 @@ use herald_core::{Kind, ObjectRef};
 use herald_integration_tests::dir::TestDir;
 use herald_integration_tests::herald::{Herald, HeraldProcess};
 use herald_integration_tests::nats::NatsServer;
+use herald_integration_tests::process::status_kib;
 use herald_integration_tests::timeout::{eventually, within};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
@@ -289,20 +290,6 @@ fn assert_about(took: Duration, timeout: Duration, what: &str) {
 
 // ---------------------------------------------------------------- the process
 
-/// `field` (`VmRSS:`, `VmHWM:`) of /proc/<pid>/status, in KiB.
-fn memory_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| format!("{field} in /proc/{pid}/status"))?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("a number")?
-        .parse()?)
-}
-
 fn open_fds(pid: u32) -> anyhow::Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
@@ -558,7 +545,7 @@ async fn a_stalled_sse_reader_is_dropped_and_frees_its_slot() -> anyhow::Result<
         .context("a second stream for CAROL")?;
     assert_eq!(refused.status, 429);
 
-    let rss_stalled = memory_kib(env.pid(), "VmRSS:")?;
+    let rss_stalled = status_kib(env.pid(), "VmRSS:")?;
     env.until_metric("herald_api_sse_subscribers", |n| n == 0.0)
         .await?;
     let freed_after = started.elapsed();
@@ -612,7 +599,7 @@ async fn oversized_heads_are_answered_431_without_growing_memory() -> anyhow::Re
     assert_eq!(Response::parse(&raw)?.status, 431);
 
     // The flood of issue 14: 390 KB heads, 300 at once from three addresses.
-    let before = memory_kib(env.pid(), "VmRSS:")?;
+    let before = status_kib(env.pid(), "VmRSS:")?;
     let flood = futures::stream::iter((0..300).map(|i| {
         let from = [BOB, CAROL, DAVE][i % 3];
         let env = &env;
@@ -650,8 +637,8 @@ async fn oversized_heads_are_answered_431_without_growing_memory() -> anyhow::Re
     for result in flood {
         answered += usize::from(result?);
     }
-    let after = memory_kib(env.pid(), "VmRSS:")?;
-    let peak = memory_kib(env.pid(), "VmHWM:")?;
+    let after = status_kib(env.pid(), "VmRSS:")?;
+    let peak = status_kib(env.pid(), "VmHWM:")?;
     eprintln!(
         "300 heads of 390 KB: {answered} answered 431, the rest reset; RSS {before} KiB before, \
          {after} KiB after, peak {peak} KiB"
@@ -764,7 +751,7 @@ async fn memory_and_fds_stay_bounded_under_1500_hostile_connections() -> anyhow:
     for _ in 0..3 {
         env.get(BOB, "/v0.1/servers").await?;
     }
-    let rss_before = memory_kib(env.pid(), "VmRSS:")?;
+    let rss_before = status_kib(env.pid(), "VmRSS:")?;
     let fds_before = open_fds(env.pid())?;
 
     // 1,500 connections from ALICE, each holding a head of 15.5 KiB (under the 16 KiB
@@ -797,8 +784,8 @@ async fn memory_and_fds_stay_bounded_under_1500_hostile_connections() -> anyhow:
         Ok((unread_bytes(port)? == 0).then_some(()))
     })
     .await?;
-    let rss = memory_kib(env.pid(), "VmRSS:")?;
-    let peak = memory_kib(env.pid(), "VmHWM:")?;
+    let rss = status_kib(env.pid(), "VmRSS:")?;
+    let peak = status_kib(env.pid(), "VmHWM:")?;
     let fds = open_fds(env.pid())?;
     eprintln!(
         "1500 hostile connections in {:?}: 1000 held, 500 refused; RSS {rss_before} KiB → {rss} KiB \
@@ -829,7 +816,7 @@ async fn memory_and_fds_stay_bounded_under_1500_hostile_connections() -> anyhow:
     .await?;
     eprintln!(
         "after the flood: fds {fds_after}, RSS {} KiB",
-        memory_kib(env.pid(), "VmRSS:")?
+        status_kib(env.pid(), "VmRSS:")?
     );
     Ok(())
 }

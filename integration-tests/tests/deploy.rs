@@ -13,6 +13,7 @@ use std::process::Command;
 use herald_core::ClusterId;
 use herald_core::Kind;
 use herald_core::object::TOOLHIVE_GROUP;
+use herald_integration_tests::roles::without_tls;
 use herald_integration_tests::tools::{Tools, workspace_root};
 use serde::Deserialize as _;
 use serde_json::Value;
@@ -451,26 +452,6 @@ fn the_watcher_rbac_covers_exactly_what_it_watches() {
             WATCHER
         );
     }
-}
-
-/// Drops the `tls { … }` blocks: they name certificate files that exist only in a real
-/// deployment, and `nats-server -t` loads them.
-fn without_tls(config: &str) -> String {
-    let mut out = String::new();
-    let mut depth = 0usize;
-    for line in config.lines() {
-        let code = line.split('#').next().unwrap_or_default();
-        if depth == 0 && code.trim_start().starts_with("tls {") {
-            depth = 1;
-        } else if depth > 0 {
-            depth += code.matches('{').count();
-            depth -= code.matches('}').count();
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
 }
 
 /// A well-formed nkey user seed (all-zero key material) for the leaf's remote: the

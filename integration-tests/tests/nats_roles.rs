@@ -25,7 +25,7 @@ use herald_integration_tests::objects::resource;
 use herald_integration_tests::ports::free_port;
 use herald_integration_tests::process::ChildProcess;
 use herald_integration_tests::roles::{
-    API, CLUSTER_A, IMPORTER, PROJECTOR, RoleKeys, deploy_nats, render_permissions,
+    API, CLUSTER_A, IMPORTER, PROJECTOR, RoleKeys, deploy_nats, render_permissions, without_tls,
 };
 use herald_integration_tests::timeout::{eventually, within};
 use herald_integration_tests::tools::{herald_binary, workspace_root};
@@ -98,25 +98,6 @@ fn render_leaf(keys: &RoleKeys, hub_leaf_port: u16) -> anyhow::Result<String> {
         "leaf.conf has {local_users} nkey users, expected the watcher's"
     );
     Ok(out)
-}
-
-/// The configuration without its `tls { … }` blocks (their files do not exist here).
-fn without_tls(config: &str) -> String {
-    let mut out = String::new();
-    let mut depth = 0usize;
-    for line in config.lines() {
-        let code = line.split('#').next().unwrap_or_default();
-        if depth == 0 && code.trim_start().starts_with("tls {") {
-            depth = 1;
-        } else if depth > 0 {
-            depth += code.matches('{').count();
-            depth -= code.matches('}').count();
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
 }
 
 // ------------------------------------------------------------------ a client of one role

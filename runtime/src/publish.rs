@@ -132,14 +132,7 @@ impl Producer {
         let message = message(event, self.signer.as_deref());
         retry::until_ok(
             policy.retry,
-            || {
-                permanent_as_done(publish_once(
-                    &self.js,
-                    event,
-                    message.clone(),
-                    policy.attempt_timeout,
-                ))
-            },
+            || self.attempt(event, &message, policy),
             notify,
         )
         .await
@@ -158,26 +151,23 @@ impl Producer {
         retry::at_most(
             policy.retry,
             attempts,
-            || {
-                permanent_as_done(publish_once(
-                    &self.js,
-                    event,
-                    message.clone(),
-                    policy.attempt_timeout,
-                ))
-            },
+            || self.attempt(event, &message, policy),
             notify,
         )
         .await?
     }
-}
 
-/// Ends the retries on a permanent failure: it becomes the outcome.
-async fn permanent_as_done(
-    attempt: impl Future<Output = Result<(), PublishError>>,
-) -> Result<Result<(), PublishError>, PublishError> {
-    match attempt.await {
-        Err(e) if e.is_permanent() => Ok(Err(e)),
-        other => other.map(Ok),
+    /// One attempt; a permanent failure is its outcome, ending the retries.
+    async fn attempt(
+        &self,
+        event: &Event,
+        message: &(String, bytes::Bytes, HeaderMap),
+        policy: PublishPolicy,
+    ) -> Result<Result<(), PublishError>, PublishError> {
+        let sent = publish_once(&self.js, event, message.clone(), policy.attempt_timeout);
+        match sent.await {
+            Err(e) if e.is_permanent() => Ok(Err(e)),
+            other => other.map(Ok),
+        }
     }
 }
