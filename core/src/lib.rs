@@ -23,8 +23,7 @@
 //! - [`projection`], [`cluster_state`]: folding events into stored values,
 //!   idempotently and order-safely.
 //! - [`merge`]: stored deployments and catalog entries → `server.json`
-//!   entries for the API; [`visibility`]: the same merge over only what one
-//!   caller may see.
+//!   entries for the API.
 //! - [`import`]: catalog documents (official list, ToolHive
 //!   `registry.json`) → catalog entries.
 
@@ -48,7 +47,6 @@ pub mod record;
 pub mod rejection;
 pub mod stored;
 pub mod validate;
-pub mod visibility;
 
 pub use event::{Event, EventData, EventType};
 pub use ids::{ClusterId, RegistryName, ServerName};
