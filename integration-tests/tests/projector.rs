@@ -260,6 +260,8 @@ fn stream_args() -> StreamArgs {
         stream_max_age: Duration::from_secs(3600),
         stream_replicas: 1,
         stream_duplicate_window: Duration::from_secs(120),
+        stream_max_bytes: None,
+        stream_max_messages: None,
     }
 }
 

@@ -167,7 +167,8 @@ struct RunArgs {
     #[arg(long, env = "HERALD_MAX_ACK_PENDING", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     max_ack_pending: i64,
     /// Deliveries of one event before it is dead-lettered as `apply_failed`
-    /// (a bucket write that keeps failing).
+    /// (a bucket write that keeps failing). A write refused because the
+    /// bucket is full never counts: that event waits for room.
     #[arg(long, env = "HERALD_MAX_DELIVER", default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=100))]
     max_deliver: i64,
     /// How long the server waits for an ack before delivering again.

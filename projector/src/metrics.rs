@@ -26,6 +26,11 @@ pub struct ClusterReading {
     pub heartbeat_interval: Option<u64>,
 }
 
+/// An event's write was refused because its bucket is full.
+pub const HELD_BUCKET_FULL: &str = "bucket_full";
+/// An event's dead letter was refused because `HERALD_DLQ` is full.
+pub const HELD_DEAD_LETTERS_FULL: &str = "dead_letters_full";
+
 /// Counters and gauges of one running projector.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
@@ -34,6 +39,7 @@ pub struct Metrics {
     dead_lettered: Family<Label, Counter>,
     swept: Counter,
     redelivered: Counter,
+    held_back: Family<Label, Counter>,
     pending: Gauge<i64>,
     last_sequence: Gauge<u64, AtomicU64>,
     cluster_last_seen: Family<ClusterLabel, Timestamp>,
@@ -52,6 +58,9 @@ impl Metrics {
         }
         for code in crate::dead_letter::reason_codes() {
             let _ = m.dead_lettered.get_or_create(&[("reason", code)]);
+        }
+        for why in [HELD_BUCKET_FULL, HELD_DEAD_LETTERS_FULL] {
+            let _ = m.held_back.get_or_create(&[("reason", why)]);
         }
         registry.register(
             "herald_projector_events_applied",
@@ -77,6 +86,11 @@ impl Metrics {
             "herald_projector_redelivered",
             "Messages received again after an earlier delivery was not acknowledged",
             m.redelivered.clone(),
+        );
+        registry.register(
+            "herald_projector_events_held_back",
+            "Deliveries of events kept unacknowledged for a later attempt because NATS had no room for them (bucket_full: a registry bucket or the account's storage; dead_letters_full: HERALD_DLQ), by reason",
+            m.held_back.clone(),
         );
         registry.register(
             "herald_projector_consumer_pending",
@@ -149,6 +163,12 @@ impl Metrics {
 
     pub fn redelivered(&self) {
         self.redelivered.inc();
+    }
+
+    /// An event kept for later because NATS had no room: `why` is
+    /// [`HELD_BUCKET_FULL`] or [`HELD_DEAD_LETTERS_FULL`].
+    pub fn held_back(&self, why: &'static str) {
+        self.held_back.get_or_create(&[("reason", why)]).inc();
     }
 
     pub fn pending(&self, pending: u64) {

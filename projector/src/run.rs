@@ -30,7 +30,7 @@ use crate::apply::{self, KeyWritten, Slot, Target};
 use crate::dead_letter::{self, APPLY_FAILED, UID_MISMATCH};
 use crate::fold::{self, Effect};
 use crate::gate::Gate;
-use crate::metrics::Metrics;
+use crate::metrics::{HELD_BUCKET_FULL, HELD_DEAD_LETTERS_FULL, Metrics};
 use crate::writes::{BucketError, BucketSettings};
 use herald_core::names::KeyKind;
 use herald_core::stored::StoredValue;
@@ -87,7 +87,7 @@ pub async fn bind_consumer(
         description: Some("herald-projector: folds events into registry buckets".to_owned()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: config.ack_wait,
-        max_deliver: config.max_deliver,
+        max_deliver: SERVER_MAX_DELIVER,
         max_ack_pending: config.max_ack_pending,
         filter_subject: EVENTS_WILDCARD.to_owned(),
         deliver_policy: consumer::DeliverPolicy::All,
@@ -97,11 +97,31 @@ pub async fn bind_consumer(
         .get_or_create_consumer(&config.consumer, wanted)
         .await
         .with_context(|| format!("binding consumer {}", config.consumer))?;
-    let have = &consumer.info().await?.config;
-    if have.max_deliver != config.max_deliver || have.max_ack_pending != config.max_ack_pending {
+    let have = consumer.info().await?.config.clone();
+    if have.max_deliver != SERVER_MAX_DELIVER {
+        // Made by an older projector, which left the count to the server.
+        stream
+            .update_consumer(consumer::Config {
+                max_deliver: SERVER_MAX_DELIVER,
+                ..have.clone()
+            })
+            .await
+            .with_context(|| {
+                format!(
+                    "letting the server redeliver the events of consumer {} without limit",
+                    config.consumer
+                )
+            })?;
+        tracing::info!(consumer = %config.consumer, "the server now redelivers without limit; --max-deliver is counted by the projector");
+        consumer = stream
+            .get_consumer(&config.consumer)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding consumer {}: {e}", config.consumer))?;
+    }
+    if have.max_ack_pending != config.max_ack_pending {
         tracing::warn!(
             consumer = %config.consumer,
-            have_max_deliver = have.max_deliver, have_max_ack_pending = have.max_ack_pending,
+            have_max_ack_pending = have.max_ack_pending,
             "consumer exists with other settings; leaving it as it is"
         );
     }
@@ -208,6 +228,12 @@ pub async fn run(
     tracing::info!("projector stopped");
     Ok(())
 }
+
+/// The consumer's `max_deliver` on the server: unlimited. The projector
+/// counts deliveries itself (`--max-deliver`) and gives up on an event only
+/// when the event is at fault; one that waits for room in a full bucket or
+/// dead-letter stream must come back however often that takes.
+const SERVER_MAX_DELIVER: i64 = -1;
 
 /// The stream and the consumer, created or checked.
 async fn ensure_and_bind(
@@ -477,20 +503,25 @@ impl Projector {
         }
     }
 
-    /// Events whose write failed: dead-lettered after every allowed
-    /// delivery, otherwise asked to be redelivered later, when the reason
-    /// (a server or bucket in trouble) may have passed.
+    /// Events whose write failed: asked to be redelivered later, when the
+    /// reason (a server or bucket in trouble) may have passed; dead-lettered
+    /// after every allowed delivery unless the bucket was full, which is
+    /// never the event's fault.
     async fn failed(&mut self, pending: Vec<Pending>, err: &BucketError) {
         for p in pending {
             let ty = p.event.event_type();
             let (seq, delivered) = (p.seq, p.delivered);
-            if delivered >= self.max_deliver {
+            let delay = redelivery_delay(delivered);
+            if err.is_full() {
+                self.metrics.held_back(HELD_BUCKET_FULL);
+                tracing::warn!(seq, %ty, %err, delivered, ?delay, "no room to write; the event waits");
+                ack(&p.message, AckKind::Nak(Some(delay))).await;
+            } else if delivered >= self.max_deliver {
                 tracing::error!(seq, %ty, %err, delivered, "giving up on an event after every allowed delivery");
                 let reason = format!("not applied after {delivered} deliveries: {err}");
                 self.dead_letter(&p.message, seq, APPLY_FAILED, &reason)
                     .await;
             } else {
-                let delay = redelivery_delay(delivered);
                 tracing::warn!(seq, %ty, %err, delivered, ?delay, "applying failed; asking for a redelivery");
                 ack(&p.message, AckKind::Nak(Some(delay))).await;
             }
@@ -540,20 +571,26 @@ impl Projector {
         // Through JetStream, and acked before the original is: a dead letter
         // is kept in HERALD_DLQ, never lost between the two.
         let js = jetstream::new(self.client.clone());
-        let published = match js
-            .publish_with_headers(subject, headers, message.payload.clone())
-            .await
-        {
-            Ok(ack) => ack.await.map(|_| ()).map_err(anyhow::Error::from),
-            Err(err) => Err(err.into()),
-        };
+        let published = async {
+            js.publish_with_headers(subject, headers, message.payload.clone())
+                .await?
+                .await
+        }
+        .await;
         match published {
-            Ok(()) => {
+            Ok(_) => {
                 self.metrics.dead_lettered(code);
                 ack(message, AckKind::Ack).await;
             }
             Err(err) => {
-                tracing::error!(seq, %err, "publishing a dead letter failed; it will be redelivered")
+                // The original comes back (the server redelivers without limit).
+                let delivered = message.info().map_or(1, |info| info.delivered);
+                let delay = redelivery_delay(delivered);
+                if herald_runtime::capacity::is_full(&err) {
+                    self.metrics.held_back(HELD_DEAD_LETTERS_FULL);
+                }
+                tracing::error!(seq, %err, ?delay, "storing a dead letter failed; the event waits");
+                ack(message, AckKind::Nak(Some(delay))).await;
             }
         }
     }

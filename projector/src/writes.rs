@@ -45,6 +45,14 @@ pub enum BucketError {
         key: String,
         reason: String,
     },
+    /// The bucket (or the account's storage) has no room: the event is not
+    /// at fault and waits until there is.
+    #[error("bucket {bucket} is full, {key} waits until there is room: {reason}")]
+    Full {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
     #[error(
         "{key} in bucket {bucket} kept changing: gave up after {CAS_ATTEMPTS} compare-and-set attempts"
     )]
@@ -53,6 +61,13 @@ pub enum BucketError {
     Reading(#[from] herald_runtime::buckets::ReadError),
     #[error("deleting bucket {bucket}: {reason}")]
     Delete { bucket: String, reason: String },
+}
+
+impl BucketError {
+    /// The bucket had no room; a later attempt can succeed.
+    pub fn is_full(&self) -> bool {
+        matches!(self, BucketError::Full { .. })
+    }
 }
 
 /// Opens `bucket`, creating it with `settings` when it does not exist.
@@ -132,21 +147,31 @@ pub async fn write_if(
     value: Bytes,
     revision: Option<u64>,
 ) -> Result<Option<u64>, BucketError> {
-    let write_err = |reason: String| BucketError::Write {
-        bucket: store.name.clone(),
-        key: key.to_owned(),
-        reason,
+    let write_err = |err: &(dyn std::error::Error + 'static)| {
+        let (bucket, key, reason) = (store.name.clone(), key.to_owned(), err.to_string());
+        match herald_runtime::capacity::is_full(err) {
+            true => BucketError::Full {
+                bucket,
+                key,
+                reason,
+            },
+            false => BucketError::Write {
+                bucket,
+                key,
+                reason,
+            },
+        }
     };
     match revision {
         None => match store.create(key, value).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(write_err(e.to_string())),
+            Err(e) => Err(write_err(&e)),
         },
         Some(revision) => match store.update(key, value, revision).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-            Err(e) => Err(write_err(e.to_string())),
+            Err(e) => Err(write_err(&e)),
         },
     }
 }

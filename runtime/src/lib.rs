@@ -12,7 +12,8 @@
 //! - [`signing`]: signing events with nkeys, and verifying them.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`buckets`]: listing, opening and scanning Herald's KV buckets.
-//! - [`stream`]: the `HERALD_EVENTS` stream: ensure it exists, compatibly.
+//! - [`stream`]: the `HERALD_EVENTS` stream: ensure it exists, compatibly;
+//!   [`capacity`]: telling a full stream or bucket from other refusals.
 //! - [`publish`]: publishing one event with its id and waiting for the ack,
 //!   for every producer (watcher, catalog importer).
 //! - [`tls`]: rustls' crypto provider (ring), installed once per process;
@@ -24,6 +25,7 @@
 pub mod buckets;
 pub mod build_info;
 pub mod byte_size;
+pub mod capacity;
 pub mod clock;
 pub mod duration;
 pub mod health;

@@ -141,6 +141,8 @@ pub async fn ensure_stream(js: &jetstream::Context) -> anyhow::Result<()> {
         stream_max_age: Duration::from_secs(24 * 3600),
         stream_replicas: 1,
         stream_duplicate_window: Duration::from_secs(120),
+        stream_max_bytes: None,
+        stream_max_messages: None,
     }
     .ensure(js)
     .await?;
