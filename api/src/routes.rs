@@ -150,12 +150,7 @@ async fn server_path(
                     .published_at
                     .cmp(&a.meta.official.published_at)
                     .then_with(|| {
-                        herald_core::merge::compare_versions(
-                            &b.server.version,
-                            b.meta.official.updated_at,
-                            &a.server.version,
-                            a.meta.official.updated_at,
-                        )
+                        herald_core::version::compare(&b.server.version, &a.server.version)
                     })
             });
             server_list_json(&versions, None)

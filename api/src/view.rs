@@ -439,6 +439,7 @@ mod tests {
             group: None,
             tool_definitions: Vec::new(),
             authz_claims: None,
+            package: None,
         };
         let key = format!("deployment.{cluster}.mcpserver.ns.obj");
         let Fold::Write(v) = fold_applied(None, &record, seq) else {

@@ -89,6 +89,7 @@ fn record(cluster: &str, object: &str, server: &str, version: &str) -> Deploymen
         group: None,
         tool_definitions: Vec::new(),
         authz_claims: None,
+        package: None,
     }
 }
 

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::catalog_record::CatalogEntry;
 use crate::ids::{ServerName, excerpt};
 use crate::merge::SERVER_SCHEMA_URL;
-use crate::validate::{self, UrlRules, semver_image_tag};
+use crate::validate::{self, UrlRules};
 
 /// A whole catalog document that cannot be read at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,7 +161,7 @@ fn convert_toolhive(
     let image = text("image");
     let version = text("version")
         .map(str::to_owned)
-        .or_else(|| image.and_then(semver_image_tag))
+        .or_else(|| image.and_then(crate::version::from_image))
         .unwrap_or_else(|| crate::annotations::DEFAULT_VERSION.to_owned());
     let mut server = Map::new();
     server.insert("$schema".into(), json!(SERVER_SCHEMA_URL));

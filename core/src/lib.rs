@@ -13,7 +13,10 @@
 //! - [`names`]: subjects, streams, buckets and bucket keys.
 //! - [`rejection`], [`validate`]: why a value is refused, and the checks
 //!   shared by every place a value enters; [`entry`]: the rules particular
-//!   to an `MCPServerEntry` (its remote URL, its forwarded headers).
+//!   to an `MCPServerEntry` (its remote URL, its forwarded headers);
+//!   [`image`]: container image references; [`version`]: which version a
+//!   deployment advertises and how versions order; [`package`]: a
+//!   deployment's image as a `server.json` package.
 //! - [`event`]: the wire contract, CloudEvents on JetStream.
 //! - [`stored`]: what a registry bucket holds under each key.
 //! - [`ownership`]: which namespaces may publish which server names.
@@ -35,18 +38,21 @@ pub mod cluster_state;
 pub mod entry;
 pub mod event;
 pub mod ids;
+pub mod image;
 pub mod import;
 pub mod mapping;
 pub mod merge;
 pub mod names;
 pub mod object;
 pub mod ownership;
+pub mod package;
 pub mod policy;
 pub mod projection;
 pub mod record;
 pub mod rejection;
 pub mod stored;
 pub mod validate;
+pub mod version;
 
 pub use event::{Event, EventData, EventType};
 pub use ids::{ClusterId, RegistryName, ServerName};

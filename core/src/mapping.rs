@@ -21,7 +21,8 @@
 //!    JSON object, see [`crate::claims`]; invalid claims reject the object,
 //!    where ToolHive skips it silently);
 //! 5. server name: the override annotation, else `com.toolhive.k8s.<ns>/<name>`;
-//! 6. version: the annotation, else a semver image tag, else `1.0.0`;
+//! 6. version: the annotation, else a publishable image tag, else `1.0.0`
+//!    (see [`crate::version`]; an unusable annotation rejects the object);
 //! 7. remote type: `spec.transport` (stdio speaks `spec.proxyMode`; an
 //!    `MCPServerEntry` must name `sse` or `streamable-http`);
 //! 8. URL: the annotation, else `status.url`, else the proxy Service; only
@@ -32,7 +33,10 @@
 //!    `Authorization` header (a declaration, never a value); an
 //!    `MCPServerEntry`'s `spec.headerForward` → its header names;
 //! 10. group: `spec.groupRef` (a name, or `{name}`), a Kubernetes name;
-//! 11. phase: only the policy's phases (Running/Ready, and Valid for an
+//! 11. package: an `MCPServer`'s image with a publishable tag, unless the
+//!     policy turns packages off (see [`crate::package`]; an image that
+//!     gives none is no rejection, the server is advertised without it);
+//! 12. phase: only the policy's phases (Running/Ready, and Valid for an
 //!     `MCPServerEntry`) are advertised.
 
 use chrono::{DateTime, Utc};
@@ -43,12 +47,14 @@ use crate::claims;
 use crate::entry;
 use crate::ids::{RegistryName, ServerName, excerpt, is_dns_subdomain};
 use crate::object::{Kind, ObjectRef};
+use crate::package;
 use crate::policy::WatcherPolicy;
 use crate::record::{
     DeploymentRecord, Header, Phase, RECORD_VERSION, Remote, RemoteTransport, WithdrawReason,
 };
 use crate::rejection::{Rejection, UrlSource};
-use crate::validate::{self, Lines, semver_image_tag};
+use crate::validate::{self, Lines};
+use crate::version;
 
 /// When and in which list epoch the watcher saw the object.
 #[derive(Debug, Clone, Copy)]
@@ -173,9 +179,13 @@ fn build_record(
         .names
         .check(&registry, &server_name, id.object.namespace())?;
     let image = str_at(object, &["spec", "image"]).map(str::to_owned);
-    let version = version(object, image.as_deref())?;
+    let version = version::resolve(annotation(object, ann::REGISTRY_VERSION), image.as_deref())?;
     let (transport, remote_type) = transport(kind, object)?;
     let url = url(kind, object, &id.object, remote_type, policy)?;
+    let package = image
+        .as_deref()
+        .filter(|_| kind == Kind::MCPServer && policy.packages)
+        .and_then(|image| package::of(image, &transport, container_port(object)));
     let mut headers = if requires_token(object) {
         vec![Header::bearer_token()]
     } else {
@@ -223,6 +233,7 @@ fn build_record(
         group,
         tool_definitions,
         authz_claims,
+        package,
     }))
 }
 
@@ -326,15 +337,6 @@ fn server_name(object: &Value, id: &ObjectRef) -> Result<ServerName, Rejection> 
         })
 }
 
-fn version(object: &Value, image: Option<&str>) -> Result<String, Rejection> {
-    match annotation(object, ann::REGISTRY_VERSION) {
-        Some(v) => validate::version(v),
-        None => Ok(image
-            .and_then(semver_image_tag)
-            .unwrap_or_else(|| ann::DEFAULT_VERSION.to_owned())),
-    }
-}
-
 /// The object's own transport string and the remote type clients use.
 fn transport(kind: Kind, object: &Value) -> Result<(String, RemoteTransport), Rejection> {
     let default = match kind {
@@ -358,6 +360,17 @@ fn transport(kind: Kind, object: &Value) -> Result<(String, RemoteTransport), Re
             .ok_or_else(|| Rejection::unsupported("spec.transport", t, "sse or streamable-http"))?,
     };
     Ok((transport.to_owned(), remote))
+}
+
+/// The port an `MCPServer`'s container listens on (`spec.mcpPort`, the
+/// 2025 `spec.targetPort`), for its package; 0 when it is not a port.
+fn container_port(object: &Value) -> u16 {
+    let raw = at(object, &["spec", "mcpPort"]).or_else(|| at(object, &["spec", "targetPort"]));
+    match raw {
+        None => package::DEFAULT_CONTAINER_PORT,
+        Some(Value::Number(n)) => n.as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0),
+        Some(_) => 0,
+    }
 }
 
 fn proxy_port(object: &Value) -> Result<u16, Rejection> {

@@ -17,9 +17,13 @@
 //!   speaks for the entry: a newcomer cannot take over its text by the way
 //!   its cluster or namespace sorts (`aaa-…`), only by being older, which
 //!   Kubernetes does not let it choose.
-//! - `isLatest` marks one version per server name: the highest semver;
-//!   versions that are not semver rank below any semver version, and among
-//!   themselves by last update, then by text.
+//! - `isLatest` marks one version per server name, the greatest by
+//!   [`crate::version::compare`]: semver above non-semver, then by exact
+//!   spelling (a total order, so independent of arrival order).
+//! - `packages`: the deployments' container images ([`crate::package`]),
+//!   deduplicated, in deployment order; a catalog entry's own packages come
+//!   first, a deployed one is added when no package of the catalog has its
+//!   registry type, identifier and version.
 //! - The official `_meta` gives `publishedAt` (earliest creation) and
 //!   `updatedAt` (latest change); Herald's `_meta` key lists the deployments.
 //! - ToolHive's block, so that ToolHive's clients (`thv`, ToolHive Studio)
@@ -46,7 +50,7 @@ use serde_json::{Map, Value, json};
 use crate::catalog_record::CatalogRecord;
 use crate::ids::{ClusterId, ServerName, SourceId};
 use crate::object::Kind;
-use crate::record::{DeploymentRecord, Header, Phase, Remote};
+use crate::record::{DeploymentRecord, Header, Package, Phase, Remote};
 use crate::stored::{StoredCatalog, StoredDeployment};
 
 /// `$schema` of every emitted `server.json`.
@@ -306,6 +310,7 @@ fn merge_listed(listed: &Listed<'_>, deployed: Option<ServerResponse>) -> Option
             }
         }
         add_toolhive_blocks(&mut server.extra, &deployed.server.extra);
+        add_packages(&mut server.extra, &deployed.server.extra);
         if server.title.is_none() {
             server.title = deployed.server.title;
         }
@@ -399,7 +404,14 @@ fn merge_group(group: &[(&DeploymentRecord, DateTime<Utc>)]) -> ServerResponse {
                 })
                 .unwrap_or_default(),
             remotes,
-            extra: toolhive_meta(group),
+            extra: {
+                let mut extra = toolhive_meta(group);
+                let packages = packages(group);
+                if !packages.is_empty() {
+                    extra.insert("packages".to_owned(), json!(packages));
+                }
+                extra
+            },
         },
         meta: ResponseMeta {
             official: OfficialMeta {
@@ -429,6 +441,45 @@ fn merge_group(group: &[(&DeploymentRecord, DateTime<Utc>)]) -> ServerResponse {
             }),
             extra: Map::new(),
         },
+    }
+}
+
+/// The packages of a group's deployments, deduplicated, in deployment order.
+fn packages<'a>(group: &[(&'a DeploymentRecord, DateTime<Utc>)]) -> Vec<&'a Package> {
+    let mut packages: Vec<&Package> = Vec::new();
+    for &(r, _) in group {
+        if let Some(p) = &r.package
+            && !packages.contains(&p)
+        {
+            packages.push(p);
+        }
+    }
+    packages
+}
+
+/// Adds the deployed packages of `from` to `into`'s `packages`, those with
+/// a (registryType, identifier, version) `into` does not list yet.
+fn add_packages(into: &mut Map<String, Value>, from: &Map<String, Value>) {
+    let Some(Value::Array(deployed)) = from.get("packages") else {
+        return;
+    };
+    let list = into
+        .entry("packages")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Some(list) = list.as_array_mut() else {
+        return; // a catalog document's own value, left as it is
+    };
+    let key = |p: &Value| {
+        (
+            p.get("registryType").cloned(),
+            p.get("identifier").cloned(),
+            p.get("version").cloned(),
+        )
+    };
+    for p in deployed {
+        if !list.iter().any(|existing| key(existing) == key(p)) {
+            list.push(p.clone());
+        }
     }
 }
 
@@ -532,21 +583,6 @@ fn merge_headers(into: &mut Vec<Header>, from: &[Header]) {
     }
 }
 
-/// Orders versions of one server: greater is later.
-pub fn compare_versions(
-    a: &str,
-    a_updated: DateTime<Utc>,
-    b: &str,
-    b_updated: DateTime<Utc>,
-) -> Ordering {
-    match (semver::Version::parse(a), semver::Version::parse(b)) {
-        (Ok(x), Ok(y)) => x.cmp(&y).then_with(|| a.cmp(b)),
-        (Ok(_), Err(_)) => Ordering::Greater,
-        (Err(_), Ok(_)) => Ordering::Less,
-        (Err(_), Err(_)) => a_updated.cmp(&b_updated).then_with(|| a.cmp(b)),
-    }
-}
-
 /// Sets `isLatest` on exactly one entry per server name. Entries arrive
 /// sorted by name, so each name's versions are adjacent.
 fn mark_latest(entries: &mut [ServerResponse]) {
@@ -554,12 +590,7 @@ fn mark_latest(entries: &mut [ServerResponse]) {
         let latest = (0..group.len())
             .max_by(|&i, &j| {
                 let (a, b) = (&group[i], &group[j]);
-                compare_versions(
-                    &a.server.version,
-                    a.meta.official.updated_at,
-                    &b.server.version,
-                    b.meta.official.updated_at,
-                )
+                crate::version::compare(&a.server.version, &b.server.version)
             })
             .expect("chunks are never empty");
         for (i, entry) in group.iter_mut().enumerate() {

@@ -26,10 +26,13 @@ pub struct WatcherPolicy {
     pub names: NameOwnership,
     /// What the URL rules allow beyond the default.
     pub urls: UrlRules,
+    /// Advertise an `MCPServer`'s image as an `oci` package
+    /// (`--packages`, default true; see [`crate::package`]).
+    pub packages: bool,
 }
 
 impl WatcherPolicy {
-    /// The defaults of docs/design.md: default registry `default`, Running or
+    /// The defaults of docs/design.md: image packages advertised, default registry `default`, Running or
     /// Ready (Valid, for an `MCPServerEntry`) advertised, derived URLs allowed, every namespace allowed into
     /// every registry, default server names only (no grants), no loopback
     /// URLs.
@@ -44,6 +47,7 @@ impl WatcherPolicy {
             namespaces: NamespacePolicy::default(),
             names: NameOwnership::default(),
             urls: UrlRules::default(),
+            packages: true,
         }
     }
 }

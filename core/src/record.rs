@@ -64,6 +64,12 @@ pub struct DeploymentRecord {
     /// (annotation `toolhive.stacklok.dev/authz-claims`). None: no claims.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authz_claims: Option<ClaimSet>,
+    /// The object's container image as a package clients can run
+    /// themselves (an `MCPServer` with a publishable image tag, unless the
+    /// watcher runs with `--packages=false`). Absent in records of watchers
+    /// that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<Package>,
 }
 
 impl DeploymentRecord {
@@ -97,6 +103,7 @@ impl DeploymentRecord {
             group,
             tool_definitions,
             authz_claims,
+            package,
         } = self;
         *v == other.v
             && *cluster == other.cluster
@@ -118,6 +125,7 @@ impl DeploymentRecord {
             && *group == other.group
             && *tool_definitions == other.tool_definitions
             && *authz_claims == other.authz_claims
+            && *package == other.package
     }
 }
 
@@ -165,6 +173,28 @@ impl fmt::Display for RemoteTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// A package of `server.json` `packages[]`: here always a container image
+/// (`registryType` `oci`), `identifier` the image without tag or digest,
+/// `version` its tag as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Package {
+    pub registry_type: String,
+    pub identifier: String,
+    pub version: String,
+    pub transport: PackageTransport,
+}
+
+/// How a client talks to a package it runs: `stdio`, or HTTP on the
+/// container's own port (`url` on `localhost`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageTransport {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// A header a client must or may send. Declares it; never carries a value.

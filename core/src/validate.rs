@@ -628,6 +628,9 @@ pub fn record(r: &DeploymentRecord, rules: UrlRules) -> Result<(), Rejection> {
     if let Some(claims) = &r.authz_claims {
         claims.validate().map_err(Rejection::InvalidAuthzClaims)?;
     }
+    if let Some(p) = &r.package {
+        crate::package::check(p)?;
+    }
     Ok(())
 }
 
@@ -710,15 +713,6 @@ pub fn stored(value: &crate::stored::StoredValue, rules: UrlRules) -> Result<(),
         StoredValue::Deployment(d) => d.live().map_or(Ok(()), |r| record(r, rules)),
         StoredValue::Catalog(c) => c.live().map_or(Ok(()), |r| catalog_record(r, rules)),
     }
-}
-
-/// The tag of `registry/repo:tag[@digest]` when it is semver (`v` allowed).
-pub fn semver_image_tag(image: &str) -> Option<String> {
-    let without_digest = image.split('@').next()?;
-    let last_segment = without_digest.rsplit('/').next()?;
-    let (_, tag) = last_segment.rsplit_once(':')?;
-    let bare = tag.strip_prefix('v').unwrap_or(tag);
-    semver::Version::parse(bare).ok().map(|v| v.to_string())
 }
 
 #[cfg(test)]

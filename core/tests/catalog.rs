@@ -332,3 +332,40 @@ fn a_deployment_merges_into_its_catalog_entry() {
         }
     }
 }
+
+#[test]
+fn deployed_packages_join_the_catalog_entrys_own_once() {
+    let mut doc = weather("2.0.0");
+    doc["packages"] = json!([{
+        "registryType": "oci",
+        "identifier": "mcp/search",
+        "version": "2.0.0",
+        "transport": {"type": "stdio"},
+        "runtimeHint": "docker"
+    }]);
+    let catalog = [listed(doc.clone(), None, 1)];
+    // The fixture's image is mcp/search:2.3.0; give it the catalog's tag, then another.
+    let mut record = common::record("prod-eu", "tools", "search", "io.example/search", "2.0.0");
+    record.package = herald_core::package::of("mcp/search:2.0.0", "stdio", 0);
+    let mut mirror = common::record("prod-us", "tools", "search", "io.example/search", "2.0.0");
+    mirror.package = herald_core::package::of("ghcr.io/mirror/search:2.0.0", "stdio", 0);
+    let Fold::Write(a) = fold_applied(None, &record, 2) else {
+        unreachable!()
+    };
+    let Fold::Write(b) = fold_applied(None, &mirror, 3) else {
+        unreachable!()
+    };
+    let entries = merge_registry(&catalog, [&a, &b]);
+    let packages = &entries[0].server.extra["packages"];
+    assert_eq!(
+        packages[0], doc["packages"][0],
+        "the catalog's package first, intact"
+    );
+    let identifiers: Vec<&str> = packages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["identifier"].as_str().unwrap())
+        .collect();
+    assert_eq!(identifiers, ["mcp/search", "ghcr.io/mirror/search"]);
+}

@@ -10,7 +10,7 @@ use herald_core::ownership::{NameGrant, NameOwnership};
 use herald_core::policy::{NamespacePolicy, RegistryRule};
 use herald_core::record::WithdrawReason;
 use herald_core::record::{DeploymentRecord, Phase, RemoteTransport};
-use herald_core::validate::semver_image_tag;
+use herald_core::version;
 use herald_core::{Kind, Rejection};
 use serde_json::{Value, json};
 
@@ -339,7 +339,7 @@ fn server_name_defaults_and_override() {
 
 // Rule 6: version.
 #[test]
-fn version_comes_from_the_annotation_then_a_semver_tag_then_the_default() {
+fn version_comes_from_the_annotation_then_a_publishable_tag_then_the_default() {
     let mut object = fixture("advertised.yaml", "search");
     assert_eq!(advertised(&object).version, "2.3.0");
     annotate(
@@ -367,29 +367,70 @@ fn version_comes_from_the_annotation_then_a_semver_tag_then_the_default() {
 
 #[test]
 fn image_tags_are_read_like_a_container_runtime_reads_them() {
+    let digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let cases = [
+        ("ghcr.io/org/server:1.2.3", Some("1.2.3")),
+        ("server:v2.0.0-rc.1", Some("2.0.0-rc.1")),
+        ("localhost:5000/server:1.2.3", Some("1.2.3")),
+        ("localhost:5000/server", None),
+        ("server:1.2", Some("1.2")),
+        ("server:2026.01.15", Some("2026.01.15")),
+        ("server:latest", None),
+        ("server:Stable", None),
+        ("server:edge", None),
+        ("server:main", None),
+        ("server:nightly-20260101", None),
+        (
+            "server:sha256-e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855.sig",
+            None,
+        ),
+        ("server", None),
+        ("Server:1.0.0", None),
+        ("server:1.0.0 ", Some("1.0.0")),
+        ("server:1.0.0\n-x", None),
+    ];
+    for (image, version) in cases {
+        assert_eq!(version::from_image(image).as_deref(), version, "{image:?}");
+    }
+    let pinned = format!("server:1.2.3@{digest}");
+    assert_eq!(version::from_image(&pinned).as_deref(), Some("1.2.3"));
+    let digest_only = format!("server@{digest}");
     assert_eq!(
-        semver_image_tag("ghcr.io/org/server:1.2.3").as_deref(),
-        Some("1.2.3")
-    );
-    assert_eq!(
-        semver_image_tag("server:v2.0.0-rc.1").as_deref(),
-        Some("2.0.0-rc.1")
-    );
-    assert_eq!(
-        semver_image_tag("localhost:5000/server:1.2.3").as_deref(),
-        Some("1.2.3")
-    );
-    assert_eq!(
-        semver_image_tag("localhost:5000/server").as_deref(),
+        version::from_image(&digest_only),
         None,
-        "a registry port is not a tag"
+        "a digest is not a version"
     );
-    assert_eq!(
-        semver_image_tag("server:1.2.3@sha256:abcd").as_deref(),
-        Some("1.2.3")
-    );
-    assert_eq!(semver_image_tag("server@sha256:abcd").as_deref(), None);
-    assert_eq!(semver_image_tag("server:1.2").as_deref(), None);
+}
+
+#[test]
+fn unusable_version_annotations_are_rejected_with_a_reason_never_replaced() {
+    let mut object = fixture("advertised.yaml", "search");
+    let long = "9".repeat(256);
+    for hostile in [
+        "latest",
+        "stable",
+        "Nightly-2026",
+        "main",
+        "",
+        " ",
+        "1.0.0/../../admin",
+        "1.0.0?x=1",
+        "1.0.0\u{202e}",
+        "1.0.0\n-rc",
+        "..",
+        "-1",
+        "1 2",
+        long.as_str(),
+    ] {
+        annotate(&mut object, ann::REGISTRY_VERSION, Some(hostile));
+        let rejection = rejected(&object);
+        assert_eq!(rejection.code(), "invalid_version", "{hostile:?}");
+        let reason = rejection.to_string();
+        assert!(reason.contains(ann::REGISTRY_VERSION), "{reason}");
+        assert!(reason.len() < 400, "bounded: {reason}");
+    }
+    annotate(&mut object, ann::REGISTRY_VERSION, Some("stable"));
+    assert!(rejected(&object).to_string().contains("release channel"));
 }
 
 // Rules 7-8: transport, port and URL.

@@ -4,13 +4,13 @@
 
 mod common;
 
-use chrono::Duration;
 use common::*;
 use herald_core::DeploymentRecord;
-use herald_core::merge::{ServerResponse, compare_versions, merge};
+use herald_core::merge::{ServerResponse, merge};
 use herald_core::projection::{Fold, fold_applied};
 use herald_core::record::Header;
 use herald_core::stored::StoredDeployment;
+use herald_core::version::compare;
 use serde_json::Value;
 
 fn stored(records: &[DeploymentRecord]) -> Vec<StoredDeployment> {
@@ -171,21 +171,22 @@ fn versions_are_separate_entries_and_is_latest_follows_semver() {
 }
 
 #[test]
-fn non_semver_versions_rank_below_semver_then_by_update() {
-    let t = seen_at();
+fn non_semver_versions_rank_below_semver_then_by_spelling() {
     use std::cmp::Ordering::*;
+    assert_eq!(compare("1.0.0", "2024-06"), Greater);
+    assert_eq!(compare("0.0.1-alpha", "99"), Greater);
+    assert_eq!(compare("build-1", "build-2"), Less);
     assert_eq!(
-        compare_versions("1.0.0", t, "2024-06", t + Duration::days(1)),
-        Greater
+        compare("build-9", "build-10"),
+        Greater,
+        "spelling, not numbers"
     );
     assert_eq!(
-        compare_versions("build-1", t, "build-2", t + Duration::days(1)),
-        Less
+        compare("1.0.0+b", "1.0.0+a"),
+        Greater,
+        "build metadata orders too"
     );
-    assert_eq!(
-        compare_versions("build-9", t + Duration::days(1), "build-2", t),
-        Greater
-    );
+    assert_eq!(compare("1.10.0", "1.9.0"), Greater);
 }
 
 #[test]
@@ -302,4 +303,74 @@ fn the_toolhive_block_is_keyed_by_remote_url_in_toolhives_shape() {
         json["_meta"]["dev.herald"]["deployments"][1]["category"],
         "Not A Tag"
     );
+}
+
+#[test]
+fn packages_of_merged_deployments_are_deduplicated_in_deployment_order() {
+    let mut records: Vec<DeploymentRecord> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|c| record(c, "tools", "search", "io.example/search", "2.3.0"))
+        .collect();
+    let first = records[0]
+        .package
+        .clone()
+        .expect("the fixture's image is a package");
+    assert_eq!(
+        (first.identifier.as_str(), first.version.as_str()),
+        ("mcp/search", "2.3.0")
+    );
+    let entries = merge(&stored(&records));
+    let packages = &entries[0].server.extra["packages"];
+    assert_eq!(packages.as_array().unwrap().len(), 1, "{packages:#}");
+    assert_eq!(packages[0]["registryType"], "oci");
+    assert_eq!(
+        packages[0]["transport"],
+        serde_json::json!({"type": "streamable-http", "url": "http://localhost:8080/mcp"})
+    );
+    assert_valid_server_json(&entries);
+
+    // A mirror image in the third cluster is a second package, after the first.
+    records[2].package = herald_core::package::of("ghcr.io/mirror/search:2.3.0", "stdio", 0);
+    let entries = merge(&stored(&records));
+    let identifiers: Vec<&str> = entries[0].server.extra["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["identifier"].as_str().unwrap())
+        .collect();
+    assert_eq!(identifiers, ["mcp/search", "ghcr.io/mirror/search"]);
+    assert_valid_server_json(&entries);
+
+    // No deployment with a package (watchers with --packages=false, or older ones): no key.
+    for r in &mut records {
+        r.package = None;
+    }
+    let entries = merge(&stored(&records));
+    assert!(!entries[0].server.extra.contains_key("packages"));
+}
+
+#[test]
+fn a_record_of_an_older_watcher_reads_without_a_package() {
+    let r = record("c1", "tools", "search", "io.example/search", "2.3.0");
+    let mut json = serde_json::to_value(&r).unwrap();
+    assert!(json.get("package").is_some());
+    json.as_object_mut().unwrap().remove("package");
+    let old: DeploymentRecord = serde_json::from_value(json).unwrap();
+    assert_eq!(old.package, None);
+    herald_core::validate::record(&old, Default::default()).unwrap();
+    let entries = merge(&stored(&[old, r]));
+    assert_eq!(
+        entries[0].server.extra["packages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_tampered_package_in_a_record_is_refused() {
+    let mut r = record("c1", "tools", "search", "io.example/search", "2.3.0");
+    r.package.as_mut().unwrap().transport.url = Some("https://evil.example/mcp".to_owned());
+    assert!(herald_core::validate::record(&r, Default::default()).is_err());
 }

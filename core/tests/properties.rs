@@ -159,43 +159,75 @@ proptest! {
     #[test]
     fn version_order_is_total_and_puts_semver_above_the_rest(
         versions in prop::collection::vec(
-            (
-                prop_oneof![
-                    "[0-9]{1,2}\\.[0-9]{1,2}\\.[0-9]{1,2}(-[a-z0-9]{1,4})?",
-                    "v?[0-9a-z.+_-]{1,8}",
-                ],
-                0i64..3,
-            ),
-            3,
+            prop_oneof![
+                "[0-9]{1,2}\\.[0-9]{1,2}\\.[0-9]{1,2}(-[a-z0-9.]{1,4})?(\\+[a-z0-9]{1,3})?",
+                "v?[0-9a-z.+_-]{1,8}",
+                // Hostile spellings: leading zeros, unicode, control and bidi characters,
+                // case variants of one semver, empty.
+                "0[0-9]\\.0\\.0|1\\.0\\.0(\\+B|\\+b)?|1\\.0\\.0-[Aa]",
+                ".{0,6}",
+            ],
+            4,
         )
     ) {
-        use chrono::{Duration, TimeZone as _, Utc};
-        use herald_core::merge::compare_versions;
+        use herald_core::version::compare;
         use std::cmp::Ordering;
-        let base = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-        let v: Vec<(&str, chrono::DateTime<Utc>)> = versions
-            .iter()
-            .map(|(s, d)| (s.as_str(), base + Duration::days(*d)))
-            .collect();
-        let cmp = |a: (&str, chrono::DateTime<Utc>), b: (&str, chrono::DateTime<Utc>)| {
-            compare_versions(a.0, a.1, b.0, b.1)
-        };
-        for &a in &v {
-            prop_assert_eq!(cmp(a, a), Ordering::Equal);
-            for &b in &v {
-                prop_assert_eq!(cmp(a, b), cmp(b, a).reverse(), "antisymmetric");
-                if cmp(a, b) == Ordering::Equal {
-                    prop_assert_eq!(a.0, b.0, "equal only when spelled the same");
+        let semver = |s: &str| semver::Version::parse(s).is_ok();
+        for a in &versions {
+            prop_assert_eq!(compare(a, a), Ordering::Equal, "reflexive");
+            for b in &versions {
+                prop_assert_eq!(compare(a, b), compare(b, a).reverse(), "antisymmetric");
+                prop_assert_eq!(compare(a, b) == Ordering::Equal, a == b, "equal only when spelled the same");
+                if semver(a) && !semver(b) {
+                    prop_assert_eq!(compare(a, b), Ordering::Greater, "semver above non-semver");
                 }
-                let semver = |s: &str| semver::Version::parse(s).is_ok();
-                if semver(a.0) && !semver(b.0) {
-                    prop_assert_eq!(cmp(a, b), Ordering::Greater, "semver above non-semver");
+                if let (Ok(x), Ok(y)) = (semver::Version::parse(a), semver::Version::parse(b))
+                    && x != y
+                {
+                    prop_assert_eq!(compare(a, b), x.cmp(&y), "semver precedence first");
                 }
-                for &c in &v {
-                    if cmp(a, b) != Ordering::Less && cmp(b, c) != Ordering::Less {
-                        prop_assert_ne!(cmp(a, c), Ordering::Less, "transitive");
+                for c in &versions {
+                    if compare(a, b) != Ordering::Less && compare(b, c) != Ordering::Less {
+                        prop_assert_ne!(compare(a, c), Ordering::Less, "transitive");
                     }
                 }
+            }
+        }
+        // Sorting is then independent of the input order.
+        let mut forward = versions.clone();
+        forward.sort_by(|a, b| compare(a, b));
+        let mut backward: Vec<String> = versions.iter().rev().cloned().collect();
+        backward.sort_by(|a, b| compare(a, b));
+        prop_assert_eq!(forward, backward);
+    }
+
+    #[test]
+    fn version_resolution_never_panics_and_yields_only_publishable_versions(
+        annotation in prop::option::of(prop_oneof![
+            ".{0,40}",
+            "(latest|stable|edge|main|nightly|LATEST|Stable)([-_.][a-z0-9]{1,4})?",
+            "[\\^~>=<*]?[0-9x*]{1,3}(\\.[0-9x*]{1,3}){0,2}( \\|\\| 2)?",
+        ]),
+        image in prop_oneof![
+            ".{0,40}",
+            "[a-z0-9./:-]{1,20}(:[A-Za-z0-9_.-]{1,12})?(@sha256:[0-9a-f]{64})?",
+            "[a-z]{1,8}:(latest|stable|edge|main|nightly)",
+            "[a-z]{1,8}@sha256:[0-9a-f]{64}",
+        ],
+    ) {
+        use herald_core::version::{is_channel, resolve};
+        match resolve(annotation.as_deref(), Some(&image)) {
+            Ok(v) => {
+                prop_assert_eq!(herald_core::validate::version(&v), Ok(v.clone()));
+                prop_assert!(!is_channel(&v), "{v}");
+                prop_assert!(!v.contains('@') && !v.contains(':') && !v.contains('/'), "{v}");
+                if annotation.is_none() && image.contains('@') && !image.split('@').next().unwrap().rsplit('/').next().unwrap().contains(':') {
+                    prop_assert_eq!(v, "1.0.0", "a digest is never a version");
+                }
+            }
+            Err(rejection) => {
+                prop_assert!(annotation.is_some(), "only the annotation is ever refused");
+                prop_assert_eq!(rejection.code(), "invalid_version");
             }
         }
     }

@@ -94,6 +94,7 @@ impl Bucket {
             group: None,
             tool_definitions: Vec::new(),
             authz_claims: None,
+            package: None,
         })
     }
 

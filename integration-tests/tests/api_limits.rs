@@ -379,6 +379,7 @@ async fn fill(js: &jetstream::Context, count: usize, tools: usize) -> anyhow::Re
             group: None,
             tool_definitions: Vec::new(),
             authz_claims: None,
+            package: None,
         };
         let key = DeploymentKey::new(record.cluster.clone(), record.object.clone()).to_string();
         let Fold::Write(value) = fold_applied(None, &record, i as u64 + 1) else {

@@ -100,6 +100,7 @@ impl Bucket {
             group: None,
             tool_definitions: Vec::new(),
             authz_claims,
+            package: None,
         };
         let key = DeploymentKey::new(record.cluster.clone(), record.object.clone()).to_string();
         self.seq += 1;

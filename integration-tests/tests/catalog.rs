@@ -409,6 +409,7 @@ fn deployment(server: &str, version: &str, url: &str) -> anyhow::Result<Deployme
         group: None,
         tool_definitions: Vec::new(),
         authz_claims: None,
+        package: None,
     })
 }
 

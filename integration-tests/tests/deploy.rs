@@ -383,6 +383,14 @@ fn the_watcher_rbac_covers_exactly_what_it_watches() {
             ));
         }
     }
+    // CRD metadata: a ToolHive kind installed later is watched within seconds.
+    for verb in ["get", "list", "watch"] {
+        expected.insert((
+            "apiextensions.k8s.io".to_owned(),
+            "customresourcedefinitions".to_owned(),
+            verb.to_owned(),
+        ));
+    }
     // kube-runtime's recorder writes events.k8s.io Events only.
     for verb in ["create", "patch"] {
         expected.insert((

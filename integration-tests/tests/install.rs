@@ -439,7 +439,7 @@ fn the_api_and_the_hub_projector_get_budgets_spreading_and_every_component_a_net
 }
 
 #[test]
-fn the_watcher_rbac_reads_toolhive_kinds_and_writes_events_only_namespaced_when_asked() {
+fn the_watcher_rbac_reads_toolhive_kinds_and_crds_and_writes_events_only_namespaced_when_asked() {
     let helm = Helm::new();
     let mut expected = BTreeSet::new();
     for kind in herald_core::Kind::ALL {
@@ -476,10 +476,19 @@ fn the_watcher_rbac_reads_toolhive_kinds_and_writes_events_only_namespaced_when_
         out
     };
 
+    // Cluster-wide, CRD metadata too (a kind installed later is watched within seconds).
+    let mut cluster_wide = expected.clone();
+    for verb in ["get", "list", "watch"] {
+        cluster_wide.insert((
+            "apiextensions.k8s.io".to_owned(),
+            "customresourcedefinitions".to_owned(),
+            verb.to_owned(),
+        ));
+    }
     let (_, objects) = helm.render("single-cluster", &[]);
     let cluster_roles = of_kind(&objects, "ClusterRole");
     assert_eq!(cluster_roles.len(), 1);
-    assert_eq!(grants(cluster_roles[0]), expected);
+    assert_eq!(grants(cluster_roles[0]), cluster_wide);
     assert!(of_kind(&objects, "Role").is_empty());
     let binding = of_kind(&objects, "ClusterRoleBinding")[0];
     assert_eq!(binding["subjects"][0]["name"], "herald-watcher");

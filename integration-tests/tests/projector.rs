@@ -97,6 +97,7 @@ fn record(
         group: None,
         tool_definitions: Vec::new(),
         authz_claims: None,
+        package: None,
     }
 }
 

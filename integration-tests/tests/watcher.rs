@@ -685,8 +685,9 @@ async fn bad_cluster_id_exits_with_one_line() -> anyhow::Result<()> {
 
 large_stack_test!(late_kind_and_namespace_list => late_kind_and_namespace_list_steps);
 
-/// A kind the cluster does not serve at start is picked up once installed, without a
-/// restart; only the configured namespaces are watched, in one resync bracket per kind;
+/// A kind the cluster does not serve at start is picked up once its CRD is installed,
+/// without a restart and within 5 s (the CRD watch, not the re-check, which is an hour
+/// here); only the configured namespaces are watched, in one resync bracket per kind;
 /// heartbeats flow.
 async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -710,7 +711,7 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
         "--namespaces",
         "team-a,team-b",
         "--kind-recheck-interval",
-        "200ms",
+        "1h",
         "--heartbeat-interval",
         "200ms",
     ];
@@ -734,21 +735,34 @@ async fn late_kind_and_namespace_list_steps() -> anyhow::Result<()> {
         "the missing kind is logged"
     );
 
-    // Install the kind: its watch starts within the recheck interval.
+    // Install the kind: its watch starts within 5 s.
     crd.metadata = kube::api::ObjectMeta {
         name: Some(crd_name.clone()),
         ..Default::default()
     };
     crd.status = None;
+    let installed = std::time::Instant::now();
     crds.create(&PostParams::default(), &crd).await?;
-    let brackets = reader.brackets(&[Kind::VirtualMCPServer]).await?;
+    let brackets = within(
+        Duration::from_secs(5),
+        "the new kind's first list",
+        reader.brackets(&[Kind::VirtualMCPServer]),
+    )
+    .await??;
+    let picked_up = installed.elapsed();
     assert!(brackets[&Kind::VirtualMCPServer].applied.is_empty());
+    eprintln!("the CRD installed after the watcher was watched within {picked_up:?}");
     let virtuals = Objects::new(&env, Kind::VirtualMCPServer, "v1alpha1", "team-b");
     let ready = json!({"phase": "Ready"});
     let ready = virtuals
         .create_with(opted_in("late", "Late"), ready)
         .await?;
-    reader.applied_as(&virtuals, &ready).await?;
+    within(
+        Duration::from_secs(5),
+        "the new kind's object",
+        reader.applied_as(&virtuals, &ready),
+    )
+    .await??;
 
     let heartbeats = "herald_watcher_events_published_total{type=\"cluster.heartbeat\"}";
     eventually(STEP, "heartbeats", || async {

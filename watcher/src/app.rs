@@ -1,4 +1,5 @@
-//! Wiring: health endpoint, Kubernetes and NATS clients, one watch per kind,
+//! Wiring: health endpoint, Kubernetes and NATS clients, one watch per kind
+//! and the CRD watch that wakes them,
 //! the heartbeat and the publisher; and the shutdown order (stop watching,
 //! flush within the timeout).
 
@@ -16,6 +17,7 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::crd_watch::{self, Wakers};
 use crate::epoch::EpochClock;
 use crate::event_limit::EventLimit;
 use crate::heartbeat;
@@ -97,6 +99,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let clock = Arc::new(EpochClock::default());
     let rejections = Rejections::new(client.clone(), metrics.clone());
     let mut tasks = JoinSet::new();
+    let wakers = Wakers::new();
+    tasks.spawn(crd_watch::run(
+        client.clone(),
+        wakers.clone(),
+        shutdown.clone(),
+    ));
     for kind in Kind::ALL {
         let watch = KindWatch {
             kind,
@@ -110,6 +118,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             metrics: metrics.clone(),
             readiness: readiness.clone(),
             recheck: settings.kind_recheck_interval,
+            wake: wakers.of(kind),
         };
         tasks.spawn(watch.run(shutdown.clone()));
     }

@@ -1,8 +1,10 @@
 //! The watch loop of one kind: find the served version, watch it (in all
 //! namespaces or each configured one), feed the tracker, queue its events.
 //!
-//! A kind the cluster does not serve is logged once and looked up again every
-//! recheck interval, so installing the operator later needs no restart; one
+//! A kind the cluster does not serve is logged once and looked up again when
+//! its CRD changes ([`crate::crd_watch`] wakes it; a few quick retries follow
+//! while the API server starts serving a new CRD), and every recheck interval
+//! as the fallback, so installing the operator later needs no restart; one
 //! that disappears (its CRD deleted) has its objects withdrawn.
 
 use std::collections::HashSet;
@@ -18,6 +20,7 @@ use kube::Resource as _;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event as WatchEvent};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::epoch::EpochClock;
@@ -53,6 +56,8 @@ pub struct KindWatch {
     pub metrics: Metrics,
     pub readiness: Readiness,
     pub recheck: Duration,
+    /// Woken when the kind's CRD appears, changes or goes.
+    pub wake: Arc<Notify>,
 }
 
 impl std::fmt::Debug for KindWatch {
@@ -69,6 +74,11 @@ type Tagged = (
     Option<String>,
     Result<WatchEvent<DynamicObject>, watcher::Error>,
 );
+
+/// After a wake-up that finds nothing, how often and how many more times to
+/// look (a new CRD is served a moment after it is created).
+const FOLLOW_UP: Duration = Duration::from_millis(500);
+const FOLLOW_UPS: u32 = 20;
 
 /// Whether a watch error means the resource is gone from the cluster.
 fn not_served(err: &watcher::Error) -> bool {
@@ -93,6 +103,7 @@ impl KindWatch {
             self.limit.clone(),
         );
         let mut absent_logged = false;
+        let mut follow_ups = 0;
         loop {
             let found = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -113,7 +124,7 @@ impl KindWatch {
                         absent_logged = true;
                         tracing::info!(
                             kind = %self.kind,
-                            "the cluster does not serve this kind; checking again every {}",
+                            "the cluster does not serve this kind; watching for its CRD (and checking again every {})",
                             humantime::format_duration(self.recheck)
                         );
                     }
@@ -131,9 +142,16 @@ impl KindWatch {
                     self.readiness.set_not_ready(cond, err.to_string());
                 }
             }
+            let pause = if follow_ups > 0 {
+                follow_ups -= 1;
+                FOLLOW_UP
+            } else {
+                self.recheck
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(self.recheck) => {}
+                () = tokio::time::sleep(pause) => {}
+                () = self.wake.notified() => follow_ups = FOLLOW_UPS,
             }
         }
     }

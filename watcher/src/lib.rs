@@ -4,6 +4,7 @@
 //! Layout, in the order data flows:
 //!
 //! - [`served`]: which version of each ToolHive kind the cluster serves;
+//! - [`crd_watch`]: wakes a kind's watch when its CRD appears or goes;
 //! - [`kind_watch`]: one kube-runtime watch per kind (and namespace);
 //! - [`tracker`]: per-object state of a kind → the events to publish;
 //! - [`epoch`]: strictly increasing list epochs for resync brackets;
@@ -15,6 +16,7 @@
 //! - [`app`]: wires them together and shuts down in order.
 
 pub mod app;
+pub mod crd_watch;
 pub mod epoch;
 pub mod event_limit;
 pub mod heartbeat;

@@ -60,14 +60,19 @@ struct Cli {
     /// (for a registry on one machine; never for a shared one).
     #[arg(long, env = "HERALD_ALLOW_LOOPBACK_URLS")]
     allow_loopback_urls: bool,
+    /// Advertise each MCPServer's container image as an `oci` package of its
+    /// entry (`--packages=false`: remotes only).
+    #[arg(long, env = "HERALD_PACKAGES", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    packages: bool,
     /// Registries without a --registry-namespaces rule accept no namespace.
     #[arg(long, env = "HERALD_DENY_UNLISTED_REGISTRIES")]
     deny_unlisted_registries: bool,
     /// How often to publish a cluster.heartbeat event.
     #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = herald_runtime::duration::positive)]
     heartbeat_interval: Duration,
-    /// How often to look again for a kind the cluster does not serve (so that
-    /// installing the ToolHive operator later needs no restart).
+    /// How often to look again for a kind the cluster does not serve, the
+    /// fallback to watching CustomResourceDefinitions (which finds a kind
+    /// installed later within seconds, when the watcher may read CRDs).
     #[arg(long, env = "HERALD_KIND_RECHECK_INTERVAL", default_value = "30s", value_parser = herald_runtime::duration::positive)]
     kind_recheck_interval: Duration,
     /// On SIGTERM, how long to keep publishing pending events before exiting.
@@ -121,6 +126,7 @@ impl Cli {
         policy.require_url_annotation = self.require_url_annotation;
         policy.namespaces = namespaces;
         policy.names = NameOwnership::new(self.grant_names);
+        policy.packages = self.packages;
         policy.urls = UrlRules {
             allow_loopback: self.allow_loopback_urls,
         };
@@ -205,5 +211,17 @@ mod tests {
         let line = one_line(&err);
         assert!(line.contains("--cluster-id"), "{line}");
         assert!(!line.contains('\n') && !line.contains("Usage"), "{line}");
+    }
+
+    #[test]
+    fn packages_are_on_unless_turned_off() {
+        let parse = |extra: &[&str]| {
+            let args = [&["herald-watcher", "--cluster-id", "c1"], extra].concat();
+            Cli::try_parse_from(args).map(|cli| cli.packages)
+        };
+        assert!(parse(&[]).unwrap());
+        assert!(!parse(&["--packages=false"]).unwrap());
+        assert!(parse(&["--packages", "true"]).unwrap());
+        assert!(parse(&["--packages=maybe"]).is_err());
     }
 }

@@ -326,6 +326,7 @@ mod tests {
             group: None,
             tool_definitions: Vec::new(),
             authz_claims: None,
+            package: None,
         };
         applied = Event::new(EventData::Applied(Box::new(record)), chrono::Utc::now());
         outbox.push(applied);

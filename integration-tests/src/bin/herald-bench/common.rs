@@ -116,6 +116,7 @@ pub fn record(cluster: usize, object: usize, seq: u64) -> anyhow::Result<Deploym
         group: None,
         tool_definitions: Vec::new(),
         authz_claims: None,
+        package: None,
     })
 }
 
