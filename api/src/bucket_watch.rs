@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use herald_core::RegistryName;
-use herald_core::names::{BucketKey, bucket_name};
+use herald_core::names::BucketKey;
 use herald_core::stored::StoredValue;
 use herald_core::validate::{self, UrlRules};
 use herald_runtime::retry::{Backoff, RetryPolicy};
@@ -49,9 +49,12 @@ pub enum WatchError {
 }
 
 /// Lists buckets every `interval` (and on stream-created advisories) and
-/// starts a watcher per new registry bucket, until `shutdown`.
+/// starts a watcher per new registry bucket, until `shutdown`. Registry
+/// buckets are `<prefix><registry>`: `herald-` (`names::BUCKET_PREFIX`) for
+/// the live ones, another prefix for the scratch copies of `replay --keep`.
 pub async fn run(
     client: async_nats::Client,
+    prefix: String,
     registries: Registries,
     metrics: Metrics,
     interval: Duration,
@@ -82,13 +85,14 @@ pub async fn run(
         }
     }
     loop {
-        match herald_runtime::buckets::registry_buckets(&js).await {
+        match herald_runtime::buckets::prefixed_buckets(&js, &prefix).await {
             Ok(found) => {
                 for registry in &found {
                     if let Some((view, stop)) = registries.found_bucket(registry, &shutdown) {
                         tracing::info!(%registry, "watching registry bucket");
                         tokio::spawn(watch_forever(
                             js.clone(),
+                            format!("{prefix}{registry}"),
                             registry.clone(),
                             view,
                             registries.clone(),
@@ -114,8 +118,10 @@ pub async fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn watch_forever(
     js: jetstream::Context,
+    bucket: String,
     registry: RegistryName,
     view: SharedView,
     registries: Registries,
@@ -127,7 +133,7 @@ async fn watch_forever(
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = watch_once(&js, &registry, &view, &registries, &metrics, rules) => r,
+            r = watch_once(&js, &bucket, &registry, &view, &registries, &metrics, rules) => r,
         };
         if let Err(err) = result {
             tracing::warn!(%registry, %err, "bucket watch failed; restarting it");
@@ -147,13 +153,14 @@ async fn watch_forever(
 /// changes nothing, so a restarted watch converges on the same view.
 async fn watch_once(
     js: &jetstream::Context,
+    bucket: &str,
     registry: &RegistryName,
     view: &SharedView,
     registries: &Registries,
     metrics: &Metrics,
     rules: UrlRules,
 ) -> Result<(), WatchError> {
-    let bucket = bucket_name(registry);
+    let bucket = bucket.to_owned();
     let store = js
         .get_key_value(bucket.clone())
         .await

@@ -107,6 +107,12 @@ struct Cli {
     #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = herald_api::client::parse_network)]
     trusted_proxies: Vec<IpNet>,
 
+    /// Serve the buckets `<prefix><registry>` instead of the live
+    /// `herald-<registry>`: e.g. `herald_replay_` to browse the past that
+    /// `herald-projector replay --until … --keep` wrote into scratch buckets.
+    #[arg(long, env = "HERALD_BUCKET_PREFIX", default_value = herald_core::names::BUCKET_PREFIX, value_parser = parse_bucket_prefix)]
+    bucket_prefix: String,
+
     /// How often to list buckets to find new registries (new streams are
     /// also noticed at once through JetStream advisories when permitted).
     #[arg(long, env = "HERALD_DISCOVERY_INTERVAL", default_value = "10s", value_parser = herald_runtime::duration::positive)]
@@ -271,6 +277,17 @@ impl Cli {
     }
 }
 
+/// A bucket prefix: what JetStream allows in a bucket name, never empty.
+fn parse_bucket_prefix(s: &str) -> Result<String, String> {
+    let valid = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    valid
+        .then(|| s.to_owned())
+        .ok_or_else(|| format!("bucket prefix {s:?} must be 1-64 letters, digits, '-' and '_'"))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     herald_runtime::tls::install_crypto_provider();
@@ -301,6 +318,7 @@ async fn run(cli: Cli, auth: Arc<Authenticator>) -> anyhow::Result<()> {
         listen: cli.listen,
         health_listen: cli.health_listen,
         default_registry: cli.default_registry,
+        bucket_prefix: cli.bucket_prefix,
         cors_origins: cli.cors_origins,
         sse: SseSettings {
             keepalive: cli.sse_keepalive,

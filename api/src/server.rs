@@ -32,6 +32,9 @@ pub struct Settings {
     /// port; without it `/metrics` is served on the public port.
     pub health_listen: Option<SocketAddr>,
     pub default_registry: RegistryName,
+    /// Registry buckets are `<bucket_prefix><registry>` (`herald-`, or the
+    /// scratch prefix of `herald-projector replay --keep`).
+    pub bucket_prefix: String,
     pub cors_origins: Vec<HeaderValue>,
     pub sse: SseSettings,
     pub bounds: Bounds,
@@ -99,6 +102,7 @@ pub async fn run(
     }
     let bucket_watch = tokio::spawn(bucket_watch::run(
         client,
+        settings.bucket_prefix.clone(),
         registries,
         Metrics::clone(&metrics),
         settings.discovery_interval,

@@ -609,33 +609,112 @@ fn the_image_is_pinned_by_digest_when_one_is_given() {
     );
 }
 
-/// `kubectl kustomize` of an overlay (the kubectl that test-deps installs beside helm,
-/// or the machine's).
-fn kustomize(overlay: &str) -> Vec<Value> {
-    let tools_kubectl = tools()
+/// The kubectl that test-deps installs beside helm (its `kustomize` renders the
+/// overlays), or the machine's.
+fn kubectl() -> PathBuf {
+    tools()
         .helm()
         .ok()
         .and_then(|h| Some(h.parent()?.parent()?.join("libexec/kubectl")))
-        .filter(|p| p.is_file());
-    let kubectl = tools_kubectl.unwrap_or_else(|| PathBuf::from("/usr/bin/kubectl"));
-    let dir = workspace_root()
-        .join("deploy/kubernetes/overlays")
-        .join(overlay);
-    let out = run(&kubectl, &["kustomize", dir.to_str().unwrap()], None);
-    assert!(out.status.success(), "kustomize {overlay}: {}", text(&out));
-    parse(&String::from_utf8(out.stdout).unwrap())
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/kubectl"))
+}
+
+/// `kubectl kustomize` of a directory: the objects and the YAML.
+fn kustomize_dir(dir: &Path) -> (String, Vec<Value>) {
+    let out = run(&kubectl(), &["kustomize", dir.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "kustomize {}: {}",
+        dir.display(),
+        text(&out)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let objects = parse(&yaml);
+    (yaml, objects)
+}
+
+/// `kubectl kustomize` of an overlay.
+fn kustomize(overlay: &str) -> Vec<Value> {
+    kustomize_dir(
+        &workspace_root()
+            .join("deploy/kubernetes/overlays")
+            .join(overlay),
+    )
+    .1
+}
+
+/// An overlay of `resources` (overlays) and `components`, written for the test under
+/// the workspace's `target/` (kustomize takes only relative paths inside the tree).
+fn kustomize_with(resources: &[&str], components: &[&str]) -> (String, Vec<Value>) {
+    let target = workspace_root().join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("kustomize-")
+        .tempdir_in(&target)
+        .unwrap();
+    let list = |items: &[&str], base: &str| -> String {
+        items
+            .iter()
+            .map(|i| format!("  - ../../deploy/kubernetes/{base}/{i}\n"))
+            .collect()
+    };
+    let text = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n{}components:\n{}",
+        list(resources, "overlays"),
+        list(components, "components")
+    );
+    std::fs::write(dir.path().join("kustomization.yaml"), text).unwrap();
+    kustomize_dir(dir.path())
+}
+
+/// What must be the same in a chart's and an overlay's Deployment: image, arguments,
+/// ports, hardening, spreading.
+fn deployment_essentials(d: &Value) -> Value {
+    let pod = &d["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let mut ports: Vec<(String, u64)> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    ports.sort();
+    let spread: BTreeSet<&str> = pod["topologySpreadConstraints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["topologyKey"].as_str())
+        .collect();
+    serde_json::json!({
+        "image": c["image"],
+        "args": c["args"],
+        "ports": ports,
+        "securityContext": c["securityContext"],
+        "automountServiceAccountToken": pod["automountServiceAccountToken"],
+        "spread": spread,
+    })
 }
 
 #[test]
 fn the_chart_and_the_kustomize_overlays_render_the_same_essential_objects() {
     let helm = Helm::new();
     for role in ROLES {
-        // The role alone, as the overlay has it (no importer, no namespaced RBAC).
+        // The role alone, as the overlay has it (no importer, no namespaced RBAC); the
+        // hub overlay runs two projectors.
+        let replicas = if role == "hub" { "2" } else { "1" };
         let out = helm.template(&[
             "--set",
             &format!("role={role}"),
             "--set",
             "watcher.clusterId=main",
+            "--set",
+            &format!("projector.replicas={replicas}"),
             "--set",
             "api.auth.issuer=https://login.example.com",
             "--set",
@@ -650,6 +729,8 @@ fn the_chart_and_the_kustomize_overlays_render_the_same_essential_objects() {
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
         ] {
             assert_eq!(
                 names(&chart, k),
@@ -662,35 +743,194 @@ fn the_chart_and_the_kustomize_overlays_render_the_same_essential_objects() {
                 .into_iter()
                 .find(|c| name(c) == name(d))
                 .unwrap();
-            let (a, b) = (
-                &d["spec"]["template"]["spec"]["containers"][0],
-                &twin["spec"]["template"]["spec"]["containers"][0],
-            );
-            let ports = |c: &Value| -> BTreeSet<(String, u64)> {
-                c["ports"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| {
-                        (
-                            p["name"].as_str().unwrap().to_owned(),
-                            p["containerPort"].as_u64().unwrap(),
-                        )
-                    })
-                    .collect()
-            };
-            assert_eq!(ports(a), ports(b), "{role}: {} ports", name(d));
-            assert_eq!(a["securityContext"], b["securityContext"], "{}", name(d));
             assert_eq!(
-                d["spec"]["template"]["spec"]["automountServiceAccountToken"],
-                twin["spec"]["template"]["spec"]["automountServiceAccountToken"]
+                deployment_essentials(d),
+                deployment_essentials(twin),
+                "{role}: {}",
+                name(d)
+            );
+            assert_eq!(
+                d["spec"]["replicas"].as_u64().unwrap_or(1),
+                twin["spec"]["replicas"].as_u64().unwrap_or(1),
+                "{role}: {} replicas",
+                name(d)
             );
         }
         for r in of_kind(&overlay, "ClusterRole") {
             let twin = of_kind(&chart, "ClusterRole")[0];
             assert_eq!(r["rules"], twin["rules"], "{role}: the watcher's rules");
         }
+        // The same traffic allowed: ingress and egress rules alike (the pod selectors
+        // differ only by the chart's instance label).
+        for p in of_kind(&overlay, "NetworkPolicy") {
+            let twin = of_kind(&chart, "NetworkPolicy")
+                .into_iter()
+                .find(|c| name(c) == name(p))
+                .unwrap();
+            for field in ["policyTypes", "ingress", "egress"] {
+                assert_eq!(
+                    p["spec"][field],
+                    twin["spec"][field],
+                    "{role}: NetworkPolicy {} {field}",
+                    name(p)
+                );
+            }
+        }
+        for b in of_kind(&overlay, "PodDisruptionBudget") {
+            let twin = of_kind(&chart, "PodDisruptionBudget")
+                .into_iter()
+                .find(|c| name(c) == name(b))
+                .unwrap();
+            assert_eq!(b["spec"]["minAvailable"], twin["spec"]["minAvailable"]);
+        }
     }
+}
+
+#[test]
+fn the_kustomize_components_match_the_chart_and_every_overlay_validates_offline() {
+    let helm = Helm::new();
+    let validate = tools().kubernetes_validate().expect("kubernetes-validate");
+    let check = |what: &str, yaml: &str, objects: &[Value]| {
+        let out = run(
+            &validate,
+            &["--strict", "-k", KUBE_VERSION, "-"],
+            Some(yaml),
+        );
+        let report = text(&out);
+        assert!(
+            out.status.success(),
+            "kubernetes-validate ({what}): {report}"
+        );
+        let checked = report.lines().filter(|l| l.starts_with("INFO")).count();
+        let monitors = objects
+            .iter()
+            .filter(|o| o["apiVersion"] == "monitoring.coreos.com/v1")
+            .count();
+        assert_eq!(checked + monitors, objects.len(), "{what}: {report}");
+    };
+    for overlay in ROLES.iter().chain(&["single-cluster-namespaced"]) {
+        let (yaml, objects) = kustomize_dir(
+            &workspace_root()
+                .join("deploy/kubernetes/overlays")
+                .join(overlay),
+        );
+        check(overlay, &yaml, &objects);
+    }
+
+    // --namespaces: a Role and RoleBinding in the watched namespace instead of the
+    // ClusterRole, with the same rules as the chart's, bound to the watcher's account.
+    let overlay = kustomize("single-cluster-namespaced");
+    let out = helm.template(&[
+        "--set",
+        "role=single-cluster",
+        "--set",
+        "watcher.clusterId=main",
+        "--set",
+        "watcher.namespaces={team-a}",
+        "--set",
+        "api.auth.issuer=https://login.example.com",
+        "--set",
+        "api.auth.audience=herald",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let chart = parse(&String::from_utf8(out.stdout).unwrap());
+    for k in ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
+        assert_eq!(names(&chart, k), names(&overlay, k), "the {k}s");
+        for o in of_kind(&overlay, k) {
+            let twin = of_kind(&chart, k)
+                .into_iter()
+                .find(|c| name(c) == name(o))
+                .unwrap();
+            assert_eq!(o["metadata"]["namespace"], twin["metadata"]["namespace"]);
+            assert_eq!(o["rules"], twin["rules"], "{k} rules");
+            assert_eq!(o["subjects"], twin["subjects"], "{k} subjects");
+        }
+    }
+    let watcher_env = |objects: &[Value]| -> String {
+        let config = of_kind(objects, "ConfigMap")
+            .into_iter()
+            .find(|c| name(c).starts_with("herald-watcher"))
+            .map(|c| {
+                c["data"]["HERALD_NAMESPACES"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            });
+        let d = of_kind(objects, "Deployment")
+            .into_iter()
+            .find(|d| name(d) == "herald-watcher")
+            .unwrap();
+        env_of(&d["spec"]["template"]["spec"]["containers"][0])
+            .get("HERALD_NAMESPACES")
+            .cloned()
+            .or(config)
+            .unwrap_or_default()
+    };
+    assert_eq!(watcher_env(&overlay), "team-a");
+    assert_eq!(watcher_env(&chart), "team-a");
+
+    // Monitoring: the chart's ServiceMonitors and PrometheusRule, and the rule is the
+    // very rules file promtool tests (scripts/prometheus-rule writes the component's).
+    let (yaml, monitored) = kustomize_with(&["hub"], &["monitoring"]);
+    check("hub + monitoring", &yaml, &monitored);
+    let (_, chart) = helm.render(
+        "hub",
+        &[
+            "--set",
+            "monitoring.serviceMonitor.enabled=true",
+            "--set",
+            "monitoring.prometheusRule.enabled=true",
+        ],
+    );
+    let rules: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(chart_rules_file()).expect("the rules file"),
+    )
+    .unwrap();
+    let rule = of_kind(&monitored, "PrometheusRule")[0];
+    assert_eq!(
+        rule["spec"], rules,
+        "components/monitoring/prometheusrule.yaml differs from the rules file: run scripts/prometheus-rule"
+    );
+    assert_eq!(
+        names(&chart, "PrometheusRule"),
+        names(&monitored, "PrometheusRule")
+    );
+    assert_eq!(of_kind(&chart, "PrometheusRule")[0]["spec"], rules);
+    for m in of_kind(&chart, "ServiceMonitor") {
+        let twin = of_kind(&monitored, "ServiceMonitor")
+            .into_iter()
+            .find(|k| name(k) == name(m))
+            .unwrap_or_else(|| panic!("no ServiceMonitor {} in the component", name(m)));
+        assert_eq!(m["spec"]["endpoints"], twin["spec"]["endpoints"]);
+        assert_eq!(m["spec"]["jobLabel"], twin["spec"]["jobLabel"]);
+        // It selects the overlay's metrics Service of its component, when deployed.
+        let selector = twin["spec"]["selector"]["matchLabels"].as_object().unwrap();
+        let selected: Vec<&Value> = of_kind(&monitored, "Service")
+            .into_iter()
+            .filter(|s| {
+                selector
+                    .iter()
+                    .all(|(k, v)| &s["metadata"]["labels"][k] == v)
+                    && s["spec"]["ports"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|p| p["name"] == "metrics")
+            })
+            .collect();
+        // The hub overlay has no importer: its monitor selects nothing there.
+        let deployed = names(&monitored, "Deployment").contains(name(m));
+        assert_eq!(
+            selected.len(),
+            usize::from(deployed),
+            "{}: {selected:?}",
+            name(m)
+        );
+    }
+}
+
+fn chart_rules_file() -> PathBuf {
+    chart().join("files/prometheus-rules.yaml")
 }
 
 // ------------------------------------------------------------------ alerts

@@ -1027,6 +1027,7 @@ async fn replay_rebuilds_the_live_buckets_and_shows_a_tampered_key() -> anyhow::
     let options = ReplayOptions {
         registry: None,
         start: StartingPoint::Beginning,
+        until: None,
         scratch_prefix: "herald_replay_".to_owned(),
         keep: false,
         apply: false,

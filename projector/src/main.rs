@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use clap::builder::TypedValueParser as _;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald_core::ownership::NameGrant;
@@ -17,9 +18,10 @@ use herald_core::{ClusterId, EventType, RegistryName};
 use herald_projector::gate::{Gate, TrustFile};
 use herald_projector::metrics::Metrics;
 use herald_projector::ops::events::EventsOptions;
+use herald_projector::ops::explain::{ExplainOptions, Target};
 use herald_projector::ops::filter::{EventFilter, ObjectFilter, parse_type};
 use herald_projector::ops::replay::{DEFAULT_SCRATCH_PREFIX, ReplayOptions, check_scratch_prefix};
-use herald_projector::ops::starting_point::{StartingPoint, parse_since};
+use herald_projector::ops::starting_point::{StartingPoint, Until, parse_since};
 use herald_projector::run::RunConfig;
 use herald_projector::writes::BucketSettings;
 use herald_runtime::health::{self, Readiness};
@@ -120,6 +122,10 @@ enum Command {
     /// Rebuild registries from the history (in memory) and print how the
     /// live buckets differ.
     Replay(ReplayArgs),
+    /// Why one server or object is served, or not: what each registry
+    /// serves, the keys behind it, its last events and dead letters, and a
+    /// verdict per deployment or catalog entry.
+    Explain(ExplainArgs),
     /// Show the stream, the consumer, the buckets and the clusters.
     Status,
     /// Create a signing key for a watcher or an importer: writes the seed
@@ -238,12 +244,46 @@ struct EventsArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+struct ExplainArgs {
+    /// A server name (`io.github.acme/search`) or an object
+    /// (`kind/namespace/name`, or `namespace/name` for any kind).
+    #[arg(value_parser = parse_target)]
+    target: Target,
+    /// Only this registry (default: all).
+    #[arg(long, env = "HERALD_REGISTRY")]
+    registry: Option<RegistryName>,
+    /// Where to start reading the events and dead letters (default: 24h
+    /// back).
+    #[command(flatten)]
+    start: StartArgs,
+    /// Events and dead letters shown, the newest.
+    #[arg(long, env = "HERALD_LAST", default_value_t = herald_projector::ops::explain::DEFAULT_LAST, value_parser = clap::value_parser!(u32).range(1..=10_000).map(|n| n as usize))]
+    last: usize,
+    /// Messages read per stream at most (the newest of the window).
+    #[arg(long, env = "HERALD_MAX_READ", default_value_t = herald_projector::ops::explain::DEFAULT_MAX_READ, value_parser = clap::value_parser!(u32).range(1..=10_000_000).map(|n| n as usize))]
+    max_read: usize,
+    /// JSON instead of tables.
+    #[arg(long, env = "HERALD_JSON")]
+    json: bool,
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    s.parse()
+}
+
+#[derive(Debug, Clone, Args)]
 struct ReplayArgs {
     /// Rebuild only this registry (default: all).
     #[arg(long, env = "HERALD_REGISTRY")]
     registry: Option<RegistryName>,
     #[command(flatten)]
     start: StartArgs,
+    /// Fold nothing after this: a stream sequence, an RFC 3339 time, or a
+    /// duration back from now (`2h`). With --keep, the scratch buckets hold
+    /// the registries as they were then (serve them with herald-api
+    /// --bucket-prefix).
+    #[arg(long, env = "HERALD_UNTIL", value_parser = until, conflicts_with = "apply")]
+    until: Option<Until>,
     /// Prefix of the scratch buckets `--keep` writes (`<prefix><registry>`);
     /// must not look like a registry bucket (`herald-…`).
     #[arg(long, env = "HERALD_SCRATCH_PREFIX", default_value = DEFAULT_SCRATCH_PREFIX, value_parser = scratch_prefix)]
@@ -294,6 +334,10 @@ fn nonzero(n: usize) -> NonZeroUsize {
 
 fn since(s: &str) -> Result<DateTime<Utc>, String> {
     parse_since(s, Utc::now())
+}
+
+fn until(s: &str) -> Result<Until, String> {
+    Until::parse(s, Utc::now())
 }
 
 fn scratch_prefix(s: &str) -> Result<String, String> {
@@ -383,6 +427,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = ReplayOptions {
                 registry: args.registry,
                 start: StartingPoint::from_flags(args.start.from_seq, args.start.since, None),
+                until: args.until,
                 scratch_prefix: args.scratch_prefix,
                 keep: args.keep,
                 apply: args.apply,
@@ -395,6 +440,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Some(Command::Explain(args)) => {
+            let start = match (args.start.from_seq, args.start.since) {
+                (None, None) => herald_projector::ops::explain::default_start(chrono::Utc::now()),
+                (seq, since) => StartingPoint::from_flags(seq, since, None),
+            };
+            let options = ExplainOptions {
+                target: args.target,
+                registry: args.registry,
+                start,
+                max_read: args.max_read,
+                last: args.last,
+            };
+            let explanation = herald_projector::ops::explain::explain(&js, &options).await?;
+            use std::io::Write as _;
+            if args.json {
+                writeln!(stdout, "{}", explanation.to_json())?;
+            } else {
+                write!(stdout, "{}", explanation.render())?;
+            }
+            stdout.flush()?;
+            Ok(ExitCode::SUCCESS)
         }
         Some(Command::Status) => {
             herald_projector::ops::status::status(&js, &cli.consumer, &mut stdout).await?;

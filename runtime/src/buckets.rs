@@ -54,6 +54,19 @@ pub async fn registry_buckets(
         .collect())
 }
 
+/// The registries that have a bucket `<prefix><registry>`: the live ones
+/// for `herald-`, the scratch copies `replay --keep` wrote for its prefix.
+pub async fn prefixed_buckets(
+    js: &jetstream::Context,
+    prefix: &str,
+) -> Result<BTreeSet<RegistryName>, ReadError> {
+    Ok(bucket_names(js)
+        .await?
+        .iter()
+        .filter_map(|b| b.strip_prefix(prefix)?.parse().ok())
+        .collect())
+}
+
 /// One key's current value in a bucket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {

@@ -21,7 +21,7 @@ use herald_runtime::clock::from_nats_time;
 use crate::gate::Gate;
 use crate::ops::diff::{KeyDiff, diff};
 use crate::ops::rebuild::{Folding, Rebuild};
-use crate::ops::starting_point::StartingPoint;
+use crate::ops::starting_point::{StartingPoint, Until};
 use crate::writes::{self, BucketSettings};
 
 /// Longest wait for the next message of the history before giving up.
@@ -37,6 +37,8 @@ pub struct ReplayOptions {
     /// One registry, or all.
     pub registry: Option<RegistryName>,
     pub start: StartingPoint,
+    /// Fold nothing after this: the registries as they were then.
+    pub until: Option<Until>,
     pub scratch_prefix: String,
     /// Write the rebuilt state into scratch buckets and keep them.
     pub keep: bool,
@@ -125,6 +127,11 @@ pub async fn replay<W: Write>(
     if matches!(options.start, StartingPoint::Last(_)) {
         bail!("replay starts at a sequence or a time, not at the last N events");
     }
+    if options.apply && options.until.is_some() {
+        bail!(
+            "--apply with --until would roll the live buckets back; look at the past with --keep instead"
+        );
+    }
     // Leftovers of an earlier `--keep` would mix into this rebuild.
     for bucket in scratch_buckets(js, &options.scratch_prefix).await? {
         writes::delete(js, &bucket).await?;
@@ -133,7 +140,10 @@ pub async fn replay<W: Write>(
         .get_stream(STREAM)
         .await
         .with_context(|| format!("looking up stream {STREAM}"))?;
-    let end = stream.info().await?.state.last_sequence;
+    let mut end = stream.info().await?.state.last_sequence;
+    if let Some(Until::Sequence(last)) = options.until {
+        end = end.min(last);
+    }
     let mut rebuild = Rebuild::new(options.registry.clone());
     let mut report = ReplayReport::default();
     let consumer = stream
@@ -155,11 +165,11 @@ pub async fn replay<W: Write>(
             let message = message.context("reading the stream")?;
             let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
             let (seq, pending) = (info.stream_sequence, info.pending);
-            if seq > end {
+            let stored_at = from_nats_time(info.published);
+            if seq > end || options.until.is_some_and(|u| u.excludes(seq, stored_at)) {
                 break;
             }
             report.range = Some((report.range.map_or(seq, |r| r.0), seq));
-            let stored_at = from_nats_time(info.published);
             let event = Event::decode_on(&message.subject, &message.payload)
                 .ok()
                 .filter(|event| {
@@ -192,6 +202,12 @@ pub async fn replay<W: Write>(
             report.applied, report.stale, report.undecodable
         )?,
         None => writeln!(out, "replayed nothing: no events from the start point")?,
+    }
+    if let Some(until) = options.until {
+        writeln!(
+            out,
+            "as of {until}: the live buckets are compared with the registries as they were then"
+        )?;
     }
     if options.start != StartingPoint::Beginning {
         writeln!(

@@ -35,6 +35,52 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
         .ok_or_else(|| format!("{text:?} is too long ago"))
 }
 
+/// Where reading the history ends (`replay --until`): the last stream
+/// sequence folded, or the last moment (events the stream stored after it
+/// are left out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    Sequence(u64),
+    Time(DateTime<Utc>),
+}
+
+impl Until {
+    /// Parses `--until`: a stream sequence (digits), an RFC 3339 time, or a
+    /// duration back from `now` (`2h`).
+    pub fn parse(text: &str, now: DateTime<Utc>) -> Result<Until, String> {
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            return text
+                .parse()
+                .map(Until::Sequence)
+                .map_err(|_| format!("{text:?} is not a stream sequence"));
+        }
+        parse_since(text, now)
+            .map(Until::Time)
+            .map_err(|e| format!("{e}, nor a stream sequence"))
+    }
+
+    /// Whether the message at `seq`, stored at `stored_at`, is after the end.
+    pub fn excludes(&self, seq: u64, stored_at: DateTime<Utc>) -> bool {
+        match self {
+            Until::Sequence(last) => seq > *last,
+            Until::Time(last) => stored_at > *last,
+        }
+    }
+}
+
+impl std::fmt::Display for Until {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Until::Sequence(seq) => write!(f, "sequence {seq}"),
+            Until::Time(t) => write!(
+                f,
+                "{}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ),
+        }
+    }
+}
+
 impl StartingPoint {
     /// Builds a start from the mutually exclusive flags (clap enforces that
     /// at most one is given).
@@ -90,6 +136,20 @@ mod tests {
             Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap()
         );
         assert!(parse_since("yesterday", now).is_err());
+    }
+
+    #[test]
+    fn until_takes_sequences_times_and_durations() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+        assert_eq!(Until::parse("42", now).unwrap(), Until::Sequence(42));
+        let t = Until::parse("2026-11-24T11:00:00Z", now).unwrap();
+        assert_eq!(t, Until::parse("1h", now).unwrap());
+        assert!(t.excludes(1, now));
+        assert!(!t.excludes(1, Utc.with_ymd_and_hms(2026, 11, 24, 11, 0, 0).unwrap()));
+        assert!(Until::Sequence(5).excludes(6, now));
+        assert!(!Until::Sequence(5).excludes(5, now));
+        assert!(Until::parse("soon", now).is_err());
+        assert!(Until::parse("99999999999999999999999", now).is_err());
     }
 
     #[test]
