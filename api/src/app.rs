@@ -10,6 +10,7 @@ use crate::auth::Authenticator;
 use crate::client::{ClientKey, TrustedProxies};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
+use crate::policy::ReadPolicies;
 use crate::problem::Problem;
 use crate::registries::{Registries, SharedView};
 
@@ -35,6 +36,8 @@ pub struct App {
     pub trusted_proxies: TrustedProxies,
     /// Who callers are (`--auth-mode`).
     pub auth: Arc<Authenticator>,
+    /// Who may read which registry (`--auth-config`).
+    pub read_policies: Arc<ReadPolicies>,
     /// Cancelled at shutdown: SSE streams end so the server can drain.
     pub shutdown: CancellationToken,
 }
@@ -54,7 +57,9 @@ impl App {
     }
 }
 
-fn unknown_registry(raw: &str) -> Problem {
+/// The 404 of a registry not served here, which is also the answer for a
+/// registry the caller may not read (names do not leak).
+pub fn unknown_registry(raw: &str) -> Problem {
     Problem::not_found(
         "registry",
         format!("no registry {:?} is served here", excerpt(raw)),

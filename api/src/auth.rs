@@ -22,15 +22,17 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::RequestExt as _;
+use axum::extract::{RawPathParams, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use herald_core::RegistryName;
 use herald_runtime::http::Url;
 use serde::Deserialize;
 
 use crate::access::Viewer;
-use crate::app::AppState;
+use crate::app::{AppState, unknown_registry};
 use crate::oidc::{Provider, TokenError};
 use crate::problem::Problem;
 
@@ -180,8 +182,10 @@ fn quoted(s: &str) -> String {
         .collect()
 }
 
-/// Middleware of the data routes: finds the caller ([`Viewer`]) and puts
-/// it in the request's extensions, or answers 401.
+/// Middleware of the data routes: finds the caller ([`Viewer`]), applies
+/// the read policy of the registry the path addresses ([`crate::policy`]),
+/// and puts the caller as it reads that registry in the request's
+/// extensions; or answers 401, or 404 for a registry it may not read.
 pub async fn require(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
     let viewer = match &*app.auth {
         Authenticator::Anonymous => Viewer::Anonymous,
@@ -216,8 +220,37 @@ pub async fn require(State(app): State<AppState>, mut request: Request, next: Ne
             }
         }
     };
-    request.extensions_mut().insert(viewer);
-    next.run(request).await
+    // The registry as the handlers will read it (percent-decoded by the
+    // router); the default one at the root paths.
+    let registry = match request.extract_parts::<RawPathParams>().await {
+        Ok(params) => params
+            .iter()
+            .find(|(key, _)| *key == "registry")
+            .map(|(_, value)| value.to_owned()),
+        // Not UTF-8: the handlers would refuse it too; fail closed.
+        Err(_) => return Problem::no_route().into_response(),
+    };
+    let viewer = match registry {
+        None => app
+            .read_policies
+            .admit(app.registries.default_registry(), viewer)
+            .ok_or_else(|| unknown_registry(app.registries.default_registry().as_ref())),
+        Some(raw) => match raw.parse::<RegistryName>() {
+            Ok(name) => app
+                .read_policies
+                .admit(&name, viewer)
+                .ok_or_else(|| unknown_registry(&raw)),
+            // Not a name: the handler answers the same 404.
+            Err(_) => Ok(viewer),
+        },
+    };
+    match viewer {
+        Ok(viewer) => {
+            request.extensions_mut().insert(viewer);
+            next.run(request).await
+        }
+        Err(not_found) => not_found.into_response(),
+    }
 }
 
 /// `GET /.well-known/oauth-protected-resource[/<resource path>]`.

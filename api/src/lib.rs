@@ -17,12 +17,15 @@
 //!   SSE subscribers); [`client`]: who a client is for those shares.
 //! - [`auth`]: the authentication mode and the bearer-token check of the
 //!   data routes (tokens verified by [`oidc`]); [`access`]: which entries a
-//!   caller sees (per-entry claims), on every route and the feed.
+//!   caller sees (per-entry claims), on every route and the feed;
+//!   [`policy`]: which registries a caller may read; [`auth_config`]: the
+//!   `--auth-config` file (providers and registry policies).
 //! - [`server`]: wires it all together for `main`, and admits connections.
 
 pub mod access;
 pub mod app;
 pub mod auth;
+pub mod auth_config;
 pub mod bucket_watch;
 pub mod client;
 pub mod connection;
@@ -31,6 +34,7 @@ pub mod limits;
 pub mod metrics;
 pub mod oidc;
 pub mod page;
+pub mod policy;
 pub mod problem;
 pub mod query;
 pub mod registries;

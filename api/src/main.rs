@@ -1,7 +1,7 @@
 //! herald-api: parses flags and runs the API (see the library for the parts).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +10,11 @@ use axum::http::HeaderValue;
 use clap::{CommandFactory as _, Parser};
 use herald_api::app::SseSettings;
 use herald_api::auth::{AuthMode, Authenticator, OAuth};
+use herald_api::auth_config::AuthConfig;
 use herald_api::client::TrustedProxies;
 use herald_api::connection::ConnectionSettings;
 use herald_api::oidc::{Provider, ProviderSettings};
+use herald_api::policy::ReadPolicies;
 use herald_api::server::{self, Settings};
 use herald_api::view::Bounds;
 use herald_core::RegistryName;
@@ -173,15 +175,39 @@ struct Cli {
     resource_url: Option<herald_runtime::http::Url>,
 
     /// Hide entries without authz claims from token callers too (default
-    /// deny, as ToolHive); by default they are visible to every caller.
+    /// deny, as ToolHive); by default they are visible to every caller. A
+    /// registry's policy in --auth-config may say otherwise.
     #[arg(long, env = "HERALD_HIDE_UNCLAIMED_ENTRIES")]
     hide_unclaimed_entries: bool,
+
+    /// A YAML (or JSON) file of OpenID providers, each with its own
+    /// audience, JWKS URL, fetch-token file and CA (beside the --oidc-*
+    /// flags' provider), and of per-registry read policies: the claims a
+    /// token needs to read a registry, and whether entries without claims
+    /// are visible there (docs/authentication.md).
+    #[arg(long, env = "HERALD_AUTH_CONFIG")]
+    auth_config: Option<PathBuf>,
 
     #[command(flatten)]
     nats: NatsArgs,
 
     #[command(flatten)]
     log: LogArgs,
+}
+
+/// The HTTP client of a provider's discovery and JWKS fetches; `ca`: extra
+/// PEM CAs for its TLS.
+fn provider_http(ca: Option<&Path>) -> Result<herald_runtime::http::HttpClient, String> {
+    let mut http = herald_runtime::http::HttpClient::builder(concat!(
+        "herald-api/",
+        env!("CARGO_PKG_VERSION")
+    ))
+    .request_timeout(Duration::from_secs(10))
+    .max_body_size(1024 * 1024);
+    if let Some(ca) = ca {
+        http = http.ca_file(ca);
+    }
+    http.build().map_err(|e| e.to_string())
 }
 
 fn parse_origin(raw: &str) -> Result<HeaderValue, String> {
@@ -198,63 +224,91 @@ fn url_like(raw: &str) -> Option<&str> {
 }
 
 impl Cli {
-    /// The authenticator of --auth-mode, or why the flags do not make one.
-    fn authenticator(&self) -> Result<Authenticator, String> {
+    /// The authenticator of --auth-mode and the --auth-config file's
+    /// providers, or why they do not make one.
+    fn authenticator(&self, config: &AuthConfig) -> Result<Authenticator, String> {
         if self.auth_mode == AuthMode::Anonymous {
+            if !config.providers.is_empty() {
+                return Err(
+                    "--auth-config lists providers, but --auth-mode anonymous takes no tokens"
+                        .to_owned(),
+                );
+            }
             return Ok(Authenticator::Anonymous);
         }
-        let (Some(audience), false) = (&self.oidc_audience, self.oidc_issuers.is_empty()) else {
+        if self.oidc_issuers.is_empty() && config.providers.is_empty() {
             return Err(
                 "--auth-mode oauth (the default) needs --oidc-issuer and --oidc-audience \
-                        (HERALD_OIDC_ISSUER, HERALD_OIDC_AUDIENCE); to serve without \
-                        authentication, pass --auth-mode anonymous"
+                 (HERALD_OIDC_ISSUER, HERALD_OIDC_AUDIENCE), or providers in --auth-config; \
+                 to serve without authentication, pass --auth-mode anonymous"
                     .to_owned(),
             );
-        };
+        }
+        if !self.oidc_issuers.is_empty() && self.oidc_audience.is_none() {
+            return Err("--oidc-issuer needs --oidc-audience (HERALD_OIDC_AUDIENCE)".to_owned());
+        }
         if self.oidc_issuers.len() > 1
             && (self.oidc_jwks_url.is_some() || self.oidc_fetch_token_file.is_some())
         {
             return Err(
-                "--oidc-jwks-url and --oidc-fetch-token-file apply to a single --oidc-issuer"
+                "--oidc-jwks-url and --oidc-fetch-token-file apply to a single --oidc-issuer; \
+                 list several providers in --auth-config"
                     .to_owned(),
             );
         }
-        let resource = match &self.resource_url {
-            Some(url) => url.clone(),
-            None => herald_runtime::http::Url::parse(audience).map_err(|_| {
-                "--oidc-audience is not a URL: give this API's URL with --resource-url".to_owned()
+        // RFC 9728's resource: said, or the (first) audience when it is a URL.
+        let audience = self
+            .oidc_audience
+            .as_deref()
+            .or(config.providers.first().map(|p| p.audience.as_str()));
+        let resource = match (&self.resource_url, audience) {
+            (Some(url), _) => url.clone(),
+            (None, Some(audience)) => herald_runtime::http::Url::parse(audience).map_err(|_| {
+                "the audience is not a URL: give this API's URL with --resource-url".to_owned()
             })?,
+            (None, None) => return Err("--resource-url is needed".to_owned()),
         };
-        let mut http = herald_runtime::http::HttpClient::builder(concat!(
-            "herald-api/",
-            env!("CARGO_PKG_VERSION")
-        ))
-        .request_timeout(Duration::from_secs(10))
-        .max_body_size(1024 * 1024);
-        if let Some(ca) = &self.oidc_ca_file {
-            http = http.ca_file(ca);
+        let flag_http = provider_http(self.oidc_ca_file.as_deref())?;
+        let mut settings: Vec<(ProviderSettings, herald_runtime::http::HttpClient)> = Vec::new();
+        for issuer in &self.oidc_issuers {
+            herald_api::auth::check_issuer(issuer).map_err(|e| format!("--oidc-issuer {e}"))?;
+            settings.push((
+                ProviderSettings {
+                    issuer: issuer.clone(),
+                    audience: self.oidc_audience.clone().unwrap_or_default(),
+                    jwks_url: self.oidc_jwks_url.clone(),
+                    fetch_token_file: self.oidc_fetch_token_file.clone(),
+                    clock_skew: self.oidc_clock_skew,
+                    min_refresh: self.oidc_keys_min_refresh,
+                },
+                flag_http.clone(),
+            ));
         }
-        let http = http.build().map_err(|e| e.to_string())?;
-        let providers = self
-            .oidc_issuers
-            .iter()
-            .map(|issuer| {
-                herald_api::auth::check_issuer(issuer).map_err(|e| format!("--oidc-issuer {e}"))?;
-                Ok(Provider::new(
-                    ProviderSettings {
-                        issuer: issuer.clone(),
-                        audience: audience.clone(),
-                        jwks_url: self.oidc_jwks_url.clone(),
-                        fetch_token_file: self.oidc_fetch_token_file.clone(),
-                        clock_skew: self.oidc_clock_skew,
-                        min_refresh: self.oidc_keys_min_refresh,
-                    },
-                    http.clone(),
-                ))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        for provider in &config.providers {
+            if settings.iter().any(|(s, _)| s.issuer == provider.issuer) {
+                return Err(format!(
+                    "issuer {:?} is both an --oidc-issuer and in --auth-config",
+                    provider.issuer
+                ));
+            }
+            let http = provider_http(provider.ca_file.as_deref())?;
+            settings.push((
+                ProviderSettings {
+                    issuer: provider.issuer.clone(),
+                    audience: provider.audience.clone(),
+                    jwks_url: provider.jwks_url.clone(),
+                    fetch_token_file: provider.fetch_token_file.clone(),
+                    clock_skew: self.oidc_clock_skew,
+                    min_refresh: self.oidc_keys_min_refresh,
+                },
+                http,
+            ));
+        }
         Ok(Authenticator::OAuth(OAuth {
-            providers,
+            providers: settings
+                .into_iter()
+                .map(|(settings, http)| Provider::new(settings, http))
+                .collect(),
             resource,
             realm: "herald".to_owned(),
             hide_unclaimed: self.hide_unclaimed_entries,
@@ -295,14 +349,25 @@ async fn main() -> ExitCode {
     if let Err(err) = cli.check() {
         err.exit();
     }
-    let auth = match cli.authenticator() {
+    let config = match &cli.auth_config {
+        Some(path) => AuthConfig::load(path).unwrap_or_else(|e| {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!("--auth-config: {e}"),
+                )
+                .exit()
+        }),
+        None => AuthConfig::default(),
+    };
+    let auth = match cli.authenticator(&config) {
         Ok(auth) => Arc::new(auth),
         Err(why) => Cli::command()
             .error(clap::error::ErrorKind::MissingRequiredArgument, why)
             .exit(),
     };
     cli.log.init();
-    match run(cli, auth).await {
+    match run(cli, auth, Arc::new(config.policies)).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -311,7 +376,11 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, auth: Arc<Authenticator>) -> anyhow::Result<()> {
+async fn run(
+    cli: Cli,
+    auth: Arc<Authenticator>,
+    read_policies: Arc<ReadPolicies>,
+) -> anyhow::Result<()> {
     let shutdown = herald_runtime::shutdown::on_signal()?;
     let client = cli.nats.connect("herald-api", None).await?;
     let settings = Settings {
@@ -344,6 +413,7 @@ async fn run(cli: Cli, auth: Arc<Authenticator>) -> anyhow::Result<()> {
         max_connections_per_client: cli.max_connections_per_client as usize,
         trusted_proxies: TrustedProxies::new(cli.trusted_proxies),
         auth,
+        read_policies,
     };
     server::run(settings, client, shutdown).await
 }

@@ -13,7 +13,11 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
+use herald_core::RegistryName;
+
+use crate::access::Viewer;
+use crate::app::{AppState, unknown_registry};
+use crate::auth::Authenticator;
 use crate::problem::Problem;
 
 const PAGE: &str = include_str!("assets/page.html");
@@ -31,12 +35,33 @@ static CSP: LazyLock<HeaderValue> = LazyLock::new(|| {
     HeaderValue::from_str(&policy).expect("the policy is ASCII")
 });
 
-/// `/` and `/registry/{registry}/`: the page, or 404 for an unknown registry.
+/// `/` and `/registry/{registry}/`: the page, or 404 for a registry that
+/// is not served. With authentication on, the page (public, without data)
+/// is served for every well-formed registry name: whether a registry exists
+/// is for its feed to say, to a caller whose token may read it.
 pub async fn page(
     State(app): State<AppState>,
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
-    app.view(params.get("registry").map(String::as_str))?;
+    let registry = params.get("registry").map(String::as_str);
+    match &*app.auth {
+        Authenticator::OAuth(_) => {
+            if let Some(raw) = registry {
+                raw.parse::<RegistryName>()
+                    .map_err(|_| unknown_registry(raw))?;
+            }
+        }
+        Authenticator::Anonymous => {
+            app.view(registry)?;
+            let name = match registry {
+                Some(raw) => raw.parse().map_err(|_| unknown_registry(raw))?,
+                None => app.registries.default_registry().clone(),
+            };
+            app.read_policies
+                .admit(&name, Viewer::Anonymous)
+                .ok_or_else(|| unknown_registry(name.as_ref()))?;
+        }
+    }
     Ok((
         [
             (

@@ -20,6 +20,7 @@ use crate::client::{ClientKey, TrustedProxies};
 use crate::connection::{ConnectionSettings, Connections};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
+use crate::policy::ReadPolicies;
 use crate::registries::Registries;
 use crate::view::Bounds;
 use crate::{bucket_watch, routes};
@@ -51,6 +52,8 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     /// Who callers are (`--auth-mode`).
     pub auth: Arc<Authenticator>,
+    /// Who may read which registry (`--auth-config`).
+    pub read_policies: Arc<ReadPolicies>,
 }
 
 /// Serves until `shutdown`, then closes SSE streams and drains.
@@ -78,6 +81,7 @@ pub async fn run(
         ),
         trusted_proxies: settings.trusted_proxies.clone(),
         auth: settings.auth.clone(),
+        read_policies: settings.read_policies.clone(),
         shutdown: shutdown.clone(),
     });
     if let Authenticator::OAuth(oauth) = &*settings.auth {
@@ -98,6 +102,12 @@ pub async fn run(
         tracing::warn!(
             "no authentication (--auth-mode anonymous): anyone who reaches this API reads \
              every entry without claims"
+        );
+    }
+    if !settings.read_policies.is_empty() {
+        tracing::info!(
+            policies = settings.read_policies.len(),
+            "registry read policies (--auth-config)"
         );
     }
     let bucket_watch = tokio::spawn(bucket_watch::run(

@@ -3,7 +3,14 @@
 //
 //   node server.mjs --config clients.json [--port 0] [--host 127.0.0.1]
 //                   [--keys keys.json] [--ttl 300] [--quiet] [--die-with-stdin]
+//                   [--tls-cert cert.pem --tls-key key.pem] [--metadata-token-file f]
 //
+// * --tls-cert/--tls-key: serve https (the issuer is then https://...), as a
+//   Kubernetes API server's service-account issuer does, with a private CA.
+// * --metadata-token-file: discovery and the JWKS answer 401 unless the request
+//   carries `Authorization: Bearer <the file's content>` (a Kubernetes API
+//   server's /.well-known/openid-configuration and /openid/v1/jwks without
+//   anonymous access); the file is read at each request.
 // * issuer is http://<host>:<actual port> (port 0 = pick a free one; the real
 //   port is known before the Provider is built, so the issuer is exact).
 // * prints exactly one line `READY <issuer>` on stdout once listening; every
@@ -31,7 +38,8 @@
 // keys.json: a JWKS with *private* RSA keys ({"keys":[{kty,n,e,d,p,q,dp,dq,qi,kid?}]});
 // the first key signs. Without --keys an RSA-2048 key is generated at start.
 
-import { createServer } from 'node:http';
+import { createServer as createHttpServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { readFileSync } from 'node:fs';
 import { createHash, generateKeyPairSync, createPrivateKey } from 'node:crypto';
 import { parseArgs } from 'node:util';
@@ -45,6 +53,9 @@ const { values: args } = parseArgs({
     ttl: { type: 'string', default: '300' },
     quiet: { type: 'boolean', default: false },
     'die-with-stdin': { type: 'boolean', default: false },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    'metadata-token-file': { type: 'string' },
   },
 });
 if (!args.config) {
@@ -176,7 +187,15 @@ function rotate(jwk, retain) {
   return { kid: next.kid, kids: signingKeys.map((k) => k.kid), previous };
 }
 
-const server = createServer(async (req, res) => {
+const tls = args['tls-cert'] && args['tls-key'];
+const onRequest = async (req, res) => {
+  if (args['metadata-token-file'] && (req.url.startsWith('/.well-known/') || req.url.startsWith('/jwks'))) {
+    const wanted = `Bearer ${readFileSync(args['metadata-token-file'], 'utf8').trim()}`;
+    if (req.headers.authorization !== wanted) {
+      res.writeHead(401, { 'content-type': 'text/plain' }).end('Unauthorized');
+      return;
+    }
+  }
   if (req.url.startsWith('/__admin/')) {
     const url = new URL(req.url, issuer);
     if (req.method === 'POST' && url.pathname === '/__admin/rotate') {
@@ -195,12 +214,15 @@ const server = createServer(async (req, res) => {
     return;
   }
   handler(req, res);
-});
+};
+const server = tls
+  ? createHttpsServer({ cert: readFileSync(args['tls-cert']), key: readFileSync(args['tls-key']) }, onRequest)
+  : createHttpServer(onRequest);
 
 server.listen(Number(args.port), args.host, () => {
   const { port } = server.address();
   const host = args.host.includes(':') ? `[${args.host}]` : args.host;
-  issuer = `http://${host}:${port}`;
+  issuer = `${tls ? 'https' : 'http'}://${host}:${port}`;
   handler = buildProvider(issuer).callback();
   process.stdout.write(`READY ${issuer}\n`);
 });

@@ -24,6 +24,8 @@
 //! - [`oidc`]: [`oidc::OidcProvider`], a real OpenID Provider (`integration-tests/oidc`,
 //!   npm `oidc-provider` on the machine's Node.js) issuing tokens with chosen claims;
 //! - [`sse`]: the frames of `herald-api`'s event feed, parsed as bytes arrive;
+//! - [`browser`]: [`browser::Browser`], a headless Chromium over WebDriver for the
+//!   registry page;
 //! - [`storm`]: seeded random changes to MCPServers, run while a fault is injected;
 //! - [`oracle`]: what `herald-api` must serve given the clusters' objects, and the check
 //!   that it does (nothing lost, nothing phantom);
@@ -45,6 +47,7 @@
 //! Tests live in `tests/`, a file per binary or concern (`harness.rs` checks this crate
 //! itself); `src/bin/herald-bench` is the benchmark, which starts Herald the same way.
 
+pub mod browser;
 pub mod dir;
 pub mod events;
 pub mod herald;

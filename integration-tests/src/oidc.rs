@@ -3,10 +3,15 @@
 //! serves OIDC discovery and a JWKS, and issues RS256 JWT access tokens by the
 //! `client_credentials` grant, with per-client claims and `aud` = the `resource` asked for.
 //!
+//! [`OidcProvider::start_with`] can also serve https with a certificate of a private CA
+//! ([`TestCa`], made by the machine's `openssl`) and require a bearer token for discovery
+//! and the JWKS, as a Kubernetes API server's service-account issuer does.
+//!
 //! The provider picks its own port (`--port 0`) and prints `READY <issuer>` once listening;
 //! [`OidcProvider::start`] reads the issuer from its log. The process is a
 //! [`ChildProcess`]: killed when dropped, and when the test process dies.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -48,6 +53,124 @@ impl Client {
     }
 }
 
+/// `application/x-www-form-urlencoded` of a client id or secret.
+fn form_encoded(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_owned(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A private CA and a serving certificate it signed for `127.0.0.1` and `localhost`
+/// (PEM files in a test folder), made with the machine's `openssl`.
+#[derive(Debug)]
+pub struct TestCa {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    _dir: TestDir,
+}
+
+impl TestCa {
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = TestDir::new("ca")?;
+        let openssl = |args: &[&str]| -> anyhow::Result<()> {
+            let out = Command::new("openssl")
+                .current_dir(dir.path())
+                .args(args)
+                .output()
+                .context("running openssl")?;
+            ensure!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=herald test CA",
+                ],
+            ]
+            .concat(),
+        )?;
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        )?;
+        std::fs::write(
+            dir.join("server.ext"),
+            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n\
+             extendedKeyUsage=serverAuth\n",
+        )?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ])?;
+        Ok(Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            _dir: dir,
+        })
+    }
+}
+
+/// How a provider is served beyond the defaults.
+#[derive(Debug, Default)]
+pub struct ProviderOptions<'a> {
+    /// https with this CA's serving certificate.
+    pub tls: Option<&'a TestCa>,
+    /// Discovery and the JWKS need `Authorization: Bearer <this file's content>`.
+    pub metadata_token_file: Option<&'a Path>,
+}
+
 /// A running provider.
 #[derive(Debug)]
 pub struct OidcProvider {
@@ -60,6 +183,14 @@ pub struct OidcProvider {
 impl OidcProvider {
     /// Starts the provider with `clients` and waits until it serves.
     pub async fn start(clients: &[Client]) -> anyhow::Result<Self> {
+        Self::start_with(clients, ProviderOptions::default()).await
+    }
+
+    /// [`OidcProvider::start`], served as `options` say.
+    pub async fn start_with(
+        clients: &[Client],
+        options: ProviderOptions<'_>,
+    ) -> anyhow::Result<Self> {
         let modules = Tools::locate()?.oidc_provider_modules()?;
         let dir = TestDir::new("oidc")?;
         // Node finds packages next to the script: a copy of the script beside a link to
@@ -93,6 +224,16 @@ impl OidcProvider {
             "--port",
             "0",
         ]);
+        if let Some(ca) = options.tls {
+            command
+                .arg("--tls-cert")
+                .arg(&ca.cert)
+                .arg("--tls-key")
+                .arg(&ca.key);
+        }
+        if let Some(file) = options.metadata_token_file {
+            command.arg("--metadata-token-file").arg(file);
+        }
         let process = ChildProcess::spawn("oidc-provider", command, &dir.join("oidc.log"))?;
         let issuer = eventually(READY_TIMEOUT, "the OpenID provider's READY line", || {
             let log = process.log_contents();
@@ -104,15 +245,20 @@ impl OidcProvider {
             }
         })
         .await?;
+        let mut http = reqwest::Client::builder();
+        if let Some(ca) = options.tls {
+            let pem = std::fs::read(&ca.ca)?;
+            http = http.tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem)?);
+        }
         Ok(Self {
             issuer,
             process,
-            http: reqwest::Client::new(),
+            http: http.build()?,
             _dir: dir,
         })
     }
 
-    /// The issuer (`http://127.0.0.1:<port>`), as its tokens name it.
+    /// The issuer (`http://127.0.0.1:<port>`, or https), as its tokens name it.
     pub fn issuer(&self) -> &str {
         &self.issuer
     }
@@ -128,7 +274,9 @@ impl OidcProvider {
             "a token from the OpenID provider",
             self.http
                 .post(format!("{}/token", self.issuer))
-                .basic_auth(&client.id, Some(&client.secret))
+                // RFC 6749 §2.3.1: the id and secret are form-encoded first, so an id
+                // with colons (`system:serviceaccount:…`) survives Basic's `id:secret`.
+                .basic_auth(form_encoded(&client.id), Some(form_encoded(&client.secret)))
                 .form(&[
                     ("grant_type", "client_credentials"),
                     ("resource", resource),

@@ -17,12 +17,12 @@ use herald_core::record::{
 };
 use herald_core::stored::StoredDeployment;
 use herald_core::{Kind, ObjectRef, WithdrawReason};
+use herald_integration_tests::browser::Browser;
 use herald_integration_tests::dir::TestDir;
 use herald_integration_tests::events::withdrawal;
 use herald_integration_tests::herald::{Herald, HeraldProcess};
 use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::ports::free_port;
-use herald_integration_tests::process::{ChildProcess, status_kib};
+use herald_integration_tests::process::status_kib;
 use herald_integration_tests::sse::{Frames, SseEvent};
 use herald_integration_tests::timeout::{eventually, within};
 use reqwest::StatusCode;
@@ -1311,141 +1311,6 @@ async fn restart_rebuilds_the_same_responses_and_sigterm_closes_streams() -> any
         assert_eq!(&r.text().await?, body, "{p}");
     }
     Ok(())
-}
-
-/// A program from `env` (a path) or else from `PATH`.
-fn locate(env: &str, program: &str) -> anyhow::Result<std::path::PathBuf> {
-    if let Some(path) = std::env::var_os(env) {
-        return Ok(path.into());
-    }
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .with_context(|| {
-            format!("{program} not found: set {env} or install it (scripts/test-deps)")
-        })
-}
-
-/// A headless Chromium driven over WebDriver (plain HTTP to chromedriver).
-struct Browser {
-    _driver: ChildProcess,
-    http: reqwest::Client,
-    session: String,
-}
-
-impl Browser {
-    async fn start(dir: &TestDir) -> anyhow::Result<Self> {
-        let chromium = locate("HERALD_CHROMIUM", "chromium")?;
-        let chromedriver = locate("HERALD_CHROMEDRIVER", "chromedriver")?;
-        let port = free_port();
-        let mut command = std::process::Command::new(chromedriver);
-        command.arg(format!("--port={port}"));
-        let driver = ChildProcess::spawn("chromedriver", command, &dir.join("chromedriver.log"))?;
-        let http = reqwest::Client::new();
-        let base = format!("http://127.0.0.1:{port}");
-        eventually(START, "chromedriver", || async {
-            Ok(http
-                .get(format!("{base}/status"))
-                .send()
-                .await
-                .ok()
-                .map(|_| ()))
-        })
-        .await?;
-        let profile = dir.join("chromium-profile");
-        let capabilities = serde_json::json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         format!("--user-data-dir={}", profile.display())],
-            }
-        }}});
-        let created: Value = within(
-            START,
-            "a browser session",
-            http.post(format!("{base}/session"))
-                .json(&capabilities)
-                .send(),
-        )
-        .await??
-        .json()
-        .await?;
-        let session = created["value"]["sessionId"]
-            .as_str()
-            .with_context(|| format!("no session: {created}"))?;
-        Ok(Self {
-            _driver: driver,
-            http,
-            session: format!("{base}/session/{session}"),
-        })
-    }
-
-    async fn goto(&self, url: &str) -> anyhow::Result<()> {
-        let r = within(
-            STEP,
-            "navigation",
-            self.http
-                .post(format!("{}/url", self.session))
-                .json(&serde_json::json!({"url": url}))
-                .send(),
-        )
-        .await??;
-        ensure!(r.status().is_success(), "navigate: {}", r.text().await?);
-        Ok(())
-    }
-
-    async fn eval(&self, script: &str) -> anyhow::Result<Value> {
-        let body = serde_json::json!({"script": script, "args": []});
-        let r: Value = within(
-            STEP,
-            "a script",
-            self.http
-                .post(format!("{}/execute/sync", self.session))
-                .json(&body)
-                .send(),
-        )
-        .await??
-        .json()
-        .await?;
-        Ok(r["value"].clone())
-    }
-
-    /// Waits until `script` returns `expected`.
-    async fn until(&self, script: &str, expected: Value) -> anyhow::Result<()> {
-        let last = std::sync::Mutex::new(Value::Null);
-        let result = eventually(STEP, script, || async {
-            let value = self.eval(script).await?;
-            let done = value == expected;
-            *last.lock().unwrap_or_else(|e| e.into_inner()) = value;
-            Ok(done.then_some(()))
-        })
-        .await;
-        let last = last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        result.with_context(|| format!("{script} stayed {last}"))
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // Ends the session so chromedriver stops Chromium (which would outlive a
-        // killed driver). A fresh client and runtime: the test's may be gone.
-        let session = self.session.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let http = reqwest::Client::new();
-                let _ = tokio::time::timeout(Duration::from_secs(10), http.delete(session).send())
-                    .await;
-            });
-        })
-        .join();
-    }
 }
 
 #[tokio::test]

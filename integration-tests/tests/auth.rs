@@ -2,7 +2,9 @@
 //! (`oidc-provider` on Node.js, started on loopback by the harness): bearer tokens on
 //! every data route, 401 answers with their challenge, the RFC 9728 metadata, and entries
 //! with `authz-claims` shown only to the tokens that satisfy them, on list, get, versions
-//! and the SSE feed (including an entry whose claims change while a subscriber listens).
+//! and the SSE feed (including an entry whose claims change while a subscriber listens);
+//! per-registry read policies and several providers (`--auth-config`); and the registry
+//! page in headless Chromium reading the feed with a pasted token.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,9 +22,11 @@ use herald_core::record::{
 };
 use herald_core::stored::StoredDeployment;
 use herald_core::{Kind, ObjectRef};
+use herald_integration_tests::browser::Browser;
+use herald_integration_tests::dir::TestDir;
 use herald_integration_tests::herald::{Herald, HeraldProcess};
 use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::oidc::{Client, OidcProvider};
+use herald_integration_tests::oidc::{Client, OidcProvider, ProviderOptions, TestCa};
 use herald_integration_tests::sse::{Frames, SseEvent};
 use herald_integration_tests::timeout::{eventually, within};
 use reqwest::StatusCode;
@@ -37,24 +41,31 @@ const EVENTS: &str = "/v0.1/x/dev.herald/events";
 
 // ---------------------------------------------------------------- data
 
-/// Writes deployments into the default registry's bucket as the projector does.
+/// Writes deployments into a registry's bucket as the projector does.
 struct Bucket {
     kv: kv::Store,
+    registry: String,
     seq: u64,
     current: BTreeMap<String, StoredDeployment>,
 }
 
 impl Bucket {
+    /// The default registry's bucket.
     async fn create(js: &jetstream::Context) -> anyhow::Result<Self> {
+        Self::create_in(js, "default").await
+    }
+
+    async fn create_in(js: &jetstream::Context, registry: &str) -> anyhow::Result<Self> {
         let kv = js
             .create_key_value(kv::Config {
-                bucket: bucket_name(&"default".parse()?),
+                bucket: bucket_name(&registry.parse()?),
                 history: 5,
                 ..Default::default()
             })
             .await?;
         Ok(Self {
             kv,
+            registry: registry.to_owned(),
             seq: 0,
             current: BTreeMap::new(),
         })
@@ -73,7 +84,7 @@ impl Bucket {
         let record = DeploymentRecord {
             v: RECORD_VERSION,
             cluster: "c1".parse()?,
-            registry: "default".parse()?,
+            registry: self.registry.parse()?,
             object: ObjectRef::new(Kind::MCPServer, "tools", object).map_err(anyhow::Error::msg)?,
             uid: format!("uid-{object}"),
             resource_version: "1".into(),
@@ -162,8 +173,18 @@ impl Api {
 
     /// The server names `token` is listed, once the list holds `expected` many.
     async fn names(&self, token: Option<&str>, expected: usize) -> anyhow::Result<Vec<String>> {
+        self.names_at(LIST, token, expected).await
+    }
+
+    /// [`Api::names`] of the listing at `path`.
+    async fn names_at(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        expected: usize,
+    ) -> anyhow::Result<Vec<String>> {
         eventually(STEP, "the listing", || async {
-            let response = self.get(LIST, token).await?;
+            let response = self.get(path, token).await?;
             ensure!(response.status() == StatusCode::OK, "{}", response.status());
             let body: Value = response.json().await?;
             let names = server_names(&body["servers"]);
@@ -218,7 +239,12 @@ struct Sse {
 
 impl Sse {
     async fn connect(api: &Api, token: &str) -> anyhow::Result<Self> {
-        let response = api.get(EVENTS, Some(token)).await?;
+        Self::connect_to(api, "", token).await
+    }
+
+    /// The feed of the registry at `base` (`/registry/<name>`, or "" for the default).
+    async fn connect_to(api: &Api, base: &str, token: &str) -> anyhow::Result<Self> {
+        let response = api.get(&format!("{base}{EVENTS}"), Some(token)).await?;
         ensure!(
             response.status() == StatusCode::OK,
             "SSE: {}",
@@ -605,5 +631,372 @@ async fn entries_with_claims_are_seen_only_by_tokens_that_satisfy_them() -> anyh
             ],
         "{names:?}"
     );
+    Ok(())
+}
+
+/// An `--auth-config` file in a test folder.
+fn auth_config(text: &str) -> anyhow::Result<(TestDir, String)> {
+    let dir = TestDir::new("auth-config")?;
+    let path = dir.join("auth.yaml");
+    std::fs::write(&path, text)?;
+    Ok((dir, path.display().to_string()))
+}
+
+/// A 404's problem document with the registry name it names replaced by `*`.
+async fn not_found_body(response: reqwest::Response, registry: &str) -> anyhow::Result<String> {
+    ensure!(
+        response.status() == StatusCode::NOT_FOUND,
+        "expected 404, got {}",
+        response.status()
+    );
+    let kind = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response.text().await?;
+    Ok(format!("{kind} {}", body.replace(registry, "*")))
+}
+
+#[tokio::test]
+async fn registry_policies_answer_404_to_callers_who_may_not_read() -> anyhow::Result<()> {
+    let a = Client::new("reader-a", json!({"groups": ["team-a"]}));
+    let b = Client::new("reader-b", json!({"groups": ["team-b", "ops"]}));
+    let idp = OidcProvider::start(&[a.clone(), b.clone()]).await?;
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    let js = nats.jetstream().await;
+    let mut default = Bucket::create(&js).await?;
+    default.put("open", None).await?;
+    let mut team_a = Bucket::create_in(&js, "team-a").await?;
+    team_a.put("alpha", None).await?;
+    let mut team_b = Bucket::create_in(&js, "team-b").await?;
+    team_b.put("beta", None).await?;
+    team_b
+        .put("beta-claimed", Some(r#"{"groups": "team-b"}"#))
+        .await?;
+    // team-a: its group, and its unclaimed entries shown despite the default deny;
+    // team-b: its group, default deny kept; the default registry has no policy.
+    let (_config_dir, config) = auth_config(
+        "registries:\n  team-a:\n    claims: {groups: team-a}\n    unclaimedEntries: visible\n  \
+         team-b:\n    claims: {groups: [team-b]}\n",
+    )?;
+    let api = Api::oauth(
+        &nats,
+        &[idp.issuer()],
+        &["--hide-unclaimed-entries", "--auth-config", &config],
+    )
+    .await?;
+    let (ta, tb) = (
+        idp.token(&a, RESOURCE).await?,
+        idp.token(&b, RESOURCE).await?,
+    );
+
+    ensure!(
+        api.names_at("/registry/team-a/v0.1/servers", Some(&ta), 1)
+            .await?
+            == ["com.example/alpha"]
+    );
+    ensure!(
+        api.names_at("/registry/team-b/v0.1/servers", Some(&tb), 1)
+            .await?
+            == ["com.example/beta-claimed"],
+        "team-b keeps the default deny of unclaimed entries"
+    );
+    ensure!(api.names(Some(&ta), 0).await?.is_empty());
+
+    // Every route of a registry the caller may not read: the 404 of a registry that
+    // does not exist, byte for byte but the name.
+    for (registry, token, other) in [("team-b", &ta, &tb), ("team-a", &tb, &ta)] {
+        for route in [
+            "/v0.1/servers",
+            "/v0/servers",
+            "/v0.1/servers/deployed",
+            "/v0.1/servers/com.example%2Falpha/versions",
+            "/v0.1/servers/com.example%2Fbeta/versions/latest",
+            EVENTS,
+        ] {
+            let denied = api
+                .get(&format!("/registry/{registry}{route}"), Some(token))
+                .await?;
+            let unknown = api
+                .get(&format!("/registry/no-such{route}"), Some(token))
+                .await?;
+            let (denied, unknown) = (
+                not_found_body(denied, registry).await?,
+                not_found_body(unknown, "no-such").await?,
+            );
+            ensure!(
+                denied == unknown,
+                "{registry}{route}: {denied} vs {unknown}"
+            );
+            // The reader it is for is not refused there.
+            let allowed = api
+                .get(&format!("/registry/{registry}{route}"), Some(other))
+                .await?
+                .status();
+            ensure!(
+                allowed != StatusCode::NOT_FOUND || route.contains("/versions"),
+                "{registry}{route}: {allowed} for its own team"
+            );
+        }
+    }
+    // Also through a percent-encoded name, as the router decodes it.
+    let encoded = api
+        .get("/registry/team%2Db/v0.1/servers", Some(&ta))
+        .await?;
+    ensure!(encoded.status() == StatusCode::NOT_FOUND);
+
+    // The feed of an allowed registry holds its entries; the page says nothing about
+    // which registries exist (it is public and has no data).
+    let mut feed = Sse::connect_to(&api, "/registry/team-a", &ta).await?;
+    let snapshot = feed.next().await?;
+    ensure!(server_names(&snapshot.data["servers"]) == ["com.example/alpha"]);
+    for page in ["/registry/team-b/", "/registry/no-such/"] {
+        let status = api.get(page, None).await?.status();
+        ensure!(status == StatusCode::OK, "{page}: {status}");
+    }
+
+    // Anonymous readers never get a registry that needs claims, nor its page.
+    let anonymous =
+        Api::started(Herald::api(&nats.url()).args(["--auth-config", config.as_str()])).await?;
+    ensure!(anonymous.names(None, 1).await? == ["com.example/open"]);
+    for path in ["/registry/team-a/v0.1/servers", "/registry/team-a/"] {
+        let status = anonymous.get(path, None).await?.status();
+        ensure!(status == StatusCode::NOT_FOUND, "{path}: {status}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn several_providers_each_with_their_own_audience() -> anyhow::Result<()> {
+    let reader = Client::new("reader", json!({"team": "a"}));
+    let first = OidcProvider::start(std::slice::from_ref(&reader)).await?;
+    let second = OidcProvider::start(std::slice::from_ref(&reader)).await?;
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    let mut bucket = Bucket::create(&nats.jetstream().await).await?;
+    bucket.put("open", None).await?;
+    const OTHER: &str = "http://herald-b.test";
+    let (_config_dir, config) = auth_config(&format!(
+        "providers:\n  - issuer: {}\n    audience: {OTHER}\n",
+        second.issuer()
+    ))?;
+    // The flags' provider (audience RESOURCE) and the file's (audience OTHER).
+    let api = Api::oauth(&nats, &[first.issuer()], &["--auth-config", &config]).await?;
+
+    let ok = first.token(&reader, RESOURCE).await?;
+    ensure!(api.names(Some(&ok), 1).await? == ["com.example/open"]);
+    let ok = second.token(&reader, OTHER).await?;
+    ensure!(api.names(Some(&ok), 1).await? == ["com.example/open"]);
+    // Each provider's tokens must carry its own audience, not the other's.
+    for token in [
+        first.token(&reader, OTHER).await?,
+        second.token(&reader, RESOURCE).await?,
+    ] {
+        let response = api.get(LIST, Some(&token)).await?;
+        let value = challenge(&response)?;
+        ensure!(value.contains("audience"), "{value}");
+    }
+    let metadata: Value = api
+        .get("/.well-known/oauth-protected-resource", None)
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        metadata["authorization_servers"] == json!([first.issuer(), second.issuer()]),
+        "{metadata}"
+    );
+
+    // A bad file stops the start with the place of the mistake.
+    let (_bad_dir, bad) = auth_config("registries:\n  team-a:\n    claim: {groups: a}\n")?;
+    let out = Herald::api(&nats.url())
+        .args(["--auth-config", bad.as_str()])
+        .output(START)
+        .await?;
+    ensure!(
+        out.code()? != 0 && out.stderr.contains("--auth-config") && out.stderr.contains("claim"),
+        "{}",
+        out.stderr
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_registry_page_reads_the_feed_with_a_pasted_token_in_headless_chromium()
+-> anyhow::Result<()> {
+    let a = Client::new("reader-a", json!({"team": "a"}));
+    let b = Client::new("reader-b", json!({"team": "b"}));
+    let idp = OidcProvider::start(&[a.clone(), b.clone()]).await?;
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    let mut bucket = Bucket::create(&nats.jetstream().await).await?;
+    bucket.put("open", None).await?;
+    bucket.put("alpha", Some(r#"{"team": "a"}"#)).await?;
+    bucket.put("beta", Some(r#"{"team": "b"}"#)).await?;
+    let api = Api::oauth(&nats, &[idp.issuer()], &[]).await?;
+    let (ta, tb) = (
+        idp.token(&a, RESOURCE).await?,
+        idp.token(&b, RESOURCE).await?,
+    );
+    let dir = TestDir::new("auth-browser")?;
+    let browser = Browser::start(&dir).await?;
+    const NAMES: &str =
+        "return [...document.querySelectorAll('article')].map(a => a.dataset.name).join(' ')";
+    let paste = |token: &str| {
+        format!(
+            "document.getElementById('token').value = {}; \
+             document.getElementById('use-token').click(); return 1",
+            serde_json::to_string(token).unwrap_or_default()
+        )
+    };
+
+    // Without a token the feed answers 401 and the page asks for one.
+    browser.goto(&format!("{}/", api.process.base())).await?;
+    browser
+        .until("return document.body.dataset.state", "unauthorized".into())
+        .await?;
+    ensure!(
+        browser
+            .eval("return document.querySelectorAll('article').length")
+            .await?
+            == 0
+    );
+
+    // With a's token: a's entries and the open one, live.
+    browser.eval(&paste(&ta)).await?;
+    browser
+        .until(NAMES, "com.example/alpha com.example/open".into())
+        .await?;
+    browser
+        .until("return document.body.dataset.state", "live".into())
+        .await?;
+    bucket.put("gamma", Some(r#"{"team": "a"}"#)).await?;
+    bucket.put("delta", Some(r#"{"team": "b"}"#)).await?;
+    browser
+        .until(
+            NAMES,
+            "com.example/alpha com.example/gamma com.example/open".into(),
+        )
+        .await?;
+    // alpha moves to team b: it leaves a's page without a reload.
+    bucket.put("alpha", Some(r#"{"team": "b"}"#)).await?;
+    browser
+        .until(NAMES, "com.example/gamma com.example/open".into())
+        .await?;
+
+    // The token is in sessionStorage and in no URL the page requested.
+    ensure!(
+        browser
+            .eval("return sessionStorage.getItem('herald.token')")
+            .await?
+            == ta.as_str()
+    );
+    let urls = browser
+        .eval("return performance.getEntriesByType('resource').map(e => e.name).concat([location.href]).join(' ')")
+        .await?;
+    let urls = urls.as_str().unwrap_or_default();
+    ensure!(urls.contains("/v0.1/x/dev.herald/events"), "{urls}");
+    ensure!(
+        !urls.contains(&ta[ta.len() - 20..]),
+        "a token in a URL: {urls}"
+    );
+
+    // Another token is another view, from a fresh snapshot.
+    browser.eval(&paste(&tb)).await?;
+    browser
+        .until(
+            NAMES,
+            "com.example/alpha com.example/beta com.example/delta com.example/open".into(),
+        )
+        .await?;
+    // A refused token is said so; forgetting it goes back to asking.
+    browser.eval(&paste("not-a-jwt")).await?;
+    browser
+        .until("return document.body.dataset.state", "unauthorized".into())
+        .await?;
+    ensure!(
+        browser
+            .eval("return document.querySelectorAll('article').length")
+            .await?
+            == 0
+    );
+    browser
+        .eval("document.getElementById('forget-token').click(); return 1")
+        .await?;
+    browser
+        .until("return sessionStorage.getItem('herald.token')", Value::Null)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_provider_of_the_config_file_uses_its_own_ca_and_fetch_token() -> anyhow::Result<()> {
+    // A Kubernetes-style issuer: https with a private CA, discovery and JWKS only with a
+    // bearer token, tokens whose `sub` names a service account.
+    // The provider's client-credentials tokens carry the client id as `sub`.
+    let account = Client::new("system:serviceaccount:team-a:reader", json!({}));
+    let ca = TestCa::new()?;
+    let dir = TestDir::new("fetch-token")?;
+    let fetch_token = dir.join("token");
+    std::fs::write(&fetch_token, "metadata-reader-token\n")?;
+    let idp = OidcProvider::start_with(
+        std::slice::from_ref(&account),
+        ProviderOptions {
+            tls: Some(&ca),
+            metadata_token_file: Some(&fetch_token),
+        },
+    )
+    .await?;
+    ensure!(idp.issuer().starts_with("https://"), "{}", idp.issuer());
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    let mut bucket = Bucket::create(&nats.jetstream().await).await?;
+    bucket.put("open", None).await?;
+    bucket
+        .put(
+            "mine",
+            Some(r#"{"sub": ["system:serviceaccount:team-a:reader"]}"#),
+        )
+        .await?;
+    let provider = |extra: &str| {
+        format!(
+            "providers:\n  - issuer: {}\n    audience: {RESOURCE}\n{extra}",
+            idp.issuer()
+        )
+    };
+    let full = format!(
+        "    caFile: {}\n    fetchTokenFile: {}\n",
+        ca.ca.display(),
+        fetch_token.display()
+    );
+    let (_full_dir, full) = auth_config(&provider(&full))?;
+    // The file's provider alone: no --oidc-issuer, the resource is its audience.
+    let api = Api::started(Herald::api(&nats.url()).args([
+        "--auth-mode",
+        "oauth",
+        "--auth-config",
+        full.as_str(),
+    ]))
+    .await?;
+    let token = idp.token(&account, RESOURCE).await?;
+    ensure!(api.names(Some(&token), 2).await? == ["com.example/mine", "com.example/open"]);
+
+    // Without the CA, or without the fetch token, the keys cannot be fetched: refused.
+    let (_no_ca_dir, no_ca) = auth_config(&provider(&format!(
+        "    fetchTokenFile: {}\n",
+        fetch_token.display()
+    )))?;
+    let (_no_token_dir, no_token) =
+        auth_config(&provider(&format!("    caFile: {}\n", ca.ca.display())))?;
+    for config in [no_ca, no_token] {
+        let api = Api::started(Herald::api(&nats.url()).args([
+            "--auth-mode",
+            "oauth",
+            "--auth-config",
+            config.as_str(),
+        ]))
+        .await?;
+        let response = api.get(LIST, Some(&token)).await?;
+        let value = challenge(&response)?;
+        ensure!(value.contains("cannot be reached"), "{config}: {value}");
+    }
     Ok(())
 }

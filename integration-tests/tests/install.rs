@@ -564,6 +564,78 @@ fn the_values_schema_and_the_templates_refuse_bad_values() {
 }
 
 #[test]
+fn the_api_auth_config_becomes_a_mounted_file_herald_api_accepts() {
+    let helm = Helm::new();
+    let config = r#"api.auth.config={"providers":[{"issuer":"https://dex.example","audience":"herald"}],"registries":{"team-a":{"claims":{"groups":["team-a"]},"unclaimedEntries":"visible"},"*":{"claims":{"groups":"readers"}}}}"#;
+    // Providers in the file stand in for api.auth.issuer and audience.
+    let (_, objects) = helm.render(
+        "single-cluster",
+        &[
+            "--set",
+            "api.auth.issuer=",
+            "--set",
+            "api.auth.audience=",
+            "--set-json",
+            config,
+        ],
+    );
+    let map = of_kind(&objects, "ConfigMap")
+        .into_iter()
+        .find(|c| name(c) == "herald-api-auth")
+        .expect("the auth ConfigMap");
+    let file = map["data"]["auth.yaml"].as_str().unwrap();
+    let parsed = herald_api::auth_config::AuthConfig::parse(file).expect("herald-api reads it");
+    assert_eq!(parsed.providers.len(), 1);
+    assert_eq!(parsed.policies.len(), 2);
+    let api = of_kind(&objects, "Deployment")
+        .into_iter()
+        .find(|d| name(d) == "herald-api")
+        .unwrap();
+    let pod = &api["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    let env = env_of(container);
+    assert_eq!(env["HERALD_AUTH_CONFIG"], "/etc/herald/auth/auth.yaml");
+    assert!(!env.contains_key("HERALD_OIDC_ISSUER"));
+    assert!(
+        container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == "/etc/herald/auth" && m["readOnly"] == true)
+    );
+    assert!(
+        pod["metadata"]["annotations"]["checksum/auth-config"].is_string(),
+        "a changed config must roll the pods"
+    );
+    // Without providers, oauth still needs an issuer; a bad policy value is refused.
+    for (args, field) in [
+        (
+            vec![
+                "--set",
+                "api.auth.issuer=",
+                "--set-json",
+                r#"api.auth.config={"registries":{"a":{}}}"#,
+            ],
+            "api.auth.issuer",
+        ),
+        (
+            vec![
+                "--set-json",
+                r#"api.auth.config={"registries":{"a":{"unclaimedEntries":"maybe"}}}"#,
+            ],
+            "unclaimedEntries",
+        ),
+    ] {
+        let single = role_values("single-cluster");
+        let mut all = vec!["-f", single.to_str().unwrap()];
+        all.extend_from_slice(&args);
+        let out = helm.template(&all);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(text(&out).contains(field), "{args:?}: {}", text(&out));
+    }
+}
+
+#[test]
 fn openshift_values_leave_user_and_group_ids_to_the_platform() {
     let helm = Helm::new();
     let (_, objects) = helm.render("single-cluster", &["--set", "openshift=true"]);
