@@ -20,7 +20,7 @@ async fn annotate_time_until(
     let mut args = vec!["annotate", "mcpserver", "time", "-n", "tools"];
     args.extend_from_slice(annotation);
     env.kubectl(&args).await?;
-    eventually(Duration::from_secs(20), what, || async {
+    eventually(Duration::from_secs(45), what, || async {
         let list = env.get("/v0.1/servers").await?;
         Ok(served(server(&list, "com.toolhive.k8s.tools/time")).then_some(()))
     })
