@@ -15,6 +15,7 @@ use crate::event::Resync;
 use crate::ids::excerpt;
 use crate::record::{DeploymentRecord, RECORD_VERSION, WithdrawReason, Withdrawal};
 use crate::stored::{CatalogState, DeploymentState, Sequenced, StoredCatalog, StoredDeployment};
+use crate::tombstone::LastServed;
 
 /// What to do with a key holding a `T` (a deployment unless said otherwise).
 // Returned and consumed at once: boxing the large variant would buy nothing.
@@ -62,6 +63,7 @@ pub fn fold_applied(
         seq,
         changed_at,
         state: DeploymentState::Live(Box::new(record.clone())),
+        last: None,
     })
 }
 
@@ -99,6 +101,7 @@ pub fn fold_withdrawn(
         seq,
         changed_at,
         state: DeploymentState::Withdrawn(withdrawal.clone()),
+        last: last_deployment(current),
     })
 }
 
@@ -129,6 +132,7 @@ pub fn sweep(
                 completed.epoch
             )),
         )),
+        last: Some(Box::new(LastServed::of_deployment(record))),
     })
 }
 
@@ -150,6 +154,7 @@ pub fn fold_catalog_applied(
         seq,
         changed_at,
         state: CatalogState::Listed(Box::new(record.clone())),
+        last: None,
     })
 }
 
@@ -172,5 +177,22 @@ pub fn fold_catalog_withdrawn(
         seq,
         changed_at,
         state: CatalogState::Withdrawn(withdrawal.clone()),
+        last: match current {
+            Some(c) => c
+                .live()
+                .map(|r| Box::new(LastServed::of_catalog(r)))
+                .or(c.last.clone()),
+            None => None,
+        },
     })
+}
+
+/// What a deployment tombstone keeps: what the live value advertised, or
+/// what the tombstone it replaces kept.
+fn last_deployment(current: Option<&StoredDeployment>) -> Option<Box<LastServed>> {
+    let current = current?;
+    current
+        .live()
+        .map(|r| Box::new(LastServed::of_deployment(r)))
+        .or(current.last.clone())
 }

@@ -280,3 +280,51 @@ fn cluster_state_is_the_same_whatever_the_order_of_folding() {
         assert_eq!(fold_all(&order), in_order, "{order:?}");
     }
 }
+
+#[test]
+fn a_tombstone_keeps_what_it_withdrew_and_old_tombstones_still_read() {
+    let r = record("c1", "ns", "a", "io.example/alpha", "1.0.0");
+    let live = write(fold_applied(None, &r, 1));
+    assert_eq!(live.last, None);
+    let gone = write(fold_withdrawn(Some(&live), &withdrawal(&r), 2, seen_at()));
+    let last = gone.tombstone().expect("served as deleted");
+    assert_eq!(last.server_name, r.server_name);
+    assert_eq!(last.version, "1.0.0");
+    assert_eq!(last.description, r.description);
+    assert_eq!(last.authz_claims, r.authz_claims);
+    assert_eq!(gone.changed_at, seen_at());
+    // A second withdrawal keeps both the time and what was withdrawn.
+    let later = seen_at() + Duration::minutes(5);
+    let again = write(fold_withdrawn(Some(&gone), &withdrawal(&r), 3, later));
+    assert_eq!(again.tombstone(), Some(last));
+    assert_eq!(again.changed_at, seen_at());
+    // A withdrawal of nothing stored has nothing to serve.
+    let blind = write(fold_withdrawn(None, &withdrawal(&r), 4, seen_at()));
+    assert_eq!(blind.tombstone(), None);
+    // A tombstone of the format before `last` reads, and is not served.
+    let mut old = serde_json::to_value(&gone).unwrap();
+    old.as_object_mut().unwrap().remove("last");
+    let old: StoredDeployment = serde_json::from_value(old).unwrap();
+    assert!(old.live().is_none());
+    assert_eq!(old.tombstone(), None);
+    // Going live again forgets the tombstone.
+    assert_eq!(write(fold_applied(Some(&gone), &r, 5)).last, None);
+}
+
+#[test]
+fn a_swept_record_leaves_a_servable_tombstone() {
+    let r = record("c1", "ns", "a", "io.example/alpha", "1.0.0");
+    let live = write(fold_applied(None, &r, 1));
+    let resync = Resync {
+        v: 1,
+        cluster: r.cluster.clone(),
+        kind: r.object.kind(),
+        epoch: r.epoch + 1,
+        advertised: Some(0),
+    };
+    let swept = sweep(&live, &resync, 2, seen_at()).expect("unconfirmed");
+    assert_eq!(
+        swept.tombstone().map(|t| &t.server_name),
+        Some(&r.server_name)
+    );
+}
