@@ -108,6 +108,7 @@ mod tests {
             title: None,
             published_at: Some(at(1)),
             authz_claims: claims.map(|c| parse_annotation(c).unwrap().unwrap()),
+            seq: 1,
         }
     }
 

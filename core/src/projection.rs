@@ -48,6 +48,9 @@ pub fn fold_applied(
     record: &DeploymentRecord,
     seq: u64,
 ) -> Fold {
+    if let Some(filled) = current.and_then(|c| fill_deployment_tombstone(c, record, seq)) {
+        return Fold::Write(filled);
+    }
     if let Some(s) = stale(current, seq) {
         return s;
     }
@@ -132,7 +135,7 @@ pub fn sweep(
                 completed.epoch
             )),
         )),
-        last: Some(Box::new(LastServed::of_deployment(record))),
+        last: Some(Box::new(LastServed::of_deployment(record, current.seq))),
     })
 }
 
@@ -142,6 +145,9 @@ pub fn fold_catalog_applied(
     record: &CatalogRecord,
     seq: u64,
 ) -> CatalogFold {
+    if let Some(filled) = current.and_then(|c| fill_catalog_tombstone(c, record, seq)) {
+        return CatalogFold::Write(filled);
+    }
     if let Some(s) = stale(current, seq) {
         return s;
     }
@@ -180,7 +186,7 @@ pub fn fold_catalog_withdrawn(
         last: match current {
             Some(c) => c
                 .live()
-                .map(|r| Box::new(LastServed::of_catalog(r)))
+                .map(|r| Box::new(LastServed::of_catalog(r, c.seq)))
                 .or(c.last.clone()),
             None => None,
         },
@@ -193,6 +199,50 @@ fn last_deployment(current: Option<&StoredDeployment>) -> Option<Box<LastServed>
     let current = current?;
     current
         .live()
-        .map(|r| Box::new(LastServed::of_deployment(r)))
+        .map(|r| Box::new(LastServed::of_deployment(r, current.seq)))
         .or(current.last.clone())
+}
+
+/// Whether a tombstone that knows nothing newer than `seq` of what it
+/// withdrew should learn it from an older event that arrives after it.
+fn learns_from(last: Option<&LastServed>, tombstone_seq: u64, seq: u64) -> bool {
+    seq < tombstone_seq && last.is_none_or(|l| l.seq < seq)
+}
+
+/// An `applied` older than the tombstone stored for its object (two
+/// projectors folded them out of order): the tombstone keeps it as what it
+/// withdrew when it is the newest such value of the withdrawn uid.
+fn fill_deployment_tombstone(
+    current: &StoredDeployment,
+    record: &DeploymentRecord,
+    seq: u64,
+) -> Option<StoredDeployment> {
+    let DeploymentState::Withdrawn(withdrawal) = &current.state else {
+        return None;
+    };
+    if withdrawal.uid != record.uid || !learns_from(current.last.as_deref(), current.seq, seq) {
+        return None;
+    }
+    Some(StoredDeployment {
+        last: Some(Box::new(LastServed::of_deployment(record, seq))),
+        ..current.clone()
+    })
+}
+
+/// The same for a catalog entry's tombstone.
+fn fill_catalog_tombstone(
+    current: &StoredCatalog,
+    record: &CatalogRecord,
+    seq: u64,
+) -> Option<StoredCatalog> {
+    let CatalogState::Withdrawn(_) = &current.state else {
+        return None;
+    };
+    if !learns_from(current.last.as_deref(), current.seq, seq) {
+        return None;
+    }
+    Some(StoredCatalog {
+        last: Some(Box::new(LastServed::of_catalog(record, seq))),
+        ..current.clone()
+    })
 }

@@ -38,11 +38,17 @@ pub struct LastServed {
     /// Who could see the entry: a deleted entry is shown to the same callers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authz_claims: Option<ClaimSet>,
+    /// Stream sequence of the event that published the value. Two projectors
+    /// may fold a withdrawal before an older `applied` of its key: that event
+    /// then fills in what was withdrawn, and only a newer one replaces it, so
+    /// the tombstone ends as one projector would leave it.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl LastServed {
     /// What a deployment record advertised.
-    pub fn of_deployment(r: &DeploymentRecord) -> Self {
+    pub fn of_deployment(r: &DeploymentRecord, seq: u64) -> Self {
         Self {
             server_name: r.server_name.clone(),
             version: r.version.clone(),
@@ -50,13 +56,14 @@ impl LastServed {
             title: r.title.clone(),
             published_at: r.created_at,
             authz_claims: r.authz_claims.clone(),
+            seq,
         }
     }
 
     /// What a catalog record listed. Its `server.json` was validated when it
     /// was imported; text that is not a string (a hand-written value) is left
     /// out rather than guessed.
-    pub fn of_catalog(r: &CatalogRecord) -> Self {
+    pub fn of_catalog(r: &CatalogRecord, seq: u64) -> Self {
         let text = |field: &str| r.server.get(field).and_then(|v| v.as_str());
         let published_at = r
             .meta
@@ -73,6 +80,7 @@ impl LastServed {
             title: text("title").map(str::to_owned),
             published_at,
             authz_claims: r.authz_claims.clone(),
+            seq,
         }
     }
 }

@@ -51,10 +51,15 @@ fn newer_events_apply_and_older_or_duplicate_ones_are_stale() {
     );
     let w = write(fold_withdrawn(Some(&s5), &withdrawal(&r), 8, seen_at()));
     assert!(w.live().is_none());
+    // A late applied does not resurrect; the tombstone learns it withdrew it.
+    let late = write(fold_applied(Some(&w), &r, 6));
+    assert!(late.live().is_none(), "a late applied does not resurrect");
+    assert_eq!(late.seq, 8);
+    assert_eq!(late.last.as_ref().map(|l| l.seq), Some(6));
     assert_eq!(
-        fold_applied(Some(&w), &r, 6),
+        fold_applied(Some(&late), &r, 5),
         Fold::Stale { stored_seq: 8 },
-        "a late applied does not resurrect"
+        "an older one teaches it nothing"
     );
     assert!(write(fold_applied(Some(&w), &r, 9)).live().is_some());
 }
@@ -327,4 +332,32 @@ fn a_swept_record_leaves_a_servable_tombstone() {
         swept.tombstone().map(|t| &t.server_name),
         Some(&r.server_name)
     );
+}
+
+#[test]
+fn a_tombstone_folded_before_the_older_applied_ends_as_in_order() {
+    let r1 = record("c1", "ns", "a", "io.example/alpha", "1.0.0");
+    let r2 = record("c1", "ns", "a", "io.example/alpha", "2.0.0");
+    let w = withdrawal(&r2);
+    let in_order = {
+        let a = write(fold_applied(None, &r1, 1));
+        let b = write(fold_applied(Some(&a), &r2, 2));
+        write(fold_withdrawn(Some(&b), &w, 3, seen_at()))
+    };
+    // Two projectors: the withdrawal lands first, then the applieds in any order.
+    for order in [[1, 2], [2, 1]] {
+        let mut stored = write(fold_withdrawn(None, &w, 3, seen_at()));
+        for seq in order {
+            let r = if seq == 1 { &r1 } else { &r2 };
+            if let Fold::Write(next) = fold_applied(Some(&stored), r, seq) {
+                stored = next;
+            }
+        }
+        assert_eq!(stored, in_order, "{order:?}");
+    }
+    // A redelivery of what it already knows changes nothing.
+    assert!(matches!(
+        fold_applied(Some(&in_order), &r2, 2),
+        Fold::Stale { .. }
+    ));
 }
