@@ -76,6 +76,13 @@ struct Cli {
     #[arg(long, env = "HERALD_SSE_HISTORY", default_value_t = 10000)]
     sse_history: usize,
 
+    /// How long a withdrawn server version is served as `deleted` to clients
+    /// that ask for deleted entries (`include_deleted`, `updated_since`);
+    /// the default is the stream's default replay window (`--stream-max-age`).
+    /// A client that syncs less often than this must list everything again.
+    #[arg(long, env = "HERALD_DELETED_RETENTION", default_value = "7d", value_parser = herald_runtime::duration::positive)]
+    deleted_retention: Duration,
+
     /// Most open connections; more are closed as soon as accepted.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
@@ -398,6 +405,7 @@ async fn run(
         bounds: Bounds {
             history: cli.sse_history,
             subscriber_buffer: cli.sse_buffer,
+            deleted_retention: cli.deleted_retention,
         },
         discovery_interval: cli.discovery_interval,
         urls: herald_core::validate::UrlRules {

@@ -3,6 +3,10 @@
 //! The cursor encodes the last (name, version) a page returned; the next
 //! page continues strictly after it in (name, version) order. So a walk
 //! never returns an entry twice, whatever changes during it.
+//!
+//! Deleted entries (`crate::view`) are listed only with `include_deleted`,
+//! which `updated_since` implies (as the official API says), interleaved
+//! with the live ones in the same order; a (name, version) is never both.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -24,6 +28,28 @@ pub struct ListParams {
     pub search: Option<String>,
     pub updated_since: Option<DateTime<Utc>>,
     pub version: Option<String>,
+    /// Deleted entries are listed too (`include_deleted`, or implied by
+    /// `updated_since`).
+    pub include_deleted: bool,
+}
+
+/// `include_deleted`: `true` or `false` (absent: false).
+pub fn include_deleted(query: &[(String, String)]) -> Result<bool, Problem> {
+    match query
+        .iter()
+        .find(|(k, _)| k == "include_deleted")
+        .map(|(_, v)| v.as_str())
+    {
+        None | Some("") | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(raw) => Err(Problem::bad_parameter(
+            "include_deleted",
+            format!(
+                "include_deleted must be true or false, got {:?}",
+                raw.chars().take(40).collect::<String>()
+            ),
+        )),
+    }
 }
 
 impl ListParams {
@@ -65,9 +91,11 @@ impl ListParams {
                     .with_timezone(&Utc),
             ),
         };
+        let include_deleted = include_deleted(query)? || updated_since.is_some();
         Ok(Self {
             after,
             limit,
+            include_deleted,
             search: get("search")
                 .filter(|s| !s.is_empty())
                 .map(str::to_lowercase),
@@ -126,7 +154,13 @@ pub fn list(
     };
     let mut entries = Vec::with_capacity(params.limit);
     let mut more = false;
-    for (_, entry) in view.entries().range((start, Bound::Unbounded)) {
+    let live = view.entries().range((start.clone(), Bound::Unbounded));
+    let now = Utc::now();
+    let deleted = view
+        .deleted()
+        .range((start, Bound::Unbounded))
+        .filter(|(_, e)| params.include_deleted && !deployed_only && view.retained(e, now));
+    for (_, entry) in in_key_order(live, deleted) {
         if !viewer.sees(&entry.required) || !params.matches(entry, deployed_only) {
             continue;
         }
@@ -143,6 +177,19 @@ pub fn list(
         entries,
         next_cursor,
     }
+}
+
+/// Two iterators ordered by key, merged into one ordered by key.
+fn in_key_order<'a, K: Ord + 'a, V: 'a>(
+    a: impl Iterator<Item = (&'a K, &'a V)>,
+    b: impl Iterator<Item = (&'a K, &'a V)>,
+) -> impl Iterator<Item = (&'a K, &'a V)> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some((ka, _)), Some((kb, _))) if kb < ka => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
 }
 
 /// The JSON of a `ServerList`.
@@ -226,5 +273,34 @@ mod tests {
             assert_eq!(err.status, 400);
         }
         assert_eq!(ListParams::parse(&q("other", "1")).unwrap().limit, 30);
+        let err = ListParams::parse(&q("include_deleted", "yes")).unwrap_err();
+        assert_eq!(err.parameter, Some("include_deleted"));
+    }
+
+    #[test]
+    fn updated_since_implies_include_deleted() {
+        let q = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        assert!(!ListParams::parse(&[]).unwrap().include_deleted);
+        assert!(
+            ListParams::parse(&q("include_deleted", "true"))
+                .unwrap()
+                .include_deleted
+        );
+        assert!(
+            ListParams::parse(&q("updated_since", "2026-01-01T00:00:00Z"))
+                .unwrap()
+                .include_deleted
+        );
+    }
+
+    #[test]
+    fn merged_iteration_keeps_key_order() {
+        let a = [(1, 'a'), (4, 'a'), (5, 'a')];
+        let b = [(2, 'b'), (3, 'b'), (6, 'b')];
+        let merged: Vec<i32> =
+            in_key_order(a.iter().map(|(k, v)| (k, v)), b.iter().map(|(k, v)| (k, v)))
+                .map(|(k, _)| *k)
+                .collect();
+        assert_eq!(merged, [1, 2, 3, 4, 5, 6]);
     }
 }

@@ -19,7 +19,7 @@ use crate::access::Viewer;
 use crate::app::AppState;
 use crate::auth::{self, Authenticator};
 use crate::problem::Problem;
-use crate::query::{ListParams, list, server_list_json};
+use crate::query::{ListParams, include_deleted, list, server_list_json};
 use crate::{etag, metrics, page, sse};
 
 /// The OpenAPI document of what this binary serves.
@@ -131,10 +131,19 @@ async fn server_path(
     } else {
         return Err(Problem::no_route());
     };
-    let mut versions = view.read().versions(name);
+    let (mut versions, mut deleted) = {
+        let view = view.read();
+        let deleted = if include_deleted(&query)? {
+            view.deleted_versions(name, chrono::Utc::now())
+        } else {
+            Vec::new()
+        };
+        (view.versions(name), deleted)
+    };
     // What the caller may not see does not exist for it: the same 404.
     versions.retain(|e| viewer.sees(&e.required));
-    if versions.is_empty() {
+    deleted.retain(|e| viewer.sees(&e.required));
+    if versions.is_empty() && deleted.is_empty() {
         return Err(Problem::not_found(
             "serverName",
             format!("no server {:?} in this registry", excerpt(name)),
@@ -142,6 +151,7 @@ async fn server_path(
     }
     let body = match version {
         None => {
+            versions.append(&mut deleted);
             // Newest publication first, as the official API orders them.
             versions.sort_by(|a, b| {
                 let (a, b) = (&a.response, &b.response);
@@ -156,13 +166,17 @@ async fn server_path(
             server_list_json(&versions, None)
         }
         Some(wanted) => {
-            let found = versions.iter().find(|e| {
-                if wanted == "latest" {
-                    e.response.meta.official.is_latest
-                } else {
-                    e.response.server.version == wanted
-                }
-            });
+            // `latest` is a live version; a deleted one only by its own name.
+            let found = versions
+                .iter()
+                .find(|e| {
+                    if wanted == "latest" {
+                        e.response.meta.official.is_latest
+                    } else {
+                        e.response.server.version == wanted
+                    }
+                })
+                .or_else(|| deleted.iter().find(|e| e.response.server.version == wanted));
             match found {
                 Some(e) => e.json.clone(),
                 None => {

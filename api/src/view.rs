@@ -7,15 +7,25 @@
 //! stays right), and each entry whose JSON changed becomes one [`Change`].
 //! Changes are kept in a bounded ring (for `Last-Event-ID` resumes) and
 //! broadcast to live subscribers through a bounded channel.
+//!
+//! Tombstones that say what they withdrew (`herald_core::tombstone`) make
+//! the *deleted* entries, kept apart from the live ones: served only when a
+//! caller asks for them (`include_deleted`, `updated_since`), for the
+//! retention window, and never part of the feed (which already sends the
+//! live entry's removal as a delete).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use herald_core::claims::ClaimSet;
+use herald_core::deleted;
 use herald_core::merge::{self, ServerResponse};
 use herald_core::names::KeyKind;
 use herald_core::stored::{StoredCatalog, StoredDeployment, StoredValue};
+use herald_core::tombstone::LastServed;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -119,7 +129,12 @@ pub struct Bounds {
     pub history: usize,
     /// Batches a live subscriber may fall behind before it is reset.
     pub subscriber_buffer: usize,
+    /// How long a withdrawn entry is served as deleted.
+    pub deleted_retention: Duration,
 }
+
+/// How often expired tombstones are dropped from memory.
+const PRUNE_EVERY: chrono::Duration = chrono::Duration::seconds(60);
 
 #[derive(Debug)]
 pub struct RegistryView {
@@ -130,6 +145,13 @@ pub struct RegistryView {
     /// Keys of the live deployments and catalog entries of each server name.
     by_server: HashMap<String, BTreeSet<String>>,
     entries: BTreeMap<EntryKey, Arc<Entry>>,
+    /// Tombstones that can be served, by bucket key: what they withdrew,
+    /// and when.
+    tombstones: HashMap<String, (LastServed, DateTime<Utc>)>,
+    /// Deleted entries: versions with tombstones and no live part.
+    deleted: BTreeMap<EntryKey, Arc<Entry>>,
+    retention: chrono::Duration,
+    pruned_at: DateTime<Utc>,
     position: u64,
     ring: VecDeque<Arc<Batch>>,
     history: usize,
@@ -148,6 +170,11 @@ impl RegistryView {
             catalog: HashMap::new(),
             by_server: HashMap::new(),
             entries: BTreeMap::new(),
+            tombstones: HashMap::new(),
+            deleted: BTreeMap::new(),
+            retention: chrono::Duration::from_std(bounds.deleted_retention)
+                .unwrap_or(chrono::Duration::MAX),
+            pruned_at: Utc::now(),
             position: 0,
             ring: VecDeque::new(),
             history: bounds.history.max(1),
@@ -180,13 +207,29 @@ impl RegistryView {
 
     /// Entries of one server name, in version order.
     pub fn versions(&self, name: &str) -> Vec<Arc<Entry>> {
-        self.entries
-            .range((
-                Bound::Included((name.to_owned(), String::new())),
-                Bound::Unbounded,
-            ))
-            .take_while(|((n, _), _)| n == name)
-            .map(|(_, e)| e.clone())
+        of_name(&self.entries, name).cloned().collect()
+    }
+
+    /// The deleted entries served at `now`, by key (module docs).
+    pub fn deleted(&self) -> &BTreeMap<EntryKey, Arc<Entry>> {
+        &self.deleted
+    }
+
+    /// Whether a deleted entry is still within the retention window at `now`.
+    pub fn retained(&self, entry: &Entry, now: DateTime<Utc>) -> bool {
+        entry
+            .response
+            .meta
+            .official
+            .status_changed_at
+            .is_some_and(|at| deleted::within_retention(at, now, self.retention))
+    }
+
+    /// Deleted entries of one server name still retained at `now`.
+    pub fn deleted_versions(&self, name: &str, now: DateTime<Utc>) -> Vec<Arc<Entry>> {
+        of_name(&self.deleted, name)
+            .filter(|e| self.retained(e, now))
+            .cloned()
             .collect()
     }
 
@@ -217,17 +260,70 @@ impl RegistryView {
         value: Option<StoredDeployment>,
         revision: u64,
     ) -> usize {
+        let tombstone = value
+            .as_ref()
+            .and_then(|d| Some((d.tombstone()?.clone(), d.changed_at)));
+        let old_tombstone = self.replace_tombstone(key, tombstone);
         let (old, new) = replace_live(&mut self.deployments, key, value, |d| {
             d.live().map(|r| r.server_name.to_string())
         });
-        self.reindex(key, old, new, revision)
+        self.reindex(key, old.or(old_tombstone), new, revision)
     }
 
     fn apply_catalog(&mut self, key: &str, value: Option<StoredCatalog>, revision: u64) -> usize {
+        let tombstone = value
+            .as_ref()
+            .and_then(|c| Some((c.tombstone()?.clone(), c.changed_at)));
+        let old_tombstone = self.replace_tombstone(key, tombstone);
         let (old, new) = replace_live(&mut self.catalog, key, value, |c| {
             c.live().map(|r| r.server_name.to_string())
         });
-        self.reindex(key, old, new, revision)
+        self.reindex(key, old.or(old_tombstone), new, revision)
+    }
+
+    /// Keeps the tombstone under `key` (one already expired is not kept);
+    /// returns the server name of the one it replaces. A tombstone's server
+    /// name is indexed with the live keys (`by_server`) by `reindex`.
+    fn replace_tombstone(
+        &mut self,
+        key: &str,
+        tombstone: Option<(LastServed, DateTime<Utc>)>,
+    ) -> Option<String> {
+        let now = Utc::now();
+        let old = self.tombstones.remove(key);
+        if let Some((last, at)) = tombstone
+            && deleted::within_retention(at, now, self.retention)
+        {
+            self.tombstones.insert(key.to_owned(), (last, at));
+        }
+        self.prune(now);
+        old.map(|(last, _)| last.server_name.to_string())
+    }
+
+    /// Drops expired tombstones (at most once a [`PRUNE_EVERY`]), so that
+    /// memory holds only what can still be served.
+    fn prune(&mut self, now: DateTime<Utc>) {
+        if now.signed_duration_since(self.pruned_at) < PRUNE_EVERY {
+            return;
+        }
+        self.pruned_at = now;
+        let retention = self.retention;
+        let expired: Vec<(String, String)> = self
+            .tombstones
+            .iter()
+            .filter(|(_, (_, at))| !deleted::within_retention(*at, now, retention))
+            .map(|(key, (last, _))| (key.clone(), last.server_name.to_string()))
+            .collect();
+        for (key, name) in expired {
+            self.tombstones.remove(&key);
+            if let Some(keys) = self.by_server.get_mut(&name) {
+                keys.remove(&key);
+                if keys.is_empty() {
+                    self.by_server.remove(&name);
+                }
+            }
+            self.recompute_deleted(&name);
+        }
     }
 
     /// Moves `key` from its old server name to its new one and recomputes
@@ -247,6 +343,11 @@ impl RegistryView {
                 self.by_server.remove(old);
             }
         }
+        let tombstone_name = self
+            .tombstones
+            .get(key)
+            .map(|(last, _)| last.server_name.to_string());
+        let new_name = new_name.or(tombstone_name);
         if let Some(new) = &new_name {
             self.by_server
                 .entry(new.clone())
@@ -260,6 +361,7 @@ impl RegistryView {
         let position = self.position;
         for name in names {
             self.recompute(&name, position, &mut changes);
+            self.recompute_deleted(&name);
         }
         let count = changes.len();
         if !changes.is_empty() {
@@ -346,6 +448,35 @@ impl RegistryView {
         }
     }
 
+    /// The deleted entries of `name`: its tombstones grouped by version,
+    /// for the versions no live entry serves.
+    fn recompute_deleted(&mut self, name: &str) {
+        let old: Vec<EntryKey> = of_name(&self.deleted, name).map(|e| e.key()).collect();
+        for key in old {
+            self.deleted.remove(&key);
+        }
+        let Some(keys) = self.by_server.get(name) else {
+            return;
+        };
+        let mut by_version: BTreeMap<&str, Vec<(&LastServed, DateTime<Utc>)>> = BTreeMap::new();
+        for (last, at) in keys.iter().filter_map(|k| self.tombstones.get(k)) {
+            by_version
+                .entry(last.version.as_str())
+                .or_default()
+                .push((last, *at));
+        }
+        for (version, tombstones) in by_version {
+            let key = (name.to_owned(), version.to_owned());
+            if self.entries.contains_key(&key) {
+                continue;
+            }
+            if let Some((response, required)) = deleted::deleted_entry(&tombstones) {
+                self.deleted
+                    .insert(key, Arc::new(Entry::with_claims(response, required)));
+            }
+        }
+    }
+
     fn publish(&mut self, batch: Arc<Batch>) {
         while self.ring.len() >= self.history {
             if let Some(dropped) = self.ring.pop_front() {
@@ -380,6 +511,20 @@ impl RegistryView {
         };
         (rx, start)
     }
+}
+
+/// The values of one server name's keys, in version order.
+fn of_name<'a>(
+    map: &'a BTreeMap<EntryKey, Arc<Entry>>,
+    name: &str,
+) -> impl Iterator<Item = &'a Arc<Entry>> {
+    let name = name.to_owned();
+    map.range((
+        Bound::Included((name.clone(), String::new())),
+        Bound::Unbounded,
+    ))
+    .take_while(move |((n, _), _)| *n == name)
+    .map(|(_, e)| e)
 }
 
 /// Keeps `value` under `key` when it is live (`name` gives its server name),
@@ -452,6 +597,7 @@ mod tests {
         Bounds {
             history: 2,
             subscriber_buffer: 4,
+            deleted_retention: Duration::from_secs(3600),
         }
     }
 

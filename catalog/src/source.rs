@@ -1,6 +1,7 @@
 //! A catalog source and how its listing is fetched: a file, read whole; a
 //! registry API (the official registry, another Herald), read page by page
-//! following `nextCursor`, whole or only `updated_since` a time; or the URL
+//! following `nextCursor`, whole or only `updated_since` a time (asking for
+//! `include_deleted` too, so the deletions come with it); or the URL
 //! of a ToolHive `registry.json`, read whole. Documents are parsed by
 //! `herald_core::import`; entries come back unscreened (see
 //! [`crate::screen`]).
@@ -13,6 +14,7 @@ use std::str::FromStr;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use herald_core::ServerName;
 use herald_core::catalog_record::CatalogEntry;
 use herald_core::import::{self, CatalogError, EntryError};
 use herald_runtime::http::{HttpClient, HttpError, RedactedUrl, StatusCode, Url};
@@ -92,8 +94,17 @@ pub enum SourceError {
 #[derive(Debug)]
 pub struct Listing {
     pub entries: Vec<Result<CatalogEntry, EntryError>>,
+    /// Entries the source reports deleted (a registry API's `deleted`
+    /// status): withdrawn by any sync, full or not.
+    pub deleted: Vec<(ServerName, String)>,
     pub full: bool,
 }
+
+/// The entries of a listing, and the (name, version)s it reports deleted.
+type Pages = (
+    Vec<Result<CatalogEntry, EntryError>>,
+    Vec<(ServerName, String)>,
+);
 
 /// A source and the means to read it.
 #[derive(Debug)]
@@ -123,6 +134,7 @@ impl Source {
                     })?;
                     Ok(Listing {
                         entries: self.parse_document(&bytes)?,
+                        deleted: Vec::new(),
                         full: true,
                     })
                 }
@@ -130,13 +142,18 @@ impl Source {
                     let bytes = self.get(url, &[]).await?;
                     Ok(Listing {
                         entries: self.parse_document(&bytes)?,
+                        deleted: Vec::new(),
                         full: true,
                     })
                 }
-                Location::Url(url) => Ok(Listing {
-                    entries: self.fetch_pages(url, since, shutdown).await?,
-                    full: since.is_none(),
-                }),
+                Location::Url(url) => {
+                    let (entries, deleted) = self.fetch_pages(url, since, shutdown).await?;
+                    Ok(Listing {
+                        entries,
+                        deleted,
+                        full: since.is_none(),
+                    })
+                }
             }
         };
         tokio::select! {
@@ -145,17 +162,19 @@ impl Source {
         }
     }
 
-    /// Every page of an official list, following `nextCursor`.
+    /// Every page of an official list, following `nextCursor`; the entries
+    /// and the deleted (name, version)s.
     async fn fetch_pages(
         &self,
         base: &Url,
         since: Option<DateTime<Utc>>,
         shutdown: &CancellationToken,
-    ) -> Result<Vec<Result<CatalogEntry, EntryError>>, SourceError> {
+    ) -> Result<Pages, SourceError> {
         let url = list_url(base);
         let since = since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         let mut cursor: Option<String> = None;
         let mut entries = Vec::new();
+        let mut deleted = Vec::new();
         for _ in 0..MAX_PAGES {
             if shutdown.is_cancelled() {
                 return Err(SourceError::Interrupted);
@@ -165,7 +184,10 @@ impl Source {
                 query.push(("cursor", c));
             }
             if let Some(s) = &since {
+                // Implied by `updated_since` in the official API; said
+                // anyway for servers that read only what is given.
                 query.push(("updated_since", s));
+                query.push(("include_deleted", "true"));
             }
             let bytes = self.get(&url, &query).await?;
             let page = import::parse_official_page(&bytes).map_err(|e| SourceError::Document {
@@ -173,9 +195,10 @@ impl Source {
                 reason: e.to_string(),
             })?;
             entries.extend(page.entries);
+            deleted.extend(page.deleted);
             match page.next_cursor {
                 Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
-                _ => return Ok(entries),
+                _ => return Ok((entries, deleted)),
             }
         }
         Err(SourceError::TooManyPages {

@@ -9,8 +9,12 @@
 //! the catalog imported before stays served; readiness says why.
 //!
 //! Against a registry API, the syncs between full ones ask only for entries
-//! `updated_since` the previous sync: cheap, but blind to deletions, so they
-//! withdraw nothing; every `full_sync_every`-th sync lists everything.
+//! `updated_since` the previous sync (with `include_deleted`): cheap, and
+//! they withdraw the entries the source reports `deleted` (any sync does).
+//! What they cannot see is an entry the source dropped without a
+//! tombstone (a source that keeps none, or one older than its retention
+//! window): every `full_sync_every`-th sync lists everything and withdraws
+//! what it lacks, the safety net.
 //!
 //! Shutdown: a sync still fetching stops at once (nothing is published
 //! before the listing is complete); a sync that is publishing publishes its
@@ -85,6 +89,21 @@ pub struct SyncReport {
     pub skipped: usize,
     /// Whether the listing was full (and so could withdraw).
     pub full: bool,
+}
+
+/// The `catalog.withdrawn` event of `record`.
+fn withdrawal(record: &CatalogRecord, now: DateTime<Utc>) -> Event {
+    Event::new(
+        EventData::CatalogWithdrawn(CatalogWithdrawal {
+            v: RECORD_VERSION,
+            source: record.source.clone(),
+            registry: record.registry.clone(),
+            server_name: record.server_name.clone(),
+            version: record.version.clone(),
+            observed_at: now,
+        }),
+        now,
+    )
 }
 
 /// Imports one catalog source into one registry.
@@ -182,7 +201,7 @@ impl Syncer {
     }
 
     /// One sync; `since` asks a registry API only for entries updated since
-    /// then (and so withdraws nothing).
+    /// then (and so withdraws only what the source reports deleted).
     pub async fn sync_once(
         &self,
         since: Option<DateTime<Utc>>,
@@ -235,6 +254,19 @@ impl Syncer {
                 events.push(Event::new(EventData::CatalogApplied(Box::new(record)), now));
             }
         }
+        // What the source says it deleted (and does not also list).
+        for (name, version) in &listing.deleted {
+            let key =
+                CatalogKey::new(self.options.source_id.clone(), name.clone(), version).to_string();
+            if listed_keys.contains(&key) {
+                continue;
+            }
+            if let Some(record) = known.get(&key).and_then(StoredCatalog::live) {
+                report.withdrawn += 1;
+                events.push(withdrawal(record, now));
+            }
+            listed_keys.insert(key);
+        }
         if listing.full {
             for (key, stored) in &known {
                 let Some(record) = stored.live() else {
@@ -244,17 +276,7 @@ impl Syncer {
                     continue;
                 }
                 report.withdrawn += 1;
-                events.push(Event::new(
-                    EventData::CatalogWithdrawn(CatalogWithdrawal {
-                        v: RECORD_VERSION,
-                        source: record.source.clone(),
-                        registry: record.registry.clone(),
-                        server_name: record.server_name.clone(),
-                        version: record.version.clone(),
-                        observed_at: now,
-                    }),
-                    now,
-                ));
+                events.push(withdrawal(record, now));
             }
         }
         for event in &events {

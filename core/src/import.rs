@@ -49,7 +49,26 @@ impl EntryError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OfficialPage {
     pub entries: Vec<Result<CatalogEntry, EntryError>>,
+    /// The (name, version) of the entries whose official status is
+    /// `deleted` (served to `include_deleted`/`updated_since`): never
+    /// imported, and withdrawn where imported before. One whose name or
+    /// version does not read is left out.
+    pub deleted: Vec<(ServerName, String)>,
     pub next_cursor: Option<String>,
+}
+
+/// The (name, version) of a listed item whose official status is `deleted`.
+fn deleted_item(item: &Value) -> Option<Option<(ServerName, String)>> {
+    let status = item["_meta"][crate::merge::OFFICIAL_META_KEY]["status"].as_str();
+    if status != Some(crate::deleted::DELETED) {
+        return None;
+    }
+    let server = &item["server"];
+    let name = server["name"].as_str()?.parse().ok();
+    let version = server["version"]
+        .as_str()
+        .and_then(|v| validate::version(v).ok());
+    Some(name.zip(version))
 }
 
 /// Checks what the merge relies on: a valid name, a description of 1-100
@@ -86,20 +105,25 @@ pub fn parse_official_page(bytes: &[u8]) -> Result<OfficialPage, CatalogError> {
     let servers = doc["servers"]
         .as_array()
         .ok_or_else(|| CatalogError::NotOfficialList("no \"servers\" array".to_owned()))?;
-    let entries = servers
-        .iter()
-        .map(|item| {
-            let mut entry = check_entry(&item["server"])?;
+    let mut deleted = Vec::new();
+    let mut entries = Vec::new();
+    for item in servers {
+        if let Some(gone) = deleted_item(item) {
+            deleted.extend(gone);
+            continue;
+        }
+        entries.push(check_entry(&item["server"]).map(|mut entry| {
             entry.meta = item.get("_meta").filter(|m| !m.is_null()).cloned();
-            Ok(entry)
-        })
-        .collect();
+            entry
+        }));
+    }
     let next_cursor = doc["metadata"]["nextCursor"]
         .as_str()
         .filter(|c| !c.is_empty())
         .map(str::to_owned);
     Ok(OfficialPage {
         entries,
+        deleted,
         next_cursor,
     })
 }

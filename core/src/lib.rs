@@ -18,7 +18,8 @@
 //!   deployment advertises and how versions order; [`package`]: a
 //!   deployment's image as a `server.json` package.
 //! - [`event`]: the wire contract, CloudEvents on JetStream.
-//! - [`stored`]: what a registry bucket holds under each key.
+//! - [`tombstone`]: what a tombstone keeps of the entry it ends;
+//!   [`stored`]: what a registry bucket holds under each key.
 //! - [`ownership`]: which namespaces may publish which server names.
 //! - [`policy`], [`mapping`]: from a ToolHive object (as JSON) and the
 //!   watcher's policy to a decision: advertise a record, skip, or reject.
@@ -27,6 +28,7 @@
 //!   idempotently and order-safely.
 //! - [`merge`]: stored deployments and catalog entries → `server.json`
 //!   entries for the API.
+//! - [`deleted`]: tombstones → `deleted` entries for incremental syncs.
 //! - [`import`]: catalog documents (official list, ToolHive
 //!   `registry.json`) → catalog entries.
 
@@ -35,6 +37,7 @@ pub mod annotations;
 pub mod catalog_record;
 pub mod claims;
 pub mod cluster_state;
+pub mod deleted;
 pub mod entry;
 pub mod event;
 pub mod ids;
@@ -51,6 +54,7 @@ pub mod projection;
 pub mod record;
 pub mod rejection;
 pub mod stored;
+pub mod tombstone;
 pub mod validate;
 pub mod version;
 

@@ -124,6 +124,10 @@ pub struct OfficialMeta {
     pub published_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub is_latest: bool,
+    /// When the status last changed: set on `deleted` entries only (see
+    /// [`crate::deleted`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_changed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -333,6 +337,7 @@ fn merge_listed(listed: &Listed<'_>, deployed: Option<ServerResponse>) -> Option
                 published_at: published_at.min(updated_at),
                 updated_at,
                 is_latest: false,
+                status_changed_at: None,
             },
             herald: Some(HeraldMeta {
                 deployments,
@@ -419,6 +424,7 @@ fn merge_group(group: &[(&DeploymentRecord, DateTime<Utc>)]) -> ServerResponse {
                 published_at: published_at.min(updated_at),
                 updated_at,
                 is_latest: false,
+                status_changed_at: None,
             },
             herald: Some(HeraldMeta {
                 deployments: group

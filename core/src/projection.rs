@@ -15,6 +15,7 @@ use crate::event::Resync;
 use crate::ids::excerpt;
 use crate::record::{DeploymentRecord, RECORD_VERSION, WithdrawReason, Withdrawal};
 use crate::stored::{CatalogState, DeploymentState, Sequenced, StoredCatalog, StoredDeployment};
+use crate::tombstone::LastServed;
 
 /// What to do with a key holding a `T` (a deployment unless said otherwise).
 // Returned and consumed at once: boxing the large variant would buy nothing.
@@ -47,6 +48,9 @@ pub fn fold_applied(
     record: &DeploymentRecord,
     seq: u64,
 ) -> Fold {
+    if let Some(filled) = current.and_then(|c| fill_deployment_tombstone(c, record, seq)) {
+        return Fold::Write(filled);
+    }
     if let Some(s) = stale(current, seq) {
         return s;
     }
@@ -62,6 +66,7 @@ pub fn fold_applied(
         seq,
         changed_at,
         state: DeploymentState::Live(Box::new(record.clone())),
+        last: None,
     })
 }
 
@@ -99,6 +104,7 @@ pub fn fold_withdrawn(
         seq,
         changed_at,
         state: DeploymentState::Withdrawn(withdrawal.clone()),
+        last: last_deployment(current),
     })
 }
 
@@ -129,6 +135,7 @@ pub fn sweep(
                 completed.epoch
             )),
         )),
+        last: Some(Box::new(LastServed::of_deployment(record, current.seq))),
     })
 }
 
@@ -138,6 +145,9 @@ pub fn fold_catalog_applied(
     record: &CatalogRecord,
     seq: u64,
 ) -> CatalogFold {
+    if let Some(filled) = current.and_then(|c| fill_catalog_tombstone(c, record, seq)) {
+        return CatalogFold::Write(filled);
+    }
     if let Some(s) = stale(current, seq) {
         return s;
     }
@@ -150,6 +160,7 @@ pub fn fold_catalog_applied(
         seq,
         changed_at,
         state: CatalogState::Listed(Box::new(record.clone())),
+        last: None,
     })
 }
 
@@ -172,5 +183,66 @@ pub fn fold_catalog_withdrawn(
         seq,
         changed_at,
         state: CatalogState::Withdrawn(withdrawal.clone()),
+        last: match current {
+            Some(c) => c
+                .live()
+                .map(|r| Box::new(LastServed::of_catalog(r, c.seq)))
+                .or(c.last.clone()),
+            None => None,
+        },
+    })
+}
+
+/// What a deployment tombstone keeps: what the live value advertised, or
+/// what the tombstone it replaces kept.
+fn last_deployment(current: Option<&StoredDeployment>) -> Option<Box<LastServed>> {
+    let current = current?;
+    current
+        .live()
+        .map(|r| Box::new(LastServed::of_deployment(r, current.seq)))
+        .or(current.last.clone())
+}
+
+/// Whether a tombstone that knows nothing newer than `seq` of what it
+/// withdrew should learn it from an older event that arrives after it.
+fn learns_from(last: Option<&LastServed>, tombstone_seq: u64, seq: u64) -> bool {
+    seq < tombstone_seq && last.is_none_or(|l| l.seq < seq)
+}
+
+/// An `applied` older than the tombstone stored for its object (two
+/// projectors folded them out of order): the tombstone keeps it as what it
+/// withdrew when it is the newest such value of the withdrawn uid.
+fn fill_deployment_tombstone(
+    current: &StoredDeployment,
+    record: &DeploymentRecord,
+    seq: u64,
+) -> Option<StoredDeployment> {
+    let DeploymentState::Withdrawn(withdrawal) = &current.state else {
+        return None;
+    };
+    if withdrawal.uid != record.uid || !learns_from(current.last.as_deref(), current.seq, seq) {
+        return None;
+    }
+    Some(StoredDeployment {
+        last: Some(Box::new(LastServed::of_deployment(record, seq))),
+        ..current.clone()
+    })
+}
+
+/// The same for a catalog entry's tombstone.
+fn fill_catalog_tombstone(
+    current: &StoredCatalog,
+    record: &CatalogRecord,
+    seq: u64,
+) -> Option<StoredCatalog> {
+    let CatalogState::Withdrawn(_) = &current.state else {
+        return None;
+    };
+    if !learns_from(current.last.as_deref(), current.seq, seq) {
+        return None;
+    }
+    Some(StoredCatalog {
+        last: Some(Box::new(LastServed::of_catalog(record, seq))),
+        ..current.clone()
     })
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog_record::{CatalogRecord, CatalogWithdrawal};
 use crate::names::{BucketKey, CatalogKey, DeploymentKey, KeyKind};
 use crate::record::{DeploymentRecord, Withdrawal};
+use crate::tombstone::LastServed;
 
 /// The value under a deployment key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,10 +18,15 @@ pub struct StoredDeployment {
     pub v: u32,
     /// Stream sequence of the event this state comes from.
     pub seq: u64,
-    /// When what clients see of this deployment last changed.
+    /// When what clients see of this deployment last changed (on a
+    /// tombstone: when it was withdrawn).
     pub changed_at: DateTime<Utc>,
     #[serde(flatten)]
     pub state: DeploymentState,
+    /// On a tombstone: what the deployment served last (see
+    /// [`crate::tombstone`]); absent on live values and on old tombstones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<Box<LastServed>>,
 }
 
 /// Advertised, or withdrawn (a tombstone).
@@ -37,6 +43,14 @@ impl StoredDeployment {
             DeploymentState::Live(r) => Some(r),
             DeploymentState::Withdrawn(_) => None,
         }
+    }
+
+    /// A tombstone that can be served as a deleted entry: what it withdrew.
+    pub fn tombstone(&self) -> Option<&LastServed> {
+        self.live()
+            .is_none()
+            .then_some(self.last.as_deref())
+            .flatten()
     }
 
     pub fn key(&self) -> DeploymentKey {
@@ -77,10 +91,15 @@ pub struct StoredCatalog {
     pub v: u32,
     /// Stream sequence of the event this state comes from.
     pub seq: u64,
-    /// When what clients see of this entry last changed.
+    /// When what clients see of this entry last changed (on a tombstone:
+    /// when it was withdrawn).
     pub changed_at: DateTime<Utc>,
     #[serde(flatten)]
     pub state: CatalogState,
+    /// On a tombstone: what the entry listed last (see
+    /// [`crate::tombstone`]); absent on live values and on old tombstones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<Box<LastServed>>,
 }
 
 /// Listed by its source, or withdrawn (a tombstone).
@@ -97,6 +116,14 @@ impl StoredCatalog {
             CatalogState::Listed(r) => Some(r),
             CatalogState::Withdrawn(_) => None,
         }
+    }
+
+    /// A tombstone that can be served as a deleted entry: what it withdrew.
+    pub fn tombstone(&self) -> Option<&LastServed> {
+        self.live()
+            .is_none()
+            .then_some(self.last.as_deref())
+            .flatten()
     }
 
     pub fn key(&self) -> CatalogKey {

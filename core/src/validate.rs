@@ -710,9 +710,29 @@ pub fn catalog_record(r: &CatalogRecord, rules: UrlRules) -> Result<(), Rejectio
 pub fn stored(value: &crate::stored::StoredValue, rules: UrlRules) -> Result<(), Rejection> {
     use crate::stored::StoredValue;
     match value {
-        StoredValue::Deployment(d) => d.live().map_or(Ok(()), |r| record(r, rules)),
-        StoredValue::Catalog(c) => c.live().map_or(Ok(()), |r| catalog_record(r, rules)),
+        StoredValue::Deployment(d) => match d.live() {
+            Some(r) => record(r, rules),
+            None => d.last.as_deref().map_or(Ok(()), last_served),
+        },
+        StoredValue::Catalog(c) => match c.live() {
+            Some(r) => catalog_record(r, rules),
+            None => c.last.as_deref().map_or(Ok(()), last_served),
+        },
     }
+}
+
+/// What a tombstone keeps to serve a deleted entry: the text rules of a
+/// catalog document (the looser of the two kinds of value it comes from).
+pub fn last_served(t: &crate::tombstone::LastServed) -> Result<(), Rejection> {
+    description(&t.description)?;
+    if let Some(t) = &t.title {
+        title(t)?;
+    }
+    version(&t.version)?;
+    if let Some(claims) = &t.authz_claims {
+        claims.validate().map_err(Rejection::InvalidAuthzClaims)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

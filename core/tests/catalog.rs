@@ -113,6 +113,27 @@ fn official_pages_carry_entries_meta_and_the_next_cursor() {
 }
 
 #[test]
+fn deleted_entries_of_a_page_are_named_not_imported() {
+    let official = "io.modelcontextprotocol.registry/official";
+    let page = json!({
+        "servers": [
+            {"server": {"name": "io.example/gone", "description": "d", "version": "1.0.0"},
+             "_meta": {official: {"status": "deleted", "statusChangedAt": "2026-01-01T00:00:00Z"}}},
+            // Unreadable deleted items are dropped, never imported.
+            {"server": {"name": "bad", "version": "1.0.0"}, "_meta": {official: {"status": "deleted"}}},
+            {"server": {"name": "io.example/gone", "version": "latest"}, "_meta": {official: {"status": "deleted"}}},
+        ],
+        "metadata": {"count": 3}
+    });
+    let parsed = parse_official_page(&serde_json::to_vec(&page).unwrap()).unwrap();
+    assert!(parsed.entries.is_empty());
+    assert_eq!(
+        parsed.deleted,
+        [("io.example/gone".parse().unwrap(), "1.0.0".to_owned())]
+    );
+}
+
+#[test]
 fn a_toolhive_registry_converts_to_valid_server_json() {
     let bytes = std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/toolhive-registry.json"),

@@ -51,10 +51,15 @@ fn newer_events_apply_and_older_or_duplicate_ones_are_stale() {
     );
     let w = write(fold_withdrawn(Some(&s5), &withdrawal(&r), 8, seen_at()));
     assert!(w.live().is_none());
+    // A late applied does not resurrect; the tombstone learns it withdrew it.
+    let late = write(fold_applied(Some(&w), &r, 6));
+    assert!(late.live().is_none(), "a late applied does not resurrect");
+    assert_eq!(late.seq, 8);
+    assert_eq!(late.last.as_ref().map(|l| l.seq), Some(6));
     assert_eq!(
-        fold_applied(Some(&w), &r, 6),
+        fold_applied(Some(&late), &r, 5),
         Fold::Stale { stored_seq: 8 },
-        "a late applied does not resurrect"
+        "an older one teaches it nothing"
     );
     assert!(write(fold_applied(Some(&w), &r, 9)).live().is_some());
 }
@@ -279,4 +284,80 @@ fn cluster_state_is_the_same_whatever_the_order_of_folding() {
     for order in [[4, 3, 2, 1, 0], [1, 0, 4, 2, 3], [3, 1, 4, 0, 2]] {
         assert_eq!(fold_all(&order), in_order, "{order:?}");
     }
+}
+
+#[test]
+fn a_tombstone_keeps_what_it_withdrew_and_old_tombstones_still_read() {
+    let r = record("c1", "ns", "a", "io.example/alpha", "1.0.0");
+    let live = write(fold_applied(None, &r, 1));
+    assert_eq!(live.last, None);
+    let gone = write(fold_withdrawn(Some(&live), &withdrawal(&r), 2, seen_at()));
+    let last = gone.tombstone().expect("served as deleted");
+    assert_eq!(last.server_name, r.server_name);
+    assert_eq!(last.version, "1.0.0");
+    assert_eq!(last.description, r.description);
+    assert_eq!(last.authz_claims, r.authz_claims);
+    assert_eq!(gone.changed_at, seen_at());
+    // A second withdrawal keeps both the time and what was withdrawn.
+    let later = seen_at() + Duration::minutes(5);
+    let again = write(fold_withdrawn(Some(&gone), &withdrawal(&r), 3, later));
+    assert_eq!(again.tombstone(), Some(last));
+    assert_eq!(again.changed_at, seen_at());
+    // A withdrawal of nothing stored has nothing to serve.
+    let blind = write(fold_withdrawn(None, &withdrawal(&r), 4, seen_at()));
+    assert_eq!(blind.tombstone(), None);
+    // A tombstone of the format before `last` reads, and is not served.
+    let mut old = serde_json::to_value(&gone).unwrap();
+    old.as_object_mut().unwrap().remove("last");
+    let old: StoredDeployment = serde_json::from_value(old).unwrap();
+    assert!(old.live().is_none());
+    assert_eq!(old.tombstone(), None);
+    // Going live again forgets the tombstone.
+    assert_eq!(write(fold_applied(Some(&gone), &r, 5)).last, None);
+}
+
+#[test]
+fn a_swept_record_leaves_a_servable_tombstone() {
+    let r = record("c1", "ns", "a", "io.example/alpha", "1.0.0");
+    let live = write(fold_applied(None, &r, 1));
+    let resync = Resync {
+        v: 1,
+        cluster: r.cluster.clone(),
+        kind: r.object.kind(),
+        epoch: r.epoch + 1,
+        advertised: Some(0),
+    };
+    let swept = sweep(&live, &resync, 2, seen_at()).expect("unconfirmed");
+    assert_eq!(
+        swept.tombstone().map(|t| &t.server_name),
+        Some(&r.server_name)
+    );
+}
+
+#[test]
+fn a_tombstone_folded_before_the_older_applied_ends_as_in_order() {
+    let r1 = record("c1", "ns", "a", "io.example/alpha", "1.0.0");
+    let r2 = record("c1", "ns", "a", "io.example/alpha", "2.0.0");
+    let w = withdrawal(&r2);
+    let in_order = {
+        let a = write(fold_applied(None, &r1, 1));
+        let b = write(fold_applied(Some(&a), &r2, 2));
+        write(fold_withdrawn(Some(&b), &w, 3, seen_at()))
+    };
+    // Two projectors: the withdrawal lands first, then the applieds in any order.
+    for order in [[1, 2], [2, 1]] {
+        let mut stored = write(fold_withdrawn(None, &w, 3, seen_at()));
+        for seq in order {
+            let r = if seq == 1 { &r1 } else { &r2 };
+            if let Fold::Write(next) = fold_applied(Some(&stored), r, seq) {
+                stored = next;
+            }
+        }
+        assert_eq!(stored, in_order, "{order:?}");
+    }
+    // A redelivery of what it already knows changes nothing.
+    assert!(matches!(
+        fold_applied(Some(&in_order), &r2, 2),
+        Fold::Stale { .. }
+    ));
 }

@@ -16,14 +16,15 @@ use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use herald_core::claims::{ClaimSet, parse_annotation};
 use herald_core::names::{DeploymentKey, bucket_name};
-use herald_core::projection::{Fold, fold_applied};
+use herald_core::projection::{Fold, fold_applied, fold_withdrawn};
 use herald_core::record::{
     DeploymentRecord, Header, Phase, RECORD_VERSION, Remote, RemoteTransport,
 };
 use herald_core::stored::StoredDeployment;
-use herald_core::{Kind, ObjectRef};
+use herald_core::{Kind, ObjectRef, WithdrawReason};
 use herald_integration_tests::browser::Browser;
 use herald_integration_tests::dir::TestDir;
+use herald_integration_tests::events;
 use herald_integration_tests::herald::{Herald, HeraldProcess};
 use herald_integration_tests::nats::NatsServer;
 use herald_integration_tests::oidc::{Client, OidcProvider, ProviderOptions, TestCa};
@@ -117,6 +118,27 @@ impl Bucket {
         self.seq += 1;
         let Fold::Write(value) = fold_applied(self.current.get(&key), &record, self.seq) else {
             bail!("fold_applied refused a newer sequence");
+        };
+        self.kv.put(&key, value.to_json().into()).await?;
+        self.current.insert(key, value);
+        Ok(())
+    }
+
+    /// Withdraws `com.example/<object>`: the tombstone the projector folds.
+    async fn withdraw(&mut self, object: &str) -> anyhow::Result<()> {
+        let key = self
+            .current
+            .keys()
+            .find(|k| k.ends_with(&format!(".{object}")))
+            .context("withdrawing what was never put")?
+            .clone();
+        let current = &self.current[&key];
+        let record = current.live().context("already withdrawn")?;
+        let withdrawal = events::withdrawal(record, "2", WithdrawReason::Deleted);
+        self.seq += 1;
+        let Fold::Write(value) = fold_withdrawn(Some(current), &withdrawal, self.seq, Utc::now())
+        else {
+            bail!("fold_withdrawn refused");
         };
         self.kv.put(&key, value.to_json().into()).await?;
         self.current.insert(key, value);
@@ -998,5 +1020,78 @@ async fn a_provider_of_the_config_file_uses_its_own_ca_and_fetch_token() -> anyh
         let value = challenge(&response)?;
         ensure!(value.contains("cannot be reached"), "{config}: {value}");
     }
+    Ok(())
+}
+
+/// The names `?include_deleted=true` lists to `token`, once it lists `expected` many;
+/// each of them must be deleted.
+async fn deleted(api: &Api, token: Option<String>, expected: usize) -> anyhow::Result<Vec<String>> {
+    eventually(STEP, "the deleted entries", || async {
+        let response = api
+            .get(&format!("{LIST}?include_deleted=true"), token.as_deref())
+            .await?;
+        ensure!(response.status() == StatusCode::OK, "{}", response.status());
+        let body: Value = response.json().await?;
+        for e in body["servers"].as_array().into_iter().flatten() {
+            ensure!(
+                e["_meta"]["io.modelcontextprotocol.registry/official"]["status"] == "deleted",
+                "{e}"
+            );
+        }
+        let names = server_names(&body["servers"]);
+        Ok((names.len() == expected).then_some(names))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn deleted_entries_are_seen_only_by_tokens_that_could_see_them_live() -> anyhow::Result<()> {
+    let a = Client::new("team-a", json!({"team": "a"}));
+    let b = Client::new("team-b", json!({"team": "b"}));
+    let idp = OidcProvider::start(&[a.clone(), b.clone()]).await?;
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    let mut bucket = Bucket::create(&nats.jetstream().await).await?;
+    bucket.put("open", None).await?;
+    bucket.put("alpha", Some(r#"{"team": "a"}"#)).await?;
+    bucket.withdraw("open").await?;
+    bucket.withdraw("alpha").await?;
+    let api = Api::oauth(&nats, &[idp.issuer()], &[]).await?;
+    let hiding = Api::oauth(&nats, &[idp.issuer()], &["--hide-unclaimed-entries"]).await?;
+    let anonymous = Api::anonymous(&nats).await?;
+    let (ta, tb) = (
+        idp.token(&a, RESOURCE).await?,
+        idp.token(&b, RESOURCE).await?,
+    );
+    // Plain lists show nothing: both are withdrawn.
+    ensure!(api.names(Some(&ta), 0).await?.is_empty());
+    // Deleted entries keep their claims: team a sees alpha, team b only the open one.
+    ensure!(deleted(&api, Some(ta.clone()), 2).await? == ["com.example/alpha", "com.example/open"]);
+    ensure!(deleted(&api, Some(tb.clone()), 1).await? == ["com.example/open"]);
+    ensure!(deleted(&anonymous, None, 1).await? == ["com.example/open"]);
+    // With unclaimed entries hidden, an unclaimed tombstone is hidden too.
+    ensure!(deleted(&hiding, Some(ta.clone()), 1).await? == ["com.example/alpha"]);
+    ensure!(deleted(&hiding, Some(tb.clone()), 0).await?.is_empty());
+    // Get and versions of another's deleted entry: 404, as if it never existed.
+    for path in [
+        "/v0.1/servers/com.example%2Falpha/versions?include_deleted=true",
+        "/v0.1/servers/com.example%2Falpha/versions/1.0.0?include_deleted=true",
+    ] {
+        let status = api.get(path, Some(&tb)).await?.status();
+        ensure!(status == StatusCode::NOT_FOUND, "{path}: {status}");
+        let status = api.get(path, Some(&ta)).await?.status();
+        ensure!(status == StatusCode::OK, "{path}: {status}");
+    }
+    // An incremental sync (updated_since implies include_deleted) is filtered alike.
+    let response = api
+        .get(
+            &format!("{LIST}?updated_since=2020-01-01T00:00:00Z"),
+            Some(&tb),
+        )
+        .await?;
+    let body: Value = response.json().await?;
+    ensure!(
+        server_names(&body["servers"]) == ["com.example/open"],
+        "{body}"
+    );
     Ok(())
 }

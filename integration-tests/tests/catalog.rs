@@ -811,6 +811,105 @@ async fn a_herald_imports_another_heralds_api() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_hub_withdraws_what_its_upstream_herald_deleted_without_a_full_listing()
+-> anyhow::Result<()> {
+    let edge = Pipeline::start().await?;
+    let weather = deployment(
+        "io.github.user/weather",
+        "1.0.2",
+        "https://w.example.com/mcp",
+    )?;
+    let mut remote = deployment(
+        "io.github.user/remote-weather",
+        "2.1.0",
+        "https://r.example.com/mcp",
+    )?;
+    remote.object =
+        ObjectRef::new(Kind::MCPServer, "tools", "remote").map_err(anyhow::Error::msg)?;
+    remote.uid = "uid-remote".into();
+    edge.apply(&weather).await?;
+    edge.apply(&remote).await?;
+    let both = set(&[
+        ("io.github.user/weather", "1.0.2"),
+        ("io.github.user/remote-weather", "2.1.0"),
+    ]);
+    edge.until_listed("/v0.1/servers", &both).await?;
+
+    // The hub lists everything once, then only asks for updates (a full listing
+    // every 100000th sync: never within this test).
+    let hub = Pipeline::start().await?;
+    let mut sync = hub
+        .sync_command(&[
+            "--source-id",
+            "edge",
+            "--registry",
+            "hub",
+            "--url",
+            &format!("{}/registry/default", edge.base),
+            "--interval",
+            "200ms",
+            "--full-sync-every",
+            "100000",
+        ])
+        .log_name("sync.log")
+        .spawn()?;
+    hub.until_listed("/registry/hub/v0.1/servers", &both)
+        .await
+        .map_err(|e| sync.explain(e))?;
+
+    // The edge withdraws one deployment: its tombstone reaches the hub's next
+    // incremental sync, which withdraws the imported entry.
+    let withdrawal = events::withdrawal(&remote, "2", WithdrawReason::Deleted);
+    edge.publish(&Event::new(EventData::Withdrawn(withdrawal), Utc::now()))
+        .await?;
+    hub.until_listed(
+        "/registry/hub/v0.1/servers",
+        &set(&[("io.github.user/weather", "1.0.2")]),
+    )
+    .await
+    .map_err(|e| sync.explain(e))?;
+    let log = sync.log_contents();
+    ensure!(
+        log.lines().any(|l| l.contains("catalog synced")
+            && l.contains("withdrawn=1")
+            && l.contains("full=false")),
+        "no incremental sync withdrew it: {log}"
+    );
+    // The hub serves its own tombstone as deleted in turn (Herald aggregating Herald
+    // aggregating Herald syncs deletions incrementally all the way).
+    let listed = hub
+        .json("/registry/hub/v0.1/servers?include_deleted=true")
+        .await?;
+    let statuses: BTreeMap<String, String> = listed["servers"]
+        .as_array()
+        .context("servers")?
+        .iter()
+        .map(|e| {
+            (
+                e["server"]["name"].as_str().unwrap_or_default().to_owned(),
+                e["_meta"]["io.modelcontextprotocol.registry/official"]["status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        BTreeMap::from([
+            (
+                "io.github.user/remote-weather".to_owned(),
+                "deleted".to_owned()
+            ),
+            ("io.github.user/weather".to_owned(), "active".to_owned()),
+        ])
+    );
+    let status = sync.terminate();
+    assert!(status.success(), "{status:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn interval_syncs_between_full_ones_ask_only_for_updates() -> anyhow::Result<()> {
     let herald = Pipeline::start().await?;
     let (upstream, base) = Upstream::start(documents("valid")?).await?;

@@ -480,6 +480,7 @@ async fn an_invalid_value_written_into_a_bucket_is_not_served() -> anyhow::Resul
             seq: 1_000_000,
             changed_at: Utc::now(),
             state: DeploymentState::Live(Box::new(planted.clone())),
+            last: None,
         };
         let key = DeploymentKey::new(planted.cluster.clone(), planted.object.clone());
         store.put(key.to_string(), value.to_json().into()).await?;
