@@ -178,6 +178,7 @@ fn deployment(object: &str, version: &str) -> anyhow::Result<DeploymentRecord> {
             extra: Default::default(),
         },
         phase: Phase::Ready,
+        package: None,
         image: None,
         transport: "streamable-http".into(),
         group: None,
