@@ -195,8 +195,20 @@ fn served_lists_validate_against_the_openapi_response_schemas() {
 
 #[test]
 fn the_served_openapi_document_keeps_the_official_schemas() {
-    let ours: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+    let mut ours: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
     let official = official_openapi();
+    // One addition from the official API after 2025-12-01: `statusChangedAt`, sent only
+    // on deleted entries, which only a client asking for deletions (`include_deleted`,
+    // `updated_since`) receives.
+    let official_meta = &mut ours["components"]["schemas"]["ServerResponse"]["properties"]["_meta"]
+        ["properties"]["io.modelcontextprotocol.registry/official"]["properties"];
+    assert!(
+        official_meta
+            .as_object_mut()
+            .and_then(|m| m.remove("statusChangedAt"))
+            .is_some(),
+        "statusChangedAt is documented"
+    );
     for name in [
         "ServerList",
         "ServerResponse",
