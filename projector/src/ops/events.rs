@@ -12,6 +12,7 @@ use chrono::SecondsFormat;
 use futures::StreamExt;
 use herald_core::names::STREAM;
 use herald_core::{Event, EventData};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -33,19 +34,24 @@ pub struct EventsOptions {
     pub follow: bool,
 }
 
-/// One printed event.
-#[derive(Debug, Clone, PartialEq)]
+/// One printed event. Serialized (by `explain --json`) without its NATS
+/// subject and payload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Row {
     pub seq: u64,
     pub time: String,
+    #[serde(rename = "type")]
     pub ty: String,
     pub cluster: String,
     pub registry: String,
     pub subject: String,
     pub summary: String,
     /// The NATS subject it was found on.
+    #[serde(skip)]
     pub nats_subject: String,
     /// The CloudEvent as JSON (or `null` when it is not JSON).
+    #[serde(skip)]
     pub event: Value,
 }
 

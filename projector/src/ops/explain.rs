@@ -170,20 +170,6 @@ pub struct KeyState {
     pub state: String,
 }
 
-/// An event of the target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EventLine {
-    pub seq: u64,
-    pub time: String,
-    #[serde(rename = "type")]
-    pub ty: String,
-    pub cluster: String,
-    pub registry: String,
-    pub subject: String,
-    pub summary: String,
-}
-
 /// A dead letter of the target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -220,7 +206,7 @@ pub struct Explanation {
     pub verdicts: Vec<Verdict>,
     pub served: Vec<Served>,
     pub keys: Vec<KeyState>,
-    pub events: Vec<EventLine>,
+    pub events: Vec<Row>,
     pub dead_letters: Vec<DeadLetterLine>,
     pub windows: Vec<Window>,
 }
@@ -459,7 +445,7 @@ pub async fn explain(
     .await?;
 
     // 3. The events of the target.
-    let mut lines: VecDeque<EventLine> = VecDeque::new();
+    let mut lines: VecDeque<Row> = VecDeque::new();
     let subject = crate::ops::filter::EventFilter {
         registry: options.registry.clone(),
         ..Default::default()
@@ -478,7 +464,7 @@ pub async fn explain(
             return;
         }
         let row = Row::of_event(m.seq, &m.subject, &event, &m.payload);
-        push_bounded(&mut lines, event_line(row), options.last);
+        push_bounded(&mut lines, row, options.last);
     })
     .await?;
 
@@ -616,18 +602,6 @@ pub async fn explain(
 /// The (registry, key) an event folds into.
 fn fold_key(event: &Event) -> Option<(String, String)> {
     crate::fold::slot(event).map(|(registry, key, _)| (registry.to_string(), key))
-}
-
-fn event_line(row: Row) -> EventLine {
-    EventLine {
-        seq: row.seq,
-        time: row.time,
-        ty: row.ty,
-        cluster: row.cluster,
-        registry: row.registry,
-        subject: row.subject,
-        summary: row.summary,
-    }
 }
 
 fn key_state(registry: &RegistryName, key: &str, value: &StoredValue) -> KeyState {
@@ -855,20 +829,7 @@ impl Explanation {
         section(
             "LAST EVENTS",
             &events::HEADER,
-            self.events
-                .iter()
-                .map(|e| {
-                    vec![
-                        e.seq.to_string(),
-                        e.time.clone(),
-                        e.ty.clone(),
-                        e.cluster.clone(),
-                        e.registry.clone(),
-                        e.subject.clone(),
-                        e.summary.clone(),
-                    ]
-                })
-                .collect(),
+            self.events.iter().map(Row::cells).collect(),
         );
         section(
             "DEAD LETTERS",
