@@ -179,6 +179,9 @@ fn build_record(
         .names
         .check(&registry, &server_name, id.object.namespace())?;
     let image = str_at(object, &["spec", "image"]).map(str::to_owned);
+    if let Some(image) = &image {
+        validate::image(image)?;
+    }
     let version = version::resolve(annotation(object, ann::REGISTRY_VERSION), image.as_deref())?;
     let (transport, remote_type) = transport(kind, object)?;
     let url = url(kind, object, &id.object, remote_type, policy)?;

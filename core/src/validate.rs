@@ -246,6 +246,17 @@ pub fn text(field: &'static str, raw: &str, max: usize, lines: Lines) -> Result<
 }
 
 /// The description: required, 1-100 characters, may span lines.
+/// `spec.image` as carried in a record (the ToolHive block shows it): bounded,
+/// without white space or control characters.
+pub fn image(raw: &str) -> Result<(), Rejection> {
+    if raw.len() > MAX_IMAGE || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Rejection::Malformed(format!(
+            "spec.image must be at most {MAX_IMAGE} characters without white space"
+        )));
+    }
+    Ok(())
+}
+
 pub fn description(raw: &str) -> Result<String, Rejection> {
     if raw.trim().is_empty() {
         return Err(Rejection::MissingDescription);
@@ -608,12 +619,8 @@ pub fn record(r: &DeploymentRecord, rules: UrlRules) -> Result<(), Rejection> {
     for h in &r.remote.headers {
         header(h)?;
     }
-    if let Some(image) = &r.image
-        && (image.len() > MAX_IMAGE || image.chars().any(|c| c.is_whitespace() || c.is_control()))
-    {
-        return Err(Rejection::Malformed(format!(
-            "spec.image must be at most {MAX_IMAGE} characters without white space"
-        )));
+    if let Some(i) = &r.image {
+        image(i)?;
     }
     if !matches!(r.transport.as_str(), "stdio" | "sse" | "streamable-http") {
         return Err(Rejection::unsupported(
