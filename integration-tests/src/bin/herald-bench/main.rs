@@ -3,7 +3,7 @@
 //!
 //! Layout: [`report`] (rows, table, JSON), [`common`] (statistics, events, processes,
 //! SSE reader), one module per scenario: [`propagation`], [`projector`], [`api_list`],
-//! [`fanout`], [`scale`], [`watcher_memory`].
+//! [`fanout`], [`scale`], [`watcher_memory`]; and [`soak`], run only when named.
 //!
 //! Herald's binaries are spawned from the folder of this executable: build them first
 //! with `cargo build --release --bins`.
@@ -15,6 +15,7 @@ mod projector;
 mod propagation;
 mod report;
 mod scale;
+mod soak;
 mod watcher_memory;
 
 use std::path::PathBuf;
@@ -37,6 +38,9 @@ struct Cli {
     /// Where to write every figure as JSON.
     #[arg(long, env = "HERALD_BENCH_JSON", default_value = "herald-bench.json")]
     json: PathBuf,
+    /// Length of the `soak` scenario in minutes (`--quick`: 2).
+    #[arg(long, env = "HERALD_BENCH_MINUTES", default_value_t = 60)]
+    minutes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,8 +51,11 @@ enum Scenario {
     Fanout,
     Scale,
     WatcherMemory,
+    /// An hour of churn with restarts (not part of the default run).
+    Soak,
 }
 
+/// The default run; `soak` runs only when named.
 const ALL: [Scenario; 6] = [
     Scenario::Propagation,
     Scenario::Projector,
@@ -101,6 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Scenario::Fanout => fanout::run(&mut report, cli.quick).await,
             Scenario::Scale => scale::run(&mut report, cli.quick).await,
             Scenario::WatcherMemory => watcher_memory::run(&mut report, cli.quick).await,
+            Scenario::Soak => soak::run(&mut report, cli.quick, cli.minutes).await,
         };
         if let Err(error) = result {
             eprintln!("== {name} failed: {error:#}");
