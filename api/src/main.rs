@@ -76,6 +76,12 @@ struct Cli {
     #[arg(long, env = "HERALD_SSE_HISTORY", default_value_t = 10000)]
     sse_history: usize,
 
+    /// About the memory those change batches may hold per registry (for
+    /// example `16MiB`); the oldest go first, so a registry of large entries
+    /// keeps fewer resume points rather than more memory.
+    #[arg(long, env = "HERALD_SSE_HISTORY_BYTES", default_value = "16MiB", value_parser = herald_runtime::byte_size::positive)]
+    sse_history_bytes: u64,
+
     /// How long a withdrawn server version is served as `deleted` to clients
     /// that ask for deleted entries (`include_deleted`, `updated_since`);
     /// the default is the stream's default replay window (`--stream-max-age`).
@@ -404,6 +410,7 @@ async fn run(
         },
         bounds: Bounds {
             history: cli.sse_history,
+            history_bytes: usize::try_from(cli.sse_history_bytes).unwrap_or(usize::MAX),
             subscriber_buffer: cli.sse_buffer,
             deleted_retention: cli.deleted_retention,
         },

@@ -104,7 +104,32 @@ pub struct Change {
 pub struct Batch {
     pub position: u64,
     pub changes: Vec<Change>,
+    /// About the memory the batch keeps alive in the resume ring: an upserted
+    /// entry is held twice (parsed and as JSON) once the live entry moves on.
+    weight: usize,
 }
+
+impl Batch {
+    pub fn new(position: u64, changes: Vec<Change>) -> Self {
+        let weight = changes
+            .iter()
+            .map(|c| match &c.kind {
+                ChangeKind::Upsert { entry, .. } => 2 * entry.json.len() + CHANGE_OVERHEAD,
+                ChangeKind::Delete { name, version, .. } => {
+                    name.len() + version.len() + CHANGE_OVERHEAD
+                }
+            })
+            .sum();
+        Self {
+            position,
+            changes,
+            weight,
+        }
+    }
+}
+
+/// What a change costs in the ring besides the entry it holds.
+const CHANGE_OVERHEAD: usize = 128;
 
 /// Every current entry, at a position.
 #[derive(Debug, Clone)]
@@ -127,6 +152,8 @@ pub enum Start {
 pub struct Bounds {
     /// Batches kept for resumes.
     pub history: usize,
+    /// About the bytes those batches may hold; the older ones go first.
+    pub history_bytes: usize,
     /// Batches a live subscriber may fall behind before it is reset.
     pub subscriber_buffer: usize,
     /// How long a withdrawn entry is served as deleted.
@@ -154,7 +181,10 @@ pub struct RegistryView {
     pruned_at: DateTime<Utc>,
     position: u64,
     ring: VecDeque<Arc<Batch>>,
+    /// The sum of the ring's batch weights.
+    ring_bytes: usize,
     history: usize,
+    history_bytes: usize,
     /// Resumes from positions at or after this are served from the ring.
     ring_floor: u64,
     live: broadcast::Sender<Arc<Batch>>,
@@ -177,7 +207,9 @@ impl RegistryView {
             pruned_at: Utc::now(),
             position: 0,
             ring: VecDeque::new(),
+            ring_bytes: 0,
             history: bounds.history.max(1),
+            history_bytes: bounds.history_bytes,
             ring_floor: 0,
             live,
             closed: CancellationToken::new(),
@@ -365,7 +397,7 @@ impl RegistryView {
         }
         let count = changes.len();
         if !changes.is_empty() {
-            self.publish(Arc::new(Batch { position, changes }));
+            self.publish(Arc::new(Batch::new(position, changes)));
         }
         count
     }
@@ -374,6 +406,7 @@ impl RegistryView {
     /// from (it was not observed change by change).
     pub fn finish_load(&mut self) {
         self.ring.clear();
+        self.ring_bytes = 0;
         self.ring_floor = self.position;
     }
 
@@ -478,11 +511,17 @@ impl RegistryView {
     }
 
     fn publish(&mut self, batch: Arc<Batch>) {
-        while self.ring.len() >= self.history {
+        // Bounded by count and by bytes; the newest batch is always kept.
+        while !self.ring.is_empty()
+            && (self.ring.len() >= self.history
+                || self.ring_bytes + batch.weight > self.history_bytes)
+        {
             if let Some(dropped) = self.ring.pop_front() {
+                self.ring_bytes -= dropped.weight;
                 self.ring_floor = dropped.position;
             }
         }
+        self.ring_bytes += batch.weight;
         self.ring.push_back(batch.clone());
         // No receivers is fine: nobody is listening.
         let _ = self.live.send(batch);
@@ -596,6 +635,7 @@ mod tests {
     fn bounds() -> Bounds {
         Bounds {
             history: 2,
+            history_bytes: usize::MAX,
             subscriber_buffer: 4,
             deleted_retention: Duration::from_secs(3600),
         }
@@ -657,5 +697,53 @@ mod tests {
         assert!(matches!(view.subscribe(Some(2)).1, Start::Resume(ref b) if b.len() == 2));
         assert!(matches!(view.subscribe(Some(99)).1, Start::Snapshot(ref s) if s.position == 5));
         assert_eq!(view.entries().len(), 2);
+    }
+
+    #[test]
+    fn the_ring_keeps_fewer_batches_rather_than_more_bytes() {
+        let mut view = RegistryView::new(Bounds {
+            history: 1000,
+            history_bytes: 1,
+            ..bounds()
+        });
+        view.finish_load();
+        for seq in 1..=5 {
+            let (k, v) = stored("eu-1", &format!("io.x/srv-{seq}"), "1.0.0", seq);
+            view.apply(
+                &k,
+                KeyKind::Deployment,
+                Some(StoredValue::Deployment(v)),
+                seq,
+            );
+            // Over the byte bound, only the newest batch is kept: resumes from
+            // further back get a snapshot, one from just before it gets it.
+            assert_eq!(view.ring.len(), 1);
+            assert_eq!(view.ring_bytes, view.ring[0].weight);
+            assert!(
+                matches!(view.subscribe(Some(seq - 1)).1, Start::Resume(ref b) if b.len() == 1)
+            );
+            assert!(seq < 2 || matches!(view.subscribe(Some(seq - 2)).1, Start::Snapshot(_)));
+        }
+        // Within the bound, count still rules.
+        let mut view = RegistryView::new(Bounds {
+            history: 3,
+            history_bytes: usize::MAX,
+            ..bounds()
+        });
+        view.finish_load();
+        for seq in 1..=5 {
+            let (k, v) = stored("eu-1", &format!("io.x/srv-{seq}"), "1.0.0", seq);
+            view.apply(
+                &k,
+                KeyKind::Deployment,
+                Some(StoredValue::Deployment(v)),
+                seq,
+            );
+        }
+        assert_eq!(view.ring.len(), 3);
+        assert_eq!(
+            view.ring_bytes,
+            view.ring.iter().map(|b| b.weight).sum::<usize>()
+        );
     }
 }

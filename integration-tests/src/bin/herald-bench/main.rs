@@ -41,6 +41,10 @@ struct Cli {
     /// Length of the `soak` scenario in minutes (`--quick`: 2).
     #[arg(long, env = "HERALD_BENCH_MINUTES", default_value_t = 60)]
     minutes: u64,
+    /// In `soak`, a Herald process is restarted every this many minutes, in turn
+    /// (0: never).
+    #[arg(long, env = "HERALD_BENCH_RESTART_EVERY", default_value_t = 5)]
+    restart_every: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,7 +112,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Scenario::Fanout => fanout::run(&mut report, cli.quick).await,
             Scenario::Scale => scale::run(&mut report, cli.quick).await,
             Scenario::WatcherMemory => watcher_memory::run(&mut report, cli.quick).await,
-            Scenario::Soak => soak::run(&mut report, cli.quick, cli.minutes).await,
+            Scenario::Soak => {
+                soak::run(&mut report, cli.quick, cli.minutes, cli.restart_every).await
+            }
         };
         if let Err(error) = result {
             eprintln!("== {name} failed: {error:#}");

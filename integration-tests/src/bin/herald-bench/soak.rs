@@ -1,6 +1,6 @@
 //! Scenario `soak` (not in the default run, not in CI): `--minutes N` of mixed churn at
 //! a steady rate across three clusters, with a Herald process restarted in turn every
-//! few minutes, sampling every process's resident memory and open descriptors once a
+//! `--restart-every` minutes (default 5), sampling every process's resident memory and open descriptors once a
 //! minute. It ends with the convergence oracle (nothing lost, nothing phantom) and a
 //! table of the samples, so growth shows as a rising column.
 //!
@@ -48,11 +48,18 @@ struct Sample {
     restarted: bool,
 }
 
-pub async fn run(report: &mut Report, quick: bool, minutes: u64) -> anyhow::Result<()> {
-    let minutes = if quick { 2 } else { minutes.max(1) };
+pub async fn run(
+    report: &mut Report,
+    quick: bool,
+    minutes: u64,
+    restart_every: u64,
+) -> anyhow::Result<()> {
+    let (minutes, restart_every) = if quick {
+        (2, 1)
+    } else {
+        (minutes.max(1), restart_every)
+    };
     let minute = Duration::from_secs(60);
-    // Restarts spread over the run: one every 5 minutes (every minute when short).
-    let restart_every = if minutes >= 10 { 5 } else { 1 };
     let mut stack = Stack::builder("soak")
         .clusters(&CLUSTERS)
         .registries(&REGISTRIES)
@@ -65,7 +72,7 @@ pub async fn run(report: &mut Report, quick: bool, minutes: u64) -> anyhow::Resu
     let mut restarts = 0usize;
     let started = Instant::now();
     eprintln!(
-        "   {minutes} min of churn at {:.0} changes/s over {} clusters; a restart every {restart_every} min",
+        "   {minutes} min of churn at {:.0} changes/s over {} clusters; a restart every {restart_every} min (0: none)",
         1.0 / PACE.as_secs_f64(),
         CLUSTERS.len()
     );
@@ -83,7 +90,7 @@ pub async fn run(report: &mut Report, quick: bool, minutes: u64) -> anyhow::Resu
         samples.push(sample(&stack, &restarted)?);
         restarted = [false; PROCESSES.len()];
         eprintln!("   minute {m}: {}", line(samples.last().expect("pushed")));
-        if m % restart_every == 0 && m < minutes {
+        if restart_every > 0 && m.is_multiple_of(restart_every) && m < minutes {
             let which = restarts % (PROCESSES.len() - 1);
             let process = &mut herald_processes(&mut stack)[which];
             // Alternate a clean stop and a crash.
