@@ -21,6 +21,7 @@ use anyhow::{Context as _, bail};
 
 use crate::dir::TestDir;
 use crate::kube::KubeApi;
+use crate::netns::Host;
 use crate::ports::free_port;
 use crate::process::ChildProcess;
 use crate::timeout::{eventually, within};
@@ -50,9 +51,11 @@ pub struct Herald {
     defaults: Vec<(String, String)>,
     /// Variables to set, or with `None` to remove from what the test inherits.
     envs: Vec<(String, Option<String>)>,
-    /// The port of the HTTP listener (health for watcher, projector and importer; the
-    /// API itself for `herald-api`).
-    listen: Option<u16>,
+    /// The flag and port of the HTTP listener (health for watcher, projector and
+    /// importer; the API itself for `herald-api`).
+    listen: Option<(String, u16)>,
+    /// The host (network namespace) to run in; loopback without one.
+    host: Option<Host>,
     dir: Option<PathBuf>,
     log_name: String,
     ready_timeout: Duration,
@@ -77,6 +80,7 @@ impl Herald {
             defaults: Vec::new(),
             envs: Vec::new(),
             listen: None,
+            host: None,
             dir: None,
             log_name: format!("{binary}.log"),
             ready_timeout: READY_TIMEOUT,
@@ -147,9 +151,22 @@ impl Herald {
 
     /// Listens on a free loopback port with `flag` (`--health-listen`, `--listen`).
     fn listen(mut self, flag: &str) -> Self {
-        let port = free_port();
-        self.listen = Some(port);
-        self.fixed(flag, &format!("127.0.0.1:{port}"))
+        self.listen = Some((flag.to_owned(), free_port()));
+        self
+    }
+
+    /// Runs in `host`'s network namespace, listening on its control address (see
+    /// [`crate::netns`]); the NATS URL and kubeconfig must name addresses it reaches.
+    pub fn on_host(mut self, host: &Host) -> Self {
+        self.host = Some(host.clone());
+        self
+    }
+
+    /// Where the listener binds and the test reaches it.
+    fn listen_ip(&self) -> String {
+        self.host
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_owned(), |h| h.ctl.to_string())
     }
 
     /// Serves /healthz, /readyz and /metrics on a free port.
@@ -236,6 +253,9 @@ impl Herald {
         let mut line = self.subcommand.clone();
         line.extend(self.args.iter().cloned());
         line.extend(self.fixed.iter().cloned());
+        if let Some((flag, port)) = &self.listen {
+            line.extend([flag.clone(), format!("{}:{port}", self.listen_ip())]);
+        }
         for (flag, value) in &self.defaults {
             if !named(flag) {
                 line.extend([flag.clone(), value.clone()]);
@@ -275,13 +295,17 @@ impl Herald {
             binary: self.binary.clone(),
             args: self.command_line(),
             envs: self.envs.clone(),
+            netns: self.host.as_ref().map(|h| h.netns.clone()),
             log: dir.join(&self.log_name),
         };
         let process = spec.spawn(&spec.log)?;
         Ok(HeraldProcess {
             process,
             spec,
-            base: self.listen.map(|port| format!("http://127.0.0.1:{port}")),
+            base: self
+                .listen
+                .as_ref()
+                .map(|(_, port)| format!("http://{}:{port}", self.listen_ip())),
             ready_timeout: self.ready_timeout,
             starts: 1,
             _dir: own_dir,
@@ -290,7 +314,8 @@ impl Herald {
 
     /// Runs the command to completion, within `timeout`, and captures its output.
     pub async fn output(self, timeout: Duration) -> anyhow::Result<Finished> {
-        let command = command(&self.binary, &self.command_line(), &self.envs);
+        let netns = self.host.as_ref().map(|h| h.netns.as_str());
+        let command = command(&self.binary, &self.command_line(), &self.envs, netns);
         let mut command = tokio::process::Command::from(command);
         command.kill_on_drop(true);
         let what = self.describe();
@@ -339,18 +364,35 @@ struct Spec {
     binary: String,
     args: Vec<String>,
     envs: Vec<(String, Option<String>)>,
+    netns: Option<String>,
     log: PathBuf,
 }
 
 impl Spec {
     fn spawn(&self, log: &Path) -> anyhow::Result<ChildProcess> {
-        let command = command(&self.binary, &self.args, &self.envs);
+        let command = command(&self.binary, &self.args, &self.envs, self.netns.as_deref());
         ChildProcess::spawn(&self.binary, command, log)
     }
 }
 
-fn command(binary: &str, args: &[String], envs: &[(String, Option<String>)]) -> Command {
-    let mut command = Command::new(herald_binary(binary));
+fn command(
+    binary: &str,
+    args: &[String],
+    envs: &[(String, Option<String>)],
+    netns: Option<&str>,
+) -> Command {
+    let mut command = match netns {
+        // `ip netns exec` execs the binary: same process, environment and
+        // parent-death signal.
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command
+                .args(["netns", "exec", netns])
+                .arg(herald_binary(binary));
+            command
+        }
+        None => Command::new(herald_binary(binary)),
+    };
     command.args(args);
     for (k, v) in envs {
         match v {

@@ -8,6 +8,7 @@
 mod crds;
 mod etcd;
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use anyhow::Context as _;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::dir::TestDir;
+use crate::netns::Host;
 use crate::ports::{free_port, retry_on_port_conflict};
 use crate::process::ChildProcess;
 use crate::timeout::eventually;
@@ -55,12 +57,22 @@ struct Spec {
     etcd_port: u16,
     etcd_peer_port: u16,
     api_port: u16,
+    /// Where etcd and the API server listen: loopback, or a host's control address.
+    ip: Ipv4Addr,
+    /// The host's network namespace, if any.
+    netns: Option<String>,
 }
 
 impl KubeApi {
     /// Starts etcd and the API server on free ports and installs every CRD found in
     /// `<workspace>/deploy/crds/*.yaml`, waiting until each is Established.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_on(None).await
+    }
+
+    /// As [`KubeApi::start`], in `host`'s network namespace (see [`crate::netns`]) on
+    /// its control address, which the test and the host's own processes reach.
+    pub async fn start_on(host: Option<&Host>) -> anyhow::Result<Self> {
         let tools = Tools::locate()?;
         let (etcd_binary, apiserver_binary) = (tools.etcd()?, tools.kube_apiserver()?);
         let crds = crds::read_dir(&workspace_root().join("deploy/crds"))?;
@@ -74,6 +86,8 @@ impl KubeApi {
                 etcd_peer_port: free_port(),
                 // The API server picks its own port the first time (no collisions).
                 api_port: 0,
+                ip: host.map_or(Ipv4Addr::LOCALHOST, |h| h.ctl),
+                netns: host.map(|h| h.netns.clone()),
             };
             let dir = TestDir::new("kube")?;
             let (etcd, apiserver) = spec.launch(&dir).await?;
@@ -175,14 +189,14 @@ impl KubeApi {
 
 impl Spec {
     fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.api_port)
+        format!("https://{}:{}", self.ip, self.api_port)
     }
 
     /// Starts etcd, waits for it, then starts the API server and waits until it has bound
     /// its port (recording the port on the first launch).
     async fn launch(&mut self, dir: &TestDir) -> anyhow::Result<(ChildProcess, ChildProcess)> {
         let mut etcd = ChildProcess::spawn("etcd", self.etcd_command(dir), &dir.join("etcd.log"))?;
-        etcd::wait_ready(&mut etcd, self.etcd_port, &self.etcd_name).await?;
+        etcd::wait_ready(&mut etcd, self.ip, self.etcd_port, &self.etcd_name).await?;
         let port_file = dir.join("kube-apiserver.port");
         let _ = std::fs::remove_file(&port_file);
         let mut apiserver = ChildProcess::spawn(
@@ -204,9 +218,9 @@ impl Spec {
     }
 
     fn etcd_command(&self, dir: &TestDir) -> Command {
-        let client_url = format!("http://127.0.0.1:{}", self.etcd_port);
-        let peer_url = format!("http://127.0.0.1:{}", self.etcd_peer_port);
-        let mut command = Command::new(&self.etcd_binary);
+        let client_url = format!("http://{}:{}", self.ip, self.etcd_port);
+        let peer_url = format!("http://{}:{}", self.ip, self.etcd_peer_port);
+        let mut command = self.command(&self.etcd_binary);
         command
             .args(["--name", &self.etcd_name, "--data-dir"])
             .arg(dir.join("etcd"))
@@ -224,19 +238,31 @@ impl Spec {
     }
 
     fn apiserver_command(&self, dir: &TestDir, port_file: &Path) -> Command {
-        let mut command = Command::new(&self.apiserver_binary);
+        let mut command = self.command(&self.apiserver_binary);
         command
             .args([
                 "--etcd-servers",
-                &format!("http://127.0.0.1:{}", self.etcd_port),
+                &format!("http://{}:{}", self.ip, self.etcd_port),
             ])
-            .args(["--bind-address", "127.0.0.1"])
+            .args(["--bind-address", &self.ip.to_string()])
             .args(["--secure-port", &self.api_port.to_string()])
             .arg("--port-file")
             .arg(port_file)
             .arg("--cert-dir")
             .arg(dir.join("certs"));
         command
+    }
+
+    /// `binary`, in the host's namespace if there is one.
+    fn command(&self, binary: &Path) -> Command {
+        match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        }
     }
 
     /// The server authenticates everyone and ignores the token, which is there only so

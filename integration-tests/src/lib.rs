@@ -29,6 +29,12 @@
 //! - [`storm`]: seeded random changes to MCPServers, run while a fault is injected;
 //! - [`oracle`]: what `herald-api` must serve given the clusters' objects, and the check
 //!   that it does (nothing lost, nothing phantom);
+//! - [`netns`]: [`netns::Network`], several hosts on one machine (network namespaces
+//!   joined by veth links; partitions are links set down);
+//! - [`link_proxy`]: [`link_proxy::LinkProxy`], a TCP proxy adding delay and loss, cut
+//!   and healed at run time;
+//! - [`multihost`]: [`multihost::MultiHost`], the hub (three NATS nodes, projector, API)
+//!   and workload clusters (API server, leaf NATS, watcher) on hosts of their own;
 //! - [`large_stack`]: async tests on a thread with a stack big enough for kube's futures
 //!   ([`large_stack_test!`]);
 //!
@@ -53,8 +59,11 @@ pub mod events;
 pub mod herald;
 pub mod kube;
 pub mod large_stack;
+pub mod link_proxy;
 pub mod local;
+pub mod multihost;
 pub mod nats;
+pub mod netns;
 pub mod objects;
 pub mod oidc;
 pub mod oracle;

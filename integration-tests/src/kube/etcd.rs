@@ -4,6 +4,7 @@
 //! by another test's etcd would answer too; the member list names our member, which proves
 //! both that it serves and that it is ours.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -16,6 +17,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) async fn wait_ready(
     etcd: &mut ChildProcess,
+    ip: Ipv4Addr,
     port: u16,
     name: &str,
 ) -> anyhow::Result<()> {
@@ -23,7 +25,7 @@ pub(super) async fn wait_ready(
         let running = etcd.ensure_running();
         async move {
             running?;
-            let members = member_list(port).await.unwrap_or_default();
+            let members = member_list(ip, port).await.unwrap_or_default();
             Ok(members
                 .contains(&format!("\"name\":\"{name}\""))
                 .then_some(()))
@@ -34,11 +36,11 @@ pub(super) async fn wait_ready(
 }
 
 /// `POST /v3/cluster/member/list` through etcd's JSON gateway; the raw response text.
-async fn member_list(port: u16) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+async fn member_list(ip: Ipv4Addr, port: u16) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect((ip, port)).await?;
     let body = "{}";
     let request = format!(
-        "POST /v3/cluster/member/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+        "POST /v3/cluster/member/list HTTP/1.1\r\nHost: {ip}:{port}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
