@@ -1331,6 +1331,10 @@ fn the_nats_hub_values_render_with_the_official_chart_the_names_herald_uses() {
     }
     assert!(rendered.contains("\"domain\": \"hub\""), "{rendered}");
     assert!(rendered.contains("include permissions.conf"), "{rendered}");
+    // Dead links behind a silent partition are noticed as hub-cluster.conf says.
+    assert!(sample.contains("ping_interval: \"5s\""));
+    assert!(rendered.contains("\"ping_interval\": \"5s\""), "{rendered}");
+    assert!(rendered.contains("\"ping_max\": 3"), "{rendered}");
     let nats_server = tools().nats_server().unwrap();
     let out = Command::new(nats_server)
         .args(["-t", "-c"])
