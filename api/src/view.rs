@@ -31,7 +31,7 @@ use herald_core::tombstone::LastServed;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::parts::NameParts;
+use crate::parts::{NameParts, diff};
 
 /// An entry's identity: (server name, version).
 pub type EntryKey = (String, String);
@@ -202,7 +202,8 @@ impl RegistryView {
     }
 
     /// Applies the value of one bucket key of `kind` at `revision`
-    /// (`None`: absent). Returns the number of names whose parts changed.
+    /// (`None`: absent). Returns the number of entries (of the full merges)
+    /// that changed.
     pub fn apply(
         &mut self,
         key: &str,
@@ -330,11 +331,15 @@ impl RegistryView {
         // A restarted watch redelivers old revisions: positions never go back.
         self.position = self.position.max(revision);
         let names: BTreeSet<String> = old_name.into_iter().chain(new_name).chain(also).collect();
+        let mut count = 0;
         let changes: Vec<Change> = names
             .into_iter()
             .filter_map(|name| self.recompute(name))
+            .map(|(change, entries)| {
+                count += entries;
+                change
+            })
             .collect();
-        let count = changes.len();
         if !changes.is_empty() {
             let position = self.position;
             self.publish(Arc::new(Batch { position, changes }));
@@ -349,8 +354,9 @@ impl RegistryView {
         self.ring_floor = self.position;
     }
 
-    /// Makes the new state of `name`; the change, when its parts changed.
-    fn recompute(&mut self, name: String) -> Option<Change> {
+    /// Makes the new state of `name`; the change, when its parts changed,
+    /// with the number of entries of its full merge that changed.
+    fn recompute(&mut self, name: String) -> Option<(Change, usize)> {
         let before = self.names.get(&name).cloned();
         let after = self.by_server.get(&name).and_then(|keys| {
             let catalog = keys
@@ -379,11 +385,18 @@ impl RegistryView {
             Some(a) => self.names.insert(name.clone(), a.clone()),
             None => self.names.remove(&name),
         };
-        Some(Change {
-            name,
-            before,
-            after,
-        })
+        let full = |p: &Option<Arc<NameParts>>| p.as_ref().map(|p| p.full().clone());
+        let (old, new) = (full(&before), full(&after));
+        let (removed, changed) = diff(old.as_deref(), new.as_deref());
+        let entries = removed.len() + changed.len();
+        Some((
+            Change {
+                name,
+                before,
+                after,
+            },
+            entries,
+        ))
     }
 
     fn publish(&mut self, batch: Arc<Batch>) {
@@ -520,7 +533,7 @@ mod tests {
         assert!(matches!(view.subscribe(Some(0)).1, Start::Snapshot(_)));
         assert!(matches!(view.subscribe(Some(1)).1, Start::Resume(ref b) if b.is_empty()));
 
-        // A newer version (flipping isLatest on the older one): one name changed.
+        // A newer version flips isLatest on the older one: two entries changed.
         let (k2, v2) = stored("us-1", "io.x/srv", "2.0.0", 2);
         assert_eq!(
             view.apply(
@@ -529,7 +542,7 @@ mod tests {
                 Some(StoredValue::Deployment(v2.clone())),
                 2
             ),
-            1
+            2
         );
         // The same value again changes nothing.
         assert_eq!(
@@ -541,8 +554,8 @@ mod tests {
             ),
             0
         );
-        // Removing the newer version.
-        assert_eq!(view.apply(&k2, KeyKind::Deployment, None, 4), 1);
+        // Removing the newer version: one removed, one changed (isLatest back).
+        assert_eq!(view.apply(&k2, KeyKind::Deployment, None, 4), 2);
         let Start::Resume(batches) = view.subscribe(Some(1)).1 else {
             panic!("position 1 is still in the ring");
         };
