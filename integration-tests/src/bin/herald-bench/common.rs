@@ -236,6 +236,9 @@ pub async fn start_api(
 ) -> anyhow::Result<(HeraldProcess, Duration)> {
     let api = Herald::api(&nats.url())
         .quiet()
+        // `quiet` drops the harness's defaults: anonymous unless `extra` says otherwise
+        // (herald-api's own default is oauth).
+        .default_flag("--auth-mode", "anonymous")
         .flag("--discovery-interval", "200ms")
         .args(extra)
         .dir(dir.path())
