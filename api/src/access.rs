@@ -1,14 +1,14 @@
-//! Who sees which entry: the caller a request comes from ([`Viewer`]) and
-//! the claims an entry requires (those of the deployments and catalog
-//! entries merged into it, ToolHive's `authz-claims`; see
-//! `herald_core::claims`).
+//! Who sees which part of an entry: the caller a request comes from
+//! ([`Viewer`]) and the claims a part requires (a deployment's or catalog
+//! entry's ToolHive `authz-claims`; see `herald_core::claims`).
 //!
-//! An entry is visible to a caller when the caller satisfies **every** claim
-//! set of its parts: a merged entry is shown whole or not at all, so it never
-//! reveals a remote of a part the caller may not see. An entry without
-//! claims is visible to every caller, unless `--hide-unclaimed-entries`
-//! (default deny, as ToolHive with authorization on). An anonymous caller
-//! (`--auth-mode anonymous`) sees only entries without claims.
+//! A caller sees a part when it satisfies the part's claim set; a merged
+//! entry is made, for each caller, of the parts it sees (`crate::parts`),
+//! so it never reveals a remote of a part the caller may not see. A part
+//! without claims is visible to every caller, unless
+//! `--hide-unclaimed-entries` (default deny, as ToolHive with authorization
+//! on). An anonymous caller (`--auth-mode anonymous`) sees only parts
+//! without claims.
 //!
 //! Claim values never leave this module in a log line: `Viewer`'s `Debug`
 //! says only which kind of caller it is.
@@ -42,21 +42,14 @@ impl fmt::Debug for Viewer {
 }
 
 impl Viewer {
-    /// Whether the caller may see an entry whose parts require `required`
-    /// (one set per claimed part; empty: no part has claims).
-    pub fn sees(&self, required: &[ClaimSet]) -> bool {
-        match self {
-            Viewer::Anonymous => required.is_empty(),
-            Viewer::Token {
-                claims,
-                hide_unclaimed,
-            } => {
-                if required.is_empty() {
-                    !hide_unclaimed
-                } else {
-                    required.iter().all(|set| set.satisfied_by(claims))
-                }
-            }
+    /// Whether the caller may see a part that requires `required` (`None`:
+    /// the part has no claims).
+    pub fn sees(&self, required: Option<&ClaimSet>) -> bool {
+        match (self, required) {
+            (Viewer::Anonymous, None) => true,
+            (Viewer::Anonymous, Some(_)) => false,
+            (Viewer::Token { hide_unclaimed, .. }, None) => !hide_unclaimed,
+            (Viewer::Token { claims, .. }, Some(set)) => set.satisfied_by(claims),
         }
     }
 
@@ -86,21 +79,20 @@ mod tests {
     }
 
     #[test]
-    fn anonymous_callers_see_only_unclaimed_entries() {
-        assert!(Viewer::Anonymous.sees(&[]));
-        assert!(!Viewer::Anonymous.sees(&[set(r#"{"team": "a"}"#)]));
+    fn anonymous_callers_see_only_unclaimed_parts() {
+        assert!(Viewer::Anonymous.sees(None));
+        assert!(!Viewer::Anonymous.sees(Some(&set(r#"{"team": "a"}"#))));
     }
 
     #[test]
-    fn a_token_must_satisfy_every_part_of_a_merged_entry() {
+    fn a_token_sees_the_parts_whose_claims_it_satisfies() {
         let a = token(json!({"team": "a"}), false);
-        assert!(a.sees(&[]));
-        assert!(a.sees(&[set(r#"{"team": "a"}"#)]));
-        assert!(!a.sees(&[set(r#"{"team": "b"}"#)]));
-        assert!(!a.sees(&[set(r#"{"team": "a"}"#), set(r#"{"team": "b"}"#)]));
+        assert!(a.sees(None));
+        assert!(a.sees(Some(&set(r#"{"team": "a"}"#))));
+        assert!(!a.sees(Some(&set(r#"{"team": "b"}"#))));
         let hiding = token(json!({"team": "a"}), true);
-        assert!(!hiding.sees(&[]));
-        assert!(hiding.sees(&[set(r#"{"team": ["a", "b"]}"#)]));
+        assert!(!hiding.sees(None));
+        assert!(hiding.sees(Some(&set(r#"{"team": ["a", "b"]}"#))));
     }
 
     #[test]

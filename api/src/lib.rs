@@ -34,6 +34,7 @@ pub mod limits;
 pub mod metrics;
 pub mod oidc;
 pub mod page;
+pub mod parts;
 pub mod policy;
 pub mod problem;
 pub mod query;

@@ -195,7 +195,7 @@ impl Metrics {
         };
         self.entries
             .get_or_create(&labels)
-            .set(view.entries().len() as i64);
+            .set(view.entry_count() as i64);
         self.deployments
             .get_or_create(&labels)
             .set(view.deployment_count() as i64);

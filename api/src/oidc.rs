@@ -110,6 +110,8 @@ struct Discovery {
 struct Keys {
     by_kid: HashMap<String, Arc<(DecodingKey, Algorithm)>>,
     fetched_at: Option<Instant>,
+    /// The last fetch, whether it worked or not (the rate limit).
+    tried_at: Option<Instant>,
 }
 
 /// One trusted provider; cheap to share.
@@ -213,31 +215,35 @@ impl Provider {
                 .keys
                 .read()
                 .await
-                .fetched_at
+                .tried_at
                 .is_some_and(|t| t.elapsed() < self.settings.min_refresh)
         {
             return Ok(());
         }
-        let bearer = match &self.settings.fetch_token_file {
-            Some(path) => Some(Secret::read_file(path).await?),
-            None => None,
-        };
-        let url = match (&*jwks_url, &self.settings.jwks_url) {
-            (Some(url), _) | (None, Some(url)) => url.clone(),
-            (None, None) => self.discover(bearer.as_ref()).await?,
-        };
-        *jwks_url = Some(url.clone());
-        let mut request = self.http.get(&url);
-        if let Some(bearer) = &bearer {
-            request = request.bearer_auth(bearer);
-        }
         let result = async {
+            let bearer = match &self.settings.fetch_token_file {
+                Some(path) => Some(Secret::read_file(path).await?),
+                None => None,
+            };
+            let url = match (&*jwks_url, &self.settings.jwks_url) {
+                (Some(url), _) | (None, Some(url)) => url.clone(),
+                (None, None) => self.discover(bearer.as_ref()).await?,
+            };
+            *jwks_url = Some(url.clone());
+            let mut request = self.http.get(&url);
+            if let Some(bearer) = &bearer {
+                request = request.bearer_auth(bearer);
+            }
             let body = request.success().await?;
             let set: JwkSet = serde_json::from_slice(&body)?;
             anyhow::Ok(keys_of(&set))
         }
         .await;
         let mut keys = self.keys.write().await;
+        // A failed fetch counts for the rate limit too, also before the
+        // first success: no storm against a provider that is down, and
+        // requests do not queue behind one fetch after another.
+        keys.tried_at = Some(Instant::now());
         match result {
             Ok(by_kid) => {
                 tracing::info!(issuer = %self.settings.issuer, keys = by_kid.len(), "fetched the provider's keys");
@@ -245,14 +251,8 @@ impl Provider {
                 keys.fetched_at = Some(Instant::now());
                 Ok(())
             }
-            Err(err) => {
-                // A failed fetch counts for the rate limit too (no storm
-                // against a provider that is down); the old keys stay.
-                if keys.fetched_at.is_some() {
-                    keys.fetched_at = Some(Instant::now());
-                }
-                Err(err)
-            }
+            // The old keys stay.
+            Err(err) => Err(err),
         }
     }
 

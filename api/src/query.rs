@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 
 use crate::access::Viewer;
 use crate::problem::Problem;
-use crate::view::{Entry, EntryKey, RegistryView};
+use crate::view::{Entry, EntryKey, RegistryView, retained};
 
 pub const DEFAULT_LIMIT: usize = 30;
 pub const MAX_LIMIT: usize = 100;
@@ -141,7 +141,8 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
-/// The page of `params` among the entries `viewer` may see.
+/// The page of `params` among the entries as `viewer` sees them
+/// (`crate::parts`).
 pub fn list(
     view: &RegistryView,
     params: &ListParams,
@@ -149,26 +150,35 @@ pub fn list(
     viewer: &Viewer,
 ) -> Page {
     let start = match &params.after {
-        Some(key) => Bound::Excluded(key.clone()),
+        Some((name, _)) => Bound::Included(name.as_str()),
         None => Bound::Unbounded,
     };
+    let after = params.after.as_ref().map(|(n, v)| (n.as_str(), v.as_str()));
     let mut entries = Vec::with_capacity(params.limit);
     let mut more = false;
-    let live = view.entries().range((start.clone(), Bound::Unbounded));
     let now = Utc::now();
-    let deleted = view
-        .deleted()
-        .range((start, Bound::Unbounded))
-        .filter(|(_, e)| params.include_deleted && !deployed_only && view.retained(e, now));
-    for (_, entry) in in_key_order(live, deleted) {
-        if !viewer.sees(&entry.required) || !params.matches(entry, deployed_only) {
+    let retention = view.retention();
+    let with_deleted = params.include_deleted && !deployed_only;
+    'names: for (name, parts) in view.names().range::<str, _>((start, Bound::Unbounded)) {
+        let Some(seen) = parts.seen_by(viewer) else {
             continue;
+        };
+        let deleted = seen
+            .deleted
+            .iter()
+            .filter(|(_, e)| with_deleted && retained(e, now, retention));
+        for (version, entry) in in_key_order(seen.live.iter(), deleted) {
+            if after.is_some_and(|a| (name.as_str(), version.as_str()) <= a)
+                || !params.matches(entry, deployed_only)
+            {
+                continue;
+            }
+            if entries.len() == params.limit {
+                more = true;
+                break 'names;
+            }
+            entries.push(entry.clone());
         }
-        if entries.len() == params.limit {
-            more = true;
-            break;
-        }
-        entries.push(entry.clone());
     }
     let next_cursor = more
         .then(|| entries.last().map(|e| encode_cursor(&e.key())))

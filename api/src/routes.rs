@@ -20,6 +20,7 @@ use crate::app::AppState;
 use crate::auth::{self, Authenticator};
 use crate::problem::Problem;
 use crate::query::{ListParams, include_deleted, list, server_list_json};
+use crate::view::{Entry, retained};
 use crate::{etag, metrics, page, sse};
 
 /// The OpenAPI document of what this binary serves.
@@ -131,18 +132,25 @@ async fn server_path(
     } else {
         return Err(Problem::no_route());
     };
-    let (mut versions, mut deleted) = {
+    let with_deleted = include_deleted(&query)?;
+    let (parts, retention) = {
         let view = view.read();
-        let deleted = if include_deleted(&query)? {
-            view.deleted_versions(name, chrono::Utc::now())
-        } else {
-            Vec::new()
-        };
-        (view.versions(name), deleted)
+        (view.name(name), view.retention())
     };
     // What the caller may not see does not exist for it: the same 404.
-    versions.retain(|e| viewer.sees(&e.required));
-    deleted.retain(|e| viewer.sees(&e.required));
+    let seen = parts.and_then(|p| p.seen_by(&viewer));
+    let now = chrono::Utc::now();
+    let (mut versions, deleted): (Vec<Arc<Entry>>, Vec<Arc<Entry>>) = match &seen {
+        Some(seen) => (
+            seen.live.values().cloned().collect(),
+            seen.deleted
+                .values()
+                .filter(|e| with_deleted && retained(e, now, retention))
+                .cloned()
+                .collect(),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
     if versions.is_empty() && deleted.is_empty() {
         return Err(Problem::not_found(
             "serverName",
@@ -151,7 +159,7 @@ async fn server_path(
     }
     let body = match version {
         None => {
-            versions.append(&mut deleted);
+            versions.extend(deleted.iter().cloned());
             // Newest publication first, as the official API orders them.
             versions.sort_by(|a, b| {
                 let (a, b) = (&a.response, &b.response);

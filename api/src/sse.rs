@@ -1,7 +1,8 @@
 //! The SSE feed of one registry: `event: upsert|delete|snapshot`, `id:` the
 //! position (bucket revision) of the change, `data:` the entry JSON as the
-//! API serves it (`{"name","version"}` for a delete, a `ServerList` for a
-//! snapshot).
+//! API serves it to this subscriber (`{"name","version"}` for a delete, a
+//! `ServerList` for a snapshot): each subscriber gets the entries as its
+//! claims let it see them (`crate::parts`).
 //!
 //! A subscriber without `Last-Event-ID` starts with a snapshot; with one it
 //! gets exactly the changes after it when the ring still holds them, else
@@ -26,17 +27,16 @@ use futures::Stream;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use herald_core::claims::ClaimSet;
-
 use crate::access::Viewer;
 use crate::app::AppState;
 use crate::client::ClientKey;
 use crate::connection::Peer;
 use crate::limits::{Permit, Refusal};
+use crate::parts::diff;
 use crate::problem::Problem;
 use crate::query::server_list_json;
 use crate::registries::SharedView;
-use crate::view::{Batch, ChangeKind, Entry, Snapshot, Start};
+use crate::view::{Batch, Entry, Snapshot, Start};
 
 /// `GET …/v0.1/x/dev.herald/events`.
 pub async fn events(
@@ -137,37 +137,24 @@ impl Feed {
         if batch.position <= self.last {
             return;
         }
-        // What this subscriber is told: an entry it sees is upserted; one it
-        // saw and no longer sees (gone, or its claims changed) is deleted;
-        // the rest does not exist for it.
-        let delete = |name: &str, version: &str| {
-            Event::default()
-                .event("delete")
-                .data(serde_json::json!({ "name": name, "version": version }).to_string())
-        };
-        let seen_before =
-            |previous: Option<&Vec<ClaimSet>>| previous.is_some_and(|p| self.viewer.sees(p));
-        let events: Vec<Event> = batch
-            .changes
-            .iter()
-            .filter_map(|change| match &change.kind {
-                ChangeKind::Upsert { entry, previous } => {
-                    if self.viewer.sees(&entry.required) {
-                        Some(Event::default().event("upsert").data(&entry.json))
-                    } else if seen_before(previous.as_ref()) {
-                        let (name, version) = entry.key();
-                        Some(delete(&name, &version))
-                    } else {
-                        None
-                    }
-                }
-                ChangeKind::Delete {
-                    name,
-                    version,
-                    previous,
-                } => seen_before(Some(previous)).then(|| delete(name, version)),
-            })
-            .collect();
+        // What this subscriber is told: the difference between what it saw
+        // of each changed name and what it sees now (`crate::parts`). An
+        // entry it no longer sees (gone, or its claims changed) is deleted;
+        // a change to parts it cannot see tells it nothing.
+        let mut events = Vec::new();
+        for change in &batch.changes {
+            let before = change.before.as_ref().and_then(|p| p.seen_by(&self.viewer));
+            let after = change.after.as_ref().and_then(|p| p.seen_by(&self.viewer));
+            let (removed, changed) = diff(before.as_deref(), after.as_deref());
+            for version in removed {
+                events.push(Event::default().event("delete").data(
+                    serde_json::json!({ "name": change.name, "version": version }).to_string(),
+                ));
+            }
+            for entry in changed {
+                events.push(Event::default().event("upsert").data(&entry.json));
+            }
+        }
         // One bucket change can change several entries. Only the last event
         // of a batch carries its position: a client cut off in the middle
         // keeps the previous id and, resuming, gets the whole group again.
@@ -187,11 +174,12 @@ impl Feed {
 
     fn push_snapshot(&mut self, snapshot: Snapshot) {
         self.pending.clear();
-        let entries: Vec<Arc<Entry>> = snapshot
-            .entries
-            .into_iter()
-            .filter(|e| self.viewer.sees(&e.required))
-            .collect();
+        let mut entries: Vec<Arc<Entry>> = Vec::new();
+        for parts in &snapshot.names {
+            if let Some(seen) = parts.seen_by(&self.viewer) {
+                entries.extend(seen.live.values().cloned());
+            }
+        }
         let event = Event::default()
             .event("snapshot")
             .id(snapshot.position.to_string())

@@ -1,33 +1,37 @@
 //! One registry's in-memory view: the deployments and catalog entries of its
-//! bucket, the merged server entries they make (`merge_registry` in core),
-//! and the changes to those entries in order.
+//! bucket, and per server name the state of its parts ([`NameParts`]: the
+//! merged entries they make, for each caller as it may see them), and the
+//! changes to those states in order.
 //!
-//! Every bucket change recomputes the entries of the server names it
-//! touches (all deployments of a name are merged together, so `isLatest`
-//! stays right), and each entry whose JSON changed becomes one [`Change`].
-//! Changes are kept in a bounded ring (for `Last-Event-ID` resumes) and
-//! broadcast to live subscribers through a bounded channel.
+//! Every bucket change makes a new state of the server names it touches
+//! (all parts of a name are merged together, so `isLatest` stays right);
+//! each name whose parts changed becomes one [`Change`] carrying its state
+//! before and after, so that each subscriber of the feed works out what
+//! changed *for it* (`crate::sse`). Changes are kept in a bounded ring (for
+//! `Last-Event-ID` resumes; the states they hold are shared with the view
+//! while current, so the ring costs only the replaced ones) and broadcast
+//! to live subscribers through a bounded channel.
 //!
 //! Tombstones that say what they withdrew (`herald_core::tombstone`) make
-//! the *deleted* entries, kept apart from the live ones: served only when a
-//! caller asks for them (`include_deleted`, `updated_since`), for the
-//! retention window, and never part of the feed (which already sends the
-//! live entry's removal as a delete).
+//! the *deleted* entries, kept apart from the live ones (`Merged::deleted`):
+//! served only when a caller asks for them (`include_deleted`,
+//! `updated_since`), for the retention window, and never part of the feed
+//! (which already sends the live entry's removal as a delete).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_core::claims::ClaimSet;
 use herald_core::deleted;
-use herald_core::merge::{self, ServerResponse};
+use herald_core::merge::ServerResponse;
 use herald_core::names::KeyKind;
 use herald_core::stored::{StoredCatalog, StoredDeployment, StoredValue};
 use herald_core::tombstone::LastServed;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+
+use crate::parts::{NameParts, diff};
 
 /// An entry's identity: (server name, version).
 pub type EntryKey = (String, String);
@@ -37,23 +41,12 @@ pub type EntryKey = (String, String);
 pub struct Entry {
     pub response: ServerResponse,
     pub json: String,
-    /// The claim sets of the parts merged into it (distinct, ordered; empty:
-    /// no part has claims). See [`crate::access`].
-    pub required: Vec<ClaimSet>,
 }
 
 impl Entry {
     pub fn new(response: ServerResponse) -> Self {
-        Self::with_claims(response, Vec::new())
-    }
-
-    pub fn with_claims(response: ServerResponse, required: Vec<ClaimSet>) -> Self {
         let json = serde_json::to_string(&response).expect("a server response always serializes");
-        Self {
-            response,
-            json,
-            required,
-        }
+        Self { response, json }
     }
 
     pub fn key(&self) -> EntryKey {
@@ -74,32 +67,17 @@ impl Entry {
     }
 }
 
-/// What happened to one entry. Each change carries the claims the entry
-/// required before (`Entry::required`; None: it did not exist), so a
-/// subscriber can tell whether it could see it (an entry that stops being
-/// visible to it reaches it as a delete). Only the claims: the old entry
-/// itself is not kept alive by the ring.
-#[derive(Debug, Clone)]
-pub enum ChangeKind {
-    Upsert {
-        entry: Arc<Entry>,
-        previous: Option<Vec<ClaimSet>>,
-    },
-    Delete {
-        name: String,
-        version: String,
-        previous: Vec<ClaimSet>,
-    },
-}
-
-/// One entry change, at the bucket revision that caused it.
+/// What happened to one server name: its state before and after (`None`:
+/// it had, or has, no parts). A subscriber compares what it saw of the one
+/// with what it sees of the other.
 #[derive(Debug, Clone)]
 pub struct Change {
-    pub position: u64,
-    pub kind: ChangeKind,
+    pub name: String,
+    pub before: Option<Arc<NameParts>>,
+    pub after: Option<Arc<NameParts>>,
 }
 
-/// The entry changes of one bucket revision (published together).
+/// The name changes of one bucket revision (published together).
 #[derive(Debug)]
 pub struct Batch {
     pub position: u64,
@@ -111,15 +89,13 @@ pub struct Batch {
 
 impl Batch {
     pub fn new(position: u64, changes: Vec<Change>) -> Self {
+        // A change's `after` is the state the ring keeps alive once the name
+        // moves on (its `before` was the `after` of an earlier change).
         let weight = changes
             .iter()
-            .map(|c| match &c.kind {
-                ChangeKind::Upsert { entry, .. } => {
-                    ENTRY_MEMORY_PER_JSON_BYTE * entry.json.len() + CHANGE_OVERHEAD
-                }
-                ChangeKind::Delete { name, version, .. } => {
-                    name.len() + version.len() + CHANGE_OVERHEAD
-                }
+            .map(|c| {
+                let entries = c.after.as_ref().map_or(0, |p| p.full().json_len());
+                ENTRY_MEMORY_PER_JSON_BYTE * entries + c.name.len() + CHANGE_OVERHEAD
             })
             .sum();
         Self {
@@ -130,19 +106,21 @@ impl Batch {
     }
 }
 
-/// An entry is held parsed (`serde_json` maps and strings for `_meta`) and as
-/// JSON: about 5 bytes of heap per byte of its JSON. Measured with
-/// `herald-bench soak`: ~4 KiB of resident memory per ring change for
-/// entries of ~850 bytes of JSON.
+/// A state holds its entries parsed (`serde_json` maps and strings for
+/// `_meta`) and as JSON, and the parts they were merged from: about 5 bytes
+/// of heap per byte of entry JSON. Measured with `herald-bench soak`: ~4 KiB
+/// of resident memory per ring change for entries of ~850 bytes of JSON.
+/// Merges made later for callers who see only some groups come on top
+/// (bounded by [`crate::parts::MAX_GROUPS`]).
 const ENTRY_MEMORY_PER_JSON_BYTE: usize = 5;
 /// What a change costs in the ring besides the entry it holds.
 const CHANGE_OVERHEAD: usize = 256;
 
-/// Every current entry, at a position.
+/// Every current server name's state, in name order, at a position.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub position: u64,
-    pub entries: Vec<Arc<Entry>>,
+    pub names: Vec<Arc<NameParts>>,
 }
 
 /// Where a new subscriber starts.
@@ -173,17 +151,19 @@ const PRUNE_EVERY: chrono::Duration = chrono::Duration::seconds(60);
 #[derive(Debug)]
 pub struct RegistryView {
     /// Live deployments by bucket key (tombstones count as absent).
-    deployments: HashMap<String, StoredDeployment>,
+    deployments: HashMap<String, Arc<StoredDeployment>>,
     /// Listed catalog entries by bucket key (tombstones count as absent).
-    catalog: HashMap<String, StoredCatalog>,
-    /// Keys of the live deployments and catalog entries of each server name.
+    catalog: HashMap<String, Arc<StoredCatalog>>,
+    /// Keys of the live deployments, catalog entries and kept tombstones of
+    /// each server name.
     by_server: HashMap<String, BTreeSet<String>>,
-    entries: BTreeMap<EntryKey, Arc<Entry>>,
+    /// The state of each server name with parts.
+    names: BTreeMap<String, Arc<NameParts>>,
+    /// Live entries of the full merges (for the metrics).
+    entry_count: usize,
     /// Tombstones that can be served, by bucket key: what they withdrew,
     /// and when.
     tombstones: HashMap<String, (LastServed, DateTime<Utc>)>,
-    /// Deleted entries: versions with tombstones and no live part.
-    deleted: BTreeMap<EntryKey, Arc<Entry>>,
     retention: chrono::Duration,
     pruned_at: DateTime<Utc>,
     position: u64,
@@ -206,9 +186,9 @@ impl RegistryView {
             deployments: HashMap::new(),
             catalog: HashMap::new(),
             by_server: HashMap::new(),
-            entries: BTreeMap::new(),
+            names: BTreeMap::new(),
+            entry_count: 0,
             tombstones: HashMap::new(),
-            deleted: BTreeMap::new(),
             retention: chrono::Duration::from_std(bounds.deleted_retention)
                 .unwrap_or(chrono::Duration::MAX),
             pruned_at: Utc::now(),
@@ -236,44 +216,33 @@ impl RegistryView {
         self.position
     }
 
-    pub fn entries(&self) -> &BTreeMap<EntryKey, Arc<Entry>> {
-        &self.entries
+    /// Every server name's state, in name order.
+    pub fn names(&self) -> &BTreeMap<String, Arc<NameParts>> {
+        &self.names
+    }
+
+    /// The state of one server name.
+    pub fn name(&self, name: &str) -> Option<Arc<NameParts>> {
+        self.names.get(name).cloned()
+    }
+
+    /// Live entries of every name, merged in full.
+    pub fn entry_count(&self) -> usize {
+        self.entry_count
     }
 
     pub fn deployment_count(&self) -> usize {
         self.deployments.len()
     }
 
-    /// Entries of one server name, in version order.
-    pub fn versions(&self, name: &str) -> Vec<Arc<Entry>> {
-        of_name(&self.entries, name).cloned().collect()
-    }
-
-    /// The deleted entries served at `now`, by key (module docs).
-    pub fn deleted(&self) -> &BTreeMap<EntryKey, Arc<Entry>> {
-        &self.deleted
-    }
-
-    /// Whether a deleted entry is still within the retention window at `now`.
-    pub fn retained(&self, entry: &Entry, now: DateTime<Utc>) -> bool {
-        entry
-            .response
-            .meta
-            .official
-            .status_changed_at
-            .is_some_and(|at| deleted::within_retention(at, now, self.retention))
-    }
-
-    /// Deleted entries of one server name still retained at `now`.
-    pub fn deleted_versions(&self, name: &str, now: DateTime<Utc>) -> Vec<Arc<Entry>> {
-        of_name(&self.deleted, name)
-            .filter(|e| self.retained(e, now))
-            .cloned()
-            .collect()
+    /// How long deleted entries are served.
+    pub fn retention(&self) -> chrono::Duration {
+        self.retention
     }
 
     /// Applies the value of one bucket key of `kind` at `revision`
-    /// (`None`: absent). Returns the number of entry changes it caused.
+    /// (`None`: absent). Returns the number of entries (of the full merges)
+    /// that changed.
     pub fn apply(
         &mut self,
         key: &str,
@@ -302,32 +271,33 @@ impl RegistryView {
         let tombstone = value
             .as_ref()
             .and_then(|d| Some((d.tombstone()?.clone(), d.changed_at)));
-        let old_tombstone = self.replace_tombstone(key, tombstone);
-        let (old, new) = replace_live(&mut self.deployments, key, value, |d| {
+        let (old_tombstone, pruned) = self.replace_tombstone(key, tombstone);
+        let (old, new) = replace_live(&mut self.deployments, key, value.map(Arc::new), |d| {
             d.live().map(|r| r.server_name.to_string())
         });
-        self.reindex(key, old.or(old_tombstone), new, revision)
+        self.reindex(key, old.or(old_tombstone), new, pruned, revision)
     }
 
     fn apply_catalog(&mut self, key: &str, value: Option<StoredCatalog>, revision: u64) -> usize {
         let tombstone = value
             .as_ref()
             .and_then(|c| Some((c.tombstone()?.clone(), c.changed_at)));
-        let old_tombstone = self.replace_tombstone(key, tombstone);
-        let (old, new) = replace_live(&mut self.catalog, key, value, |c| {
+        let (old_tombstone, pruned) = self.replace_tombstone(key, tombstone);
+        let (old, new) = replace_live(&mut self.catalog, key, value.map(Arc::new), |c| {
             c.live().map(|r| r.server_name.to_string())
         });
-        self.reindex(key, old.or(old_tombstone), new, revision)
+        self.reindex(key, old.or(old_tombstone), new, pruned, revision)
     }
 
     /// Keeps the tombstone under `key` (one already expired is not kept);
-    /// returns the server name of the one it replaces. A tombstone's server
-    /// name is indexed with the live keys (`by_server`) by `reindex`.
+    /// returns the server name of the one it replaces, and the names whose
+    /// expired tombstones were dropped. A tombstone's server name is indexed
+    /// with the live keys (`by_server`) by `reindex`.
     fn replace_tombstone(
         &mut self,
         key: &str,
         tombstone: Option<(LastServed, DateTime<Utc>)>,
-    ) -> Option<String> {
+    ) -> (Option<String>, Vec<String>) {
         let now = Utc::now();
         let old = self.tombstones.remove(key);
         if let Some((last, at)) = tombstone
@@ -335,15 +305,16 @@ impl RegistryView {
         {
             self.tombstones.insert(key.to_owned(), (last, at));
         }
-        self.prune(now);
-        old.map(|(last, _)| last.server_name.to_string())
+        let pruned = self.prune(now);
+        (old.map(|(last, _)| last.server_name.to_string()), pruned)
     }
 
     /// Drops expired tombstones (at most once a [`PRUNE_EVERY`]), so that
-    /// memory holds only what can still be served.
-    fn prune(&mut self, now: DateTime<Utc>) {
+    /// memory holds only what can still be served; returns the names they
+    /// were of.
+    fn prune(&mut self, now: DateTime<Utc>) -> Vec<String> {
         if now.signed_duration_since(self.pruned_at) < PRUNE_EVERY {
-            return;
+            return Vec::new();
         }
         self.pruned_at = now;
         let retention = self.retention;
@@ -353,6 +324,7 @@ impl RegistryView {
             .filter(|(_, (_, at))| !deleted::within_retention(*at, now, retention))
             .map(|(key, (last, _))| (key.clone(), last.server_name.to_string()))
             .collect();
+        let mut names = Vec::with_capacity(expired.len());
         for (key, name) in expired {
             self.tombstones.remove(&key);
             if let Some(keys) = self.by_server.get_mut(&name) {
@@ -361,17 +333,19 @@ impl RegistryView {
                     self.by_server.remove(&name);
                 }
             }
-            self.recompute_deleted(&name);
+            names.push(name);
         }
+        names
     }
 
-    /// Moves `key` from its old server name to its new one and recomputes
-    /// the entries of both.
+    /// Moves `key` from its old server name to its new one and makes new
+    /// states of both (and of the names in `also`).
     fn reindex(
         &mut self,
         key: &str,
         old_name: Option<String>,
         new_name: Option<String>,
+        also: Vec<String>,
         revision: u64,
     ) -> usize {
         if let Some(old) = &old_name
@@ -393,17 +367,20 @@ impl RegistryView {
                 .or_default()
                 .insert(key.to_owned());
         }
-        self.position = self.position.max(revision);
-        let mut changes = Vec::new();
-        let names: BTreeSet<String> = old_name.into_iter().chain(new_name).collect();
         // A restarted watch redelivers old revisions: positions never go back.
-        let position = self.position;
-        for name in names {
-            self.recompute(&name, position, &mut changes);
-            self.recompute_deleted(&name);
-        }
-        let count = changes.len();
+        self.position = self.position.max(revision);
+        let names: BTreeSet<String> = old_name.into_iter().chain(new_name).chain(also).collect();
+        let mut count = 0;
+        let changes: Vec<Change> = names
+            .into_iter()
+            .filter_map(|name| self.recompute(name))
+            .map(|(change, entries)| {
+                count += entries;
+                change
+            })
+            .collect();
         if !changes.is_empty() {
+            let position = self.position;
             self.publish(Arc::new(Batch::new(position, changes)));
         }
         count
@@ -417,104 +394,49 @@ impl RegistryView {
         self.ring_floor = self.position;
     }
 
-    fn recompute(&mut self, name: &str, position: u64, changes: &mut Vec<Change>) {
-        let merged: BTreeMap<String, Entry> = match self.by_server.get(name) {
-            Some(keys) => {
-                let catalog: Vec<&StoredCatalog> =
-                    keys.iter().filter_map(|k| self.catalog.get(k)).collect();
-                let deployments: Vec<&StoredDeployment> = keys
-                    .iter()
-                    .filter_map(|k| self.deployments.get(k))
-                    .collect();
-                // The claims of each version's parts (merge groups by version).
-                let mut claims: HashMap<&str, BTreeSet<&ClaimSet>> = HashMap::new();
-                for r in catalog.iter().filter_map(|c| c.live()) {
-                    if let Some(set) = &r.authz_claims {
-                        claims.entry(&r.version).or_default().insert(set);
-                    }
-                }
-                for r in deployments.iter().filter_map(|d| d.live()) {
-                    if let Some(set) = &r.authz_claims {
-                        claims.entry(&r.version).or_default().insert(set);
-                    }
-                }
-                merge::merge_registry(catalog.iter().copied(), deployments.iter().copied())
-                    .into_iter()
-                    .map(|r| {
-                        let required = claims
-                            .get(r.server.version.as_str())
-                            .map(|sets| sets.iter().map(|s| (*s).clone()).collect())
-                            .unwrap_or_default();
-                        (r.server.version.clone(), Entry::with_claims(r, required))
-                    })
-                    .collect()
-            }
-            None => BTreeMap::new(),
+    /// Makes the new state of `name`; the change, when its parts changed,
+    /// with the number of entries of its full merge that changed.
+    fn recompute(&mut self, name: String) -> Option<(Change, usize)> {
+        let before = self.names.get(&name).cloned();
+        let after = self.by_server.get(&name).and_then(|keys| {
+            let catalog = keys
+                .iter()
+                .filter_map(|k| self.catalog.get(k).cloned())
+                .collect();
+            let deployments = keys
+                .iter()
+                .filter_map(|k| self.deployments.get(k).cloned())
+                .collect();
+            let tombstones = keys
+                .iter()
+                .filter_map(|k| self.tombstones.get(k).cloned())
+                .collect();
+            NameParts::new(&name, catalog, deployments, tombstones, before.as_deref())
+        });
+        match (&before, &after) {
+            (None, None) => return None,
+            (Some(b), Some(a)) if b.same_parts(a) => return None,
+            _ => {}
+        }
+        let count = |p: Option<&NameParts>| p.map_or(0, |p| p.full().live.len());
+        self.entry_count = self.entry_count + count(after.as_ref()) - count(before.as_deref());
+        let after = after.map(Arc::new);
+        match &after {
+            Some(a) => self.names.insert(name.clone(), a.clone()),
+            None => self.names.remove(&name),
         };
-        let old: Vec<EntryKey> = self.versions(name).iter().map(|e| e.key()).collect();
-        for key in old {
-            if !merged.contains_key(&key.1)
-                && let Some(previous) = self.entries.remove(&key)
-            {
-                changes.push(Change {
-                    position,
-                    kind: ChangeKind::Delete {
-                        name: key.0,
-                        version: key.1,
-                        previous: previous.required.clone(),
-                    },
-                });
-            }
-        }
-        for (version, entry) in merged {
-            let key = (name.to_owned(), version);
-            // A change of claims alone is a change: it changes who sees it.
-            if self
-                .entries
-                .get(&key)
-                .is_some_and(|e| e.json == entry.json && e.required == entry.required)
-            {
-                continue;
-            }
-            let entry = Arc::new(entry);
-            let previous = self
-                .entries
-                .insert(key, entry.clone())
-                .map(|old| old.required.clone());
-            changes.push(Change {
-                position,
-                kind: ChangeKind::Upsert { entry, previous },
-            });
-        }
-    }
-
-    /// The deleted entries of `name`: its tombstones grouped by version,
-    /// for the versions no live entry serves.
-    fn recompute_deleted(&mut self, name: &str) {
-        let old: Vec<EntryKey> = of_name(&self.deleted, name).map(|e| e.key()).collect();
-        for key in old {
-            self.deleted.remove(&key);
-        }
-        let Some(keys) = self.by_server.get(name) else {
-            return;
-        };
-        let mut by_version: BTreeMap<&str, Vec<(&LastServed, DateTime<Utc>)>> = BTreeMap::new();
-        for (last, at) in keys.iter().filter_map(|k| self.tombstones.get(k)) {
-            by_version
-                .entry(last.version.as_str())
-                .or_default()
-                .push((last, *at));
-        }
-        for (version, tombstones) in by_version {
-            let key = (name.to_owned(), version.to_owned());
-            if self.entries.contains_key(&key) {
-                continue;
-            }
-            if let Some((response, required)) = deleted::deleted_entry(&tombstones) {
-                self.deleted
-                    .insert(key, Arc::new(Entry::with_claims(response, required)));
-            }
-        }
+        let full = |p: &Option<Arc<NameParts>>| p.as_ref().map(|p| p.full().clone());
+        let (old, new) = (full(&before), full(&after));
+        let (removed, changed) = diff(old.as_deref(), new.as_deref());
+        let entries = removed.len() + changed.len();
+        Some((
+            Change {
+                name,
+                before,
+                after,
+            },
+            entries,
+        ))
     }
 
     fn publish(&mut self, batch: Arc<Batch>) {
@@ -537,7 +459,7 @@ impl RegistryView {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             position: self.position,
-            entries: self.entries.values().cloned().collect(),
+            names: self.names.values().cloned().collect(),
         }
     }
 
@@ -559,34 +481,30 @@ impl RegistryView {
     }
 }
 
-/// The values of one server name's keys, in version order.
-fn of_name<'a>(
-    map: &'a BTreeMap<EntryKey, Arc<Entry>>,
-    name: &str,
-) -> impl Iterator<Item = &'a Arc<Entry>> {
-    let name = name.to_owned();
-    map.range((
-        Bound::Included((name.clone(), String::new())),
-        Bound::Unbounded,
-    ))
-    .take_while(move |((n, _), _)| *n == name)
-    .map(|(_, e)| e)
+/// Whether a deleted entry is still within `retention` at `now`.
+pub fn retained(entry: &Entry, now: DateTime<Utc>, retention: chrono::Duration) -> bool {
+    entry
+        .response
+        .meta
+        .official
+        .status_changed_at
+        .is_some_and(|at| deleted::within_retention(at, now, retention))
 }
 
 /// Keeps `value` under `key` when it is live (`name` gives its server name),
 /// removes the key otherwise; returns the server names before and after.
 fn replace_live<T>(
-    map: &mut HashMap<String, T>,
+    map: &mut HashMap<String, Arc<T>>,
     key: &str,
-    value: Option<T>,
+    value: Option<Arc<T>>,
     name: impl Fn(&T) -> Option<String>,
 ) -> (Option<String>, Option<String>) {
-    let new = value.as_ref().and_then(&name);
+    let new = value.as_deref().and_then(&name);
     let old = match (value, &new) {
         (Some(value), Some(_)) => map.insert(key.to_owned(), value),
         _ => map.remove(key),
     };
-    (old.as_ref().and_then(&name), new)
+    (old.as_deref().and_then(&name), new)
 }
 
 #[cfg(test)]
@@ -662,7 +580,7 @@ mod tests {
         assert!(matches!(view.subscribe(Some(0)).1, Start::Snapshot(_)));
         assert!(matches!(view.subscribe(Some(1)).1, Start::Resume(ref b) if b.is_empty()));
 
-        // A newer version flips isLatest on the older one: two upserts.
+        // A newer version flips isLatest on the older one: two entries changed.
         let (k2, v2) = stored("us-1", "io.x/srv", "2.0.0", 2);
         assert_eq!(
             view.apply(
@@ -683,7 +601,7 @@ mod tests {
             ),
             0
         );
-        // Removing the newer version: one delete, one upsert (isLatest back).
+        // Removing the newer version: one removed, one changed (isLatest back).
         assert_eq!(view.apply(&k2, KeyKind::Deployment, None, 4), 2);
         let Start::Resume(batches) = view.subscribe(Some(1)).1 else {
             panic!("position 1 is still in the ring");
@@ -703,7 +621,7 @@ mod tests {
         assert!(matches!(view.subscribe(Some(1)).1, Start::Snapshot(_)));
         assert!(matches!(view.subscribe(Some(2)).1, Start::Resume(ref b) if b.len() == 2));
         assert!(matches!(view.subscribe(Some(99)).1, Start::Snapshot(ref s) if s.position == 5));
-        assert_eq!(view.entries().len(), 2);
+        assert_eq!(view.entry_count(), 2);
     }
 
     #[test]

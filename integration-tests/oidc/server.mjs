@@ -21,6 +21,14 @@
 //   (?retain=1 keeps the old key in the JWKS, after the new one; a JSON body
 //   `{"jwk": {...private RSA JWK...}}` uses that key instead of a fresh one).
 //   A new Provider instance replaces the old one behind the same server.
+// * tokens minted by the test: POST /__admin/sign with a JSON body
+//   `{"header": {...}, "claims": {...}}` returns the compact JWT of exactly
+//   those claims, signed RS256 with the current signing key (header `alg`
+//   RS256, `typ` JWT and `kid` the key's unless the body's header says
+//   otherwise). With `"header": {"alg": "HS256"}` it is signed HMAC-SHA256
+//   with the public key's PEM as the secret (the key-confusion attack); with
+//   `"alg": "none"` it is unsigned.
+// * GET /__admin/stats: `{"jwks": <requests for the JWKS so far>}`.
 //
 // Config file (JSON):
 // {
@@ -41,7 +49,9 @@
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { readFileSync } from 'node:fs';
-import { createHash, generateKeyPairSync, createPrivateKey } from 'node:crypto';
+import {
+  createHash, createHmac, createPrivateKey, createPublicKey, createSign, generateKeyPairSync,
+} from 'node:crypto';
 import { parseArgs } from 'node:util';
 
 const { values: args } = parseArgs({
@@ -187,8 +197,26 @@ function rotate(jwk, retain) {
   return { kid: next.kid, kids: signingKeys.map((k) => k.kid), previous };
 }
 
+// A JWT of exactly `claims` (see the header comment).
+function sign(header, claims) {
+  const key = signingKeys[0];
+  const full = { alg: 'RS256', typ: 'JWT', kid: key.kid, ...header };
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const input = `${b64(full)}.${b64(claims)}`;
+  if (full.alg === 'none') return `${input}.`;
+  if (full.alg === 'HS256') {
+    const pem = createPublicKey({ key, format: 'jwk' }).export({ type: 'spki', format: 'pem' });
+    return `${input}.${createHmac('sha256', pem).update(input).digest('base64url')}`;
+  }
+  const signature = createSign('RSA-SHA256').update(input)
+    .sign(createPrivateKey({ key, format: 'jwk' }));
+  return `${input}.${signature.toString('base64url')}`;
+}
+
+let jwksRequests = 0;
 const tls = args['tls-cert'] && args['tls-key'];
 const onRequest = async (req, res) => {
+  if (req.url.startsWith('/jwks')) jwksRequests += 1;
   if (args['metadata-token-file'] && (req.url.startsWith('/.well-known/') || req.url.startsWith('/jwks'))) {
     const wanted = `Bearer ${readFileSync(args['metadata-token-file'], 'utf8').trim()}`;
     if (req.headers.authorization !== wanted) {
@@ -208,6 +236,22 @@ const onRequest = async (req, res) => {
       } catch (e) {
         res.writeHead(400, { 'content-type': 'text/plain' }).end(String(e));
       }
+      return;
+    }
+    if (req.method === 'POST' && url.pathname === '/__admin/sign') {
+      let body = '';
+      for await (const chunk of req) body += chunk;
+      try {
+        const { header, claims } = JSON.parse(body);
+        res.writeHead(200, { 'content-type': 'text/plain' }).end(sign(header ?? {}, claims));
+      } catch (e) {
+        res.writeHead(400, { 'content-type': 'text/plain' }).end(String(e));
+      }
+      return;
+    }
+    if (req.method === 'GET' && url.pathname === '/__admin/stats') {
+      res.writeHead(200, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ jwks: jwksRequests }));
       return;
     }
     res.writeHead(404).end();

@@ -171,6 +171,9 @@ pub struct ProviderOptions<'a> {
     pub tls: Option<&'a TestCa>,
     /// Discovery and the JWKS need `Authorization: Bearer <this file's content>`.
     pub metadata_token_file: Option<&'a Path>,
+    /// Listen on this port (a provider that is started after herald-api was told its
+    /// issuer); any free one when None.
+    pub port: Option<u16>,
 }
 
 /// A running provider.
@@ -219,12 +222,13 @@ impl OidcProvider {
         });
         std::fs::write(dir.join("clients.json"), config.to_string())?;
         let mut command = Command::new("node");
+        let port = options.port.unwrap_or(0).to_string();
         command.current_dir(dir.path()).args([
             "server.mjs",
             "--config",
             "clients.json",
             "--port",
-            "0",
+            port.as_str(),
         ]);
         if let Some(ca) = options.tls {
             command
@@ -322,6 +326,39 @@ impl OidcProvider {
         }
     }
 
+    /// A JWT of exactly `claims`, minted by the test with the provider's signing key:
+    /// `header` overrides `alg` (`HS256`: signed with the public key as an HMAC secret;
+    /// `none`: unsigned), `kid` or `typ`.
+    pub async fn sign(&self, header: Value, claims: Value) -> anyhow::Result<String> {
+        let response = within(
+            REQUEST_TIMEOUT,
+            "a token minted by the test",
+            self.http
+                .post(format!("{}/__admin/sign", self.issuer))
+                .json(&serde_json::json!({"header": header, "claims": claims}))
+                .send(),
+        )
+        .await??;
+        let status = response.status();
+        let body = response.text().await?;
+        ensure!(status.is_success(), "sign: {status} {body}");
+        Ok(body)
+    }
+
+    /// How many times the JWKS was requested so far.
+    pub async fn jwks_requests(&self) -> anyhow::Result<u64> {
+        let response = within(
+            REQUEST_TIMEOUT,
+            "the provider's counters",
+            self.http
+                .get(format!("{}/__admin/stats", self.issuer))
+                .send(),
+        )
+        .await??;
+        let body: Value = response.json().await?;
+        body["jwks"].as_u64().context("no jwks count")
+    }
+
     /// Replaces the signing key with a fresh one (`retain`: the old one stays published).
     pub async fn rotate(&self, retain: bool) -> anyhow::Result<Value> {
         let url = format!(
@@ -342,6 +379,12 @@ impl OidcProvider {
         );
         Ok(response.json().await?)
     }
+}
+
+/// A loopback port that was free a moment ago (for a server started later).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// A copy of `command` (a `Command` is spent by spawning it).

@@ -27,7 +27,7 @@ use herald_integration_tests::dir::TestDir;
 use herald_integration_tests::events;
 use herald_integration_tests::herald::{Herald, HeraldProcess};
 use herald_integration_tests::nats::NatsServer;
-use herald_integration_tests::oidc::{Client, OidcProvider, ProviderOptions, TestCa};
+use herald_integration_tests::oidc::{Client, OidcProvider, ProviderOptions, TestCa, free_port};
 use herald_integration_tests::sse::{Frames, SseEvent};
 use herald_integration_tests::timeout::{eventually, within};
 use reqwest::StatusCode;
@@ -74,6 +74,18 @@ impl Bucket {
 
     /// Advertises `com.example/<object>` 1.0.0 with `claims` (annotation JSON, or none).
     async fn put(&mut self, object: &str, claims: Option<&str>) -> anyhow::Result<()> {
+        self.put_part(object, object, claims).await
+    }
+
+    /// Advertises `com.example/<server>` 1.0.0 from the object `<object>` (remote
+    /// `https://<object>.example.com/mcp`) with `claims`: several objects of one server
+    /// are one merged entry.
+    async fn put_part(
+        &mut self,
+        object: &str,
+        server: &str,
+        claims: Option<&str>,
+    ) -> anyhow::Result<()> {
         let at = Utc
             .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
             .single()
@@ -93,7 +105,7 @@ impl Bucket {
             created_at: Some(at),
             observed_at: at + chrono::Duration::seconds(self.seq as i64),
             epoch: 1,
-            server_name: format!("com.example/{object}").parse()?,
+            server_name: format!("com.example/{server}").parse()?,
             version: "1.0.0".into(),
             description: format!("{object} server"),
             title: None,
@@ -267,6 +279,20 @@ impl Sse {
     /// The feed of the registry at `base` (`/registry/<name>`, or "" for the default).
     async fn connect_to(api: &Api, base: &str, token: &str) -> anyhow::Result<Self> {
         let response = api.get(&format!("{base}{EVENTS}"), Some(token)).await?;
+        Self::of(response)
+    }
+
+    /// The default registry's feed resumed after the event `last`.
+    async fn resume(api: &Api, token: &str, last: u64) -> anyhow::Result<Self> {
+        let request = api
+            .http
+            .get(format!("{}{EVENTS}", api.process.base()))
+            .bearer_auth(token)
+            .header("last-event-id", last.to_string());
+        Self::of(within(STEP, "resuming the feed", request.send()).await??)
+    }
+
+    fn of(response: reqwest::Response) -> anyhow::Result<Self> {
         ensure!(
             response.status() == StatusCode::OK,
             "SSE: {}",
@@ -965,6 +991,7 @@ async fn a_provider_of_the_config_file_uses_its_own_ca_and_fetch_token() -> anyh
         ProviderOptions {
             tls: Some(&ca),
             metadata_token_file: Some(&fetch_token),
+            ..Default::default()
         },
     )
     .await?;
@@ -1093,5 +1120,455 @@ async fn deleted_entries_are_seen_only_by_tokens_that_could_see_them_live() -> a
         server_names(&body["servers"]) == ["com.example/open"],
         "{body}"
     );
+    Ok(())
+}
+
+/// The remote URLs of an entry.
+fn remote_urls(entry: &Value) -> Vec<String> {
+    entry["server"]["remotes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["url"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The entries of a `ServerList` by server name.
+fn by_name(list: &Value) -> BTreeMap<String, Value> {
+    list["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["server"]["name"].as_str()?.to_owned(), e.clone())))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_merged_entry_with_mixed_claims_shows_each_caller_only_its_remotes() -> anyhow::Result<()>
+{
+    const SHARED: &str = "com.example/shared";
+    const ONE: &str = "/v0.1/servers/com.example%2Fshared/versions/1.0.0";
+    let url = |object: &str| format!("https://{object}.example.com/mcp");
+    let a = Client::new("team-a", json!({"team": "a"}));
+    let b = Client::new("team-b", json!({"team": "b"}));
+    let both = Client::new("team-ab", json!({"team": ["a", "b"]}));
+    let idp = OidcProvider::start(&[a.clone(), b.clone(), both.clone()]).await?;
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    let mut bucket = Bucket::create(&nats.jetstream().await).await?;
+    // One server name, deployed twice: once for team a, once for team b.
+    bucket
+        .put_part("shared-a", "shared", Some(r#"{"team": "a"}"#))
+        .await?;
+    bucket
+        .put_part("shared-b", "shared", Some(r#"{"team": "b"}"#))
+        .await?;
+    let api = Api::oauth(&nats, &[idp.issuer()], &[]).await?;
+    let anonymous = Api::anonymous(&nats).await?;
+    let (ta, tb, tab) = (
+        idp.token(&a, RESOURCE).await?,
+        idp.token(&b, RESOURCE).await?,
+        idp.token(&both, RESOURCE).await?,
+    );
+
+    // Each caller gets the entry merged from the deployments it may see.
+    let remotes_of = |token: String| {
+        let api = &api;
+        async move {
+            eventually(STEP, "the shared entry", || async {
+                let response = api.get(ONE, Some(&token)).await?;
+                if response.status() != StatusCode::OK {
+                    return Ok(None);
+                }
+                let entry: Value = response.json().await?;
+                Ok(Some(remote_urls(&entry)))
+            })
+            .await
+        }
+    };
+    ensure!(remotes_of(ta.clone()).await? == [url("shared-a")]);
+    ensure!(remotes_of(tb.clone()).await? == [url("shared-b")]);
+    ensure!(remotes_of(tab.clone()).await? == [url("shared-a"), url("shared-b")]);
+    ensure!(anonymous.get(ONE, None).await?.status() == StatusCode::NOT_FOUND);
+    // The same on list, versions and deployed.
+    for path in [
+        LIST.to_owned(),
+        "/v0.1/servers/com.example%2Fshared/versions".to_owned(),
+        "/v0.1/servers/deployed".to_owned(),
+    ] {
+        for (token, expected) in [(&ta, url("shared-a")), (&tb, url("shared-b"))] {
+            let body: Value = api.get(&path, Some(token)).await?.json().await?;
+            let entries = by_name(&body);
+            ensure!(
+                entries.get(SHARED).map(remote_urls) == Some(vec![expected.clone()]),
+                "{path}: {body}"
+            );
+        }
+    }
+
+    // Different bodies, different ETags; one caller's ETag never gets a 304 for the other,
+    // its own does.
+    let ra = api.get(ONE, Some(&ta)).await?;
+    let rb = api.get(ONE, Some(&tb)).await?;
+    let etag = |r: &reqwest::Response| -> String {
+        r.headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (ea, eb) = (etag(&ra), etag(&rb));
+    ensure!(!ea.is_empty() && ea != eb, "{ea} {eb}");
+    let conditional = |token: &str, tag: &str| {
+        api.http
+            .get(format!("{}{ONE}", api.process.base()))
+            .bearer_auth(token)
+            .header("if-none-match", tag)
+            .send()
+    };
+    ensure!(conditional(&tb, &ea).await?.status() == StatusCode::OK);
+    ensure!(conditional(&ta, &eb).await?.status() == StatusCode::OK);
+    ensure!(conditional(&ta, &ea).await?.status() == StatusCode::NOT_MODIFIED);
+
+    // The feed: each snapshot holds the entry as that subscriber sees it.
+    let mut sa = Sse::connect(&api, &ta).await?;
+    let mut sb = Sse::connect(&api, &tb).await?;
+    let (snap_a, snap_b) = (sa.next().await?, sb.next().await?);
+    ensure!(snap_a.event == "snapshot" && snap_b.event == "snapshot");
+    ensure!(by_name(&snap_a.data).get(SHARED).map(remote_urls) == Some(vec![url("shared-a")]));
+    ensure!(by_name(&snap_b.data).get(SHARED).map(remote_urls) == Some(vec![url("shared-b")]));
+
+    // A second deployment for team b: b gets the entry with both its remotes; a nothing
+    // (its next event is the open entry that follows).
+    bucket
+        .put_part("shared-b2", "shared", Some(r#"{"team": "b"}"#))
+        .await?;
+    let event = sb.next().await?;
+    ensure!(change(&event) == ("upsert".into(), SHARED.into()));
+    ensure!(remote_urls(&event.data) == [url("shared-b"), url("shared-b2")]);
+    let resume_b = event.id.context("an upsert without an id")?;
+    bucket.put("open", None).await?;
+    ensure!(change(&sa.next().await?) == ("upsert".into(), "com.example/open".into()));
+    ensure!(change(&sb.next().await?) == ("upsert".into(), "com.example/open".into()));
+
+    // Team a's deployment moves to team b: a loses the entry (a delete), b gains its remote.
+    bucket
+        .put_part("shared-a", "shared", Some(r#"{"team": "b"}"#))
+        .await?;
+    let event = sa.next().await?;
+    ensure!(change(&event) == ("delete".into(), SHARED.into()));
+    ensure!(event.data["version"] == "1.0.0", "{}", event.data);
+    let event = sb.next().await?;
+    ensure!(change(&event) == ("upsert".into(), SHARED.into()));
+    ensure!(
+        remote_urls(&event.data) == [url("shared-a"), url("shared-b"), url("shared-b2")],
+        "{}",
+        event.data
+    );
+    // And back: a gains it again, with only its remote; b loses that remote.
+    bucket
+        .put_part("shared-a", "shared", Some(r#"{"team": "a"}"#))
+        .await?;
+    let event = sa.next().await?;
+    ensure!(change(&event) == ("upsert".into(), SHARED.into()));
+    ensure!(remote_urls(&event.data) == [url("shared-a")]);
+    let event = sb.next().await?;
+    ensure!(remote_urls(&event.data) == [url("shared-b"), url("shared-b2")]);
+    ensure!(api.get(ONE, Some(&ta)).await?.status() == StatusCode::OK);
+
+    // b resumes after its first upsert: exactly its own changes since, in order.
+    let mut resumed = Sse::resume(&api, &tb, resume_b).await?;
+    let expected = [
+        ("upsert", "com.example/open", vec![url("open")]),
+        (
+            "upsert",
+            SHARED,
+            vec![url("shared-a"), url("shared-b"), url("shared-b2")],
+        ),
+        ("upsert", SHARED, vec![url("shared-b"), url("shared-b2")]),
+    ];
+    for (event, name, remotes) in expected {
+        let e = resumed.next().await?;
+        ensure!(change(&e) == (event.into(), name.into()), "{e:?}");
+        ensure!(remote_urls(&e.data) == remotes, "{e:?}");
+    }
+    // a resumes from before it lost the entry: the delete, then the upsert.
+    let mut resumed = Sse::resume(&api, &ta, resume_b).await?;
+    for expected in ["com.example/open", SHARED, SHARED] {
+        let e = resumed.next().await?;
+        ensure!(change(&e).1 == expected, "{e:?}");
+    }
+
+    // Tombstones too: team b's deployments are withdrawn; b sees the deleted version, a
+    // still the live one.
+    bucket.withdraw("shared-b").await?;
+    bucket.withdraw("shared-b2").await?;
+    let with_deleted = format!("{ONE}?include_deleted=true");
+    let entry: Value = eventually(STEP, "b's deleted entry", || async {
+        let response = api.get(&with_deleted, Some(&tb)).await?;
+        if response.status() != StatusCode::OK {
+            return Ok(None);
+        }
+        let entry: Value = response.json().await?;
+        let status = &entry["_meta"]["io.modelcontextprotocol.registry/official"]["status"];
+        Ok((status == "deleted").then_some(entry))
+    })
+    .await?;
+    ensure!(remote_urls(&entry).is_empty(), "{entry}");
+    ensure!(api.get(ONE, Some(&tb)).await?.status() == StatusCode::NOT_FOUND);
+    let entry: Value = api.get(&with_deleted, Some(&ta)).await?.json().await?;
+    ensure!(remote_urls(&entry) == [url("shared-a")], "{entry}");
+    Ok(())
+}
+
+/// Claims of a token minted by the test: valid for five minutes, for herald-api.
+fn minted_claims(issuer: &str, sub: &str) -> Value {
+    let now = Utc::now().timestamp();
+    json!({"iss": issuer, "sub": sub, "aud": RESOURCE, "iat": now, "nbf": now, "exp": now + 300})
+}
+
+/// The 401 body of `token`, checked for its challenge.
+async fn refusal(api: &Api, token: &str) -> anyhow::Result<String> {
+    let response = api.get(LIST, Some(token)).await?;
+    challenge(&response)?;
+    Ok(response.text().await?)
+}
+
+#[tokio::test]
+async fn tokens_minted_by_the_test_are_checked_and_bad_ones_cost_no_key_fetches()
+-> anyhow::Result<()> {
+    let idp = OidcProvider::start(&[]).await?;
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    let mut bucket = Bucket::create(&nats.jetstream().await).await?;
+    bucket.put("open", None).await?;
+    let api = Api::oauth(&nats, &[idp.issuer()], &[]).await?;
+    let claims = minted_claims(idp.issuer(), "minted");
+    let valid = idp.sign(json!({}), claims.clone()).await?;
+    ensure!(api.names(Some(&valid), 1).await? == ["com.example/open"]);
+
+    let now = Utc::now().timestamp();
+    let with = |patch: Value| {
+        let mut c = claims.clone();
+        for (k, v) in patch.as_object().into_iter().flatten() {
+            if v.is_null() {
+                c.as_object_mut().map(|o| o.remove(k));
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    };
+    let cases = [
+        (
+            "not yet valid",
+            json!({}),
+            with(json!({"nbf": now + 600})),
+            "not valid yet",
+        ),
+        (
+            "expired",
+            json!({}),
+            with(json!({"exp": now - 600})),
+            "expired",
+        ),
+        (
+            "wrong audience",
+            json!({}),
+            with(json!({"aud": "http://other.test"})),
+            "audience",
+        ),
+        (
+            "no exp",
+            json!({}),
+            with(json!({"exp": null})),
+            "required claim",
+        ),
+        (
+            "HS256 with the public key",
+            json!({"alg": "HS256"}),
+            claims.clone(),
+            "algorithm",
+        ),
+        ("alg none", json!({"alg": "none"}), claims.clone(), ""),
+        (
+            "unknown kid",
+            json!({"kid": "not-a-key"}),
+            claims.clone(),
+            "not one its issuer publishes",
+        ),
+    ];
+    for (what, header, body, reason) in cases {
+        let token = idp.sign(header, body).await?;
+        let text = refusal(&api, &token).await.with_context(|| what)?;
+        ensure!(text.contains(reason), "{what}: {text}");
+    }
+
+    // Many bad tokens in a row: each refused quickly, and the unknown kids among them
+    // fetch the keys at most once (the refetch is rate-limited, --oidc-keys-min-refresh).
+    let before = idp.jwks_requests().await?;
+    let huge = format!("Bearer {}", "a".repeat(9_000));
+    let started = std::time::Instant::now();
+    for i in 0..300 {
+        let header = match i % 3 {
+            0 => format!(
+                "Bearer {}",
+                idp.sign(json!({"kid": format!("made-up-{i}")}), claims.clone())
+                    .await?
+            ),
+            1 => format!("Bearer {i}.%%garbage%%.{i}"),
+            _ => huge.clone(),
+        };
+        let response = api.get_with(LIST, &header).await?;
+        ensure!(
+            response.status() == StatusCode::UNAUTHORIZED,
+            "{i}: {}",
+            response.status()
+        );
+    }
+    let fetches = idp.jwks_requests().await? - before;
+    ensure!(fetches <= 1, "{fetches} key fetches for 100 unknown kids");
+    let metrics = api.get("/metrics", None).await?.text().await?;
+    ensure!(!metrics.contains("made-up-"), "a kid in the metrics");
+    ensure!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    // The valid token still reads.
+    ensure!(api.get(LIST, Some(&valid)).await?.status() == StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_kubernetes_service_account_token_reads_through_the_in_cluster_configuration()
+-> anyhow::Result<()> {
+    // The service-account issuer as a pod sees it: https with the cluster's CA (the
+    // provider's caFile), discovery and JWKS only with a bearer token (fetchTokenFile, the
+    // pod's projected token), and tokens in the exact shape of a projected service-account
+    // token, minted by the test with the issuer's key.
+    let ca = TestCa::new()?;
+    let dir = TestDir::new("service-account")?;
+    let pod_token = dir.join("token");
+    std::fs::write(&pod_token, "projected-pod-token\n")?;
+    let idp = OidcProvider::start_with(
+        &[],
+        ProviderOptions {
+            tls: Some(&ca),
+            metadata_token_file: Some(&pod_token),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    let mut bucket = Bucket::create(&nats.jetstream().await).await?;
+    bucket.put("open", None).await?;
+    bucket
+        .put(
+            "mine",
+            Some(r#"{"sub": ["system:serviceaccount:team-a:reader"]}"#),
+        )
+        .await?;
+    bucket
+        .put(
+            "theirs",
+            Some(r#"{"sub": ["system:serviceaccount:team-b:reader"]}"#),
+        )
+        .await?;
+    let (_config_dir, config) = auth_config(&format!(
+        "providers:\n  - issuer: {}\n    audience: {RESOURCE}\n    caFile: {}\n    \
+         fetchTokenFile: {}\n",
+        idp.issuer(),
+        ca.ca.display(),
+        pod_token.display()
+    ))?;
+    let api = Api::started(Herald::api(&nats.url()).args([
+        "--auth-mode",
+        "oauth",
+        "--auth-config",
+        config.as_str(),
+    ]))
+    .await?;
+    let account = |namespace: &str| {
+        let now = Utc::now().timestamp();
+        json!({
+            "aud": [RESOURCE],
+            "exp": now + 3600,
+            "iat": now,
+            "iss": idp.issuer(),
+            "jti": format!("jti-{namespace}"),
+            "kubernetes.io": {
+                "namespace": namespace,
+                "node": {"name": "node-1", "uid": "5f7c1a34-0000-4000-8000-000000000001"},
+                "pod": {"name": "reader-7d9f8", "uid": "5f7c1a34-0000-4000-8000-000000000002"},
+                "serviceaccount": {"name": "reader", "uid": "5f7c1a34-0000-4000-8000-000000000003"},
+                "warnafter": now + 3000,
+            },
+            "nbf": now,
+            "sub": format!("system:serviceaccount:{namespace}:reader"),
+        })
+    };
+    let team_a = idp.sign(json!({}), account("team-a")).await?;
+    let team_b = idp.sign(json!({}), account("team-b")).await?;
+    ensure!(api.names(Some(&team_a), 2).await? == ["com.example/mine", "com.example/open"]);
+    ensure!(api.names(Some(&team_b), 2).await? == ["com.example/open", "com.example/theirs"]);
+    // A token of another audience (a pod's own API token) is refused.
+    let mut other = account("team-a");
+    other["aud"] = json!(["https://kubernetes.default.svc.cluster.local"]);
+    let other = idp.sign(json!({}), other).await?;
+    ensure!(refusal(&api, &other).await?.contains("audience"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_provider_down_at_start_then_up_then_down_again() -> anyhow::Result<()> {
+    let port = free_port()?;
+    let issuer = format!("http://127.0.0.1:{port}");
+    let nats = within(START, "nats-server", NatsServer::start()).await??;
+    let mut bucket = Bucket::create(&nats.jetstream().await).await?;
+    bucket.put("open", None).await?;
+    let api = Api::oauth(&nats, &[&issuer], &["--oidc-keys-min-refresh", "1s"]).await?;
+    // A token naming that issuer, signed by another provider (its keys do not matter:
+    // herald-api cannot get any for the issuer).
+    let early = OidcProvider::start(&[]).await?;
+    let early_token = early
+        .sign(json!({}), minted_claims(&issuer, "early"))
+        .await?;
+    drop(early);
+    ensure!(
+        refusal(&api, &early_token)
+            .await?
+            .contains("cannot be reached"),
+        "no keys: a clear error"
+    );
+
+    // The provider comes up: its tokens read, without a restart of herald-api.
+    let idp = OidcProvider::start_with(
+        &[],
+        ProviderOptions {
+            port: Some(port),
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure!(idp.issuer() == issuer, "{}", idp.issuer());
+    let token = idp.sign(json!({}), minted_claims(&issuer, "later")).await?;
+    let unknown = idp
+        .sign(
+            json!({"kid": "rotated-away"}),
+            minted_claims(&issuer, "later"),
+        )
+        .await?;
+    ensure!(api.names(Some(&token), 1).await? == ["com.example/open"]);
+
+    // Down again: the cached keys keep working; a key it never saw is refused clearly.
+    drop(idp);
+    for _ in 0..3 {
+        ensure!(api.get(LIST, Some(&token)).await?.status() == StatusCode::OK);
+    }
+    ensure!(
+        refusal(&api, &unknown)
+            .await?
+            .contains("not one its issuer publishes")
+    );
+    ensure!(api.get(LIST, Some(&token)).await?.status() == StatusCode::OK);
     Ok(())
 }

@@ -2,6 +2,11 @@
 //! 64 connections from a load generator in this process, requests/s and latency.
 //! Baseline: an axum handler in this process returning the same bytes from memory,
 //! under the same load.
+//!
+//! With authentication: the same scenario against a second herald-api in
+//! `--auth-mode oauth` (a real OpenID provider on loopback, `integration-tests/oidc`), every
+//! request carrying one bearer token (its keys cached after the first request, so one
+//! signature check per request), beside the anonymous run of the same process.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use herald_integration_tests::nats::NatsServer;
+use herald_integration_tests::oidc::OidcProvider;
 use serde_json::{Value, json};
 
 use crate::common::{self, IN_FLIGHT, Latency};
@@ -56,13 +62,13 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
     let baseline_url = serve_bytes(content_type, body.clone()).await?;
 
     let cpu_before = common::cpu_seconds(api.pid())?;
-    let herald = load(&url, Duration::from_secs_f64(seconds)).await?;
+    let herald = load(&url, Duration::from_secs_f64(seconds), None).await?;
     let api_cpu = common::cpu_seconds(api.pid())? - cpu_before;
     // The load runs a warm-up and the recorded span; count requests over both roughly.
     let cpu_per_request_us = api_cpu / (herald.rate * (seconds + 0.5)) * 1e6;
     eprintln!("   herald-api: about {cpu_per_request_us:.0} µs of its CPU per request");
     let (rss, peak) = common::memory_mib(api.pid())?;
-    let baseline = load(&baseline_url, Duration::from_secs_f64(seconds)).await?;
+    let baseline = load(&baseline_url, Duration::from_secs_f64(seconds), None).await?;
     report.row(Row {
         scenario: "api list",
         figure: format!("GET {PATH}, {servers} servers, {CONNECTIONS} connections"),
@@ -85,6 +91,94 @@ pub async fn run(report: &mut Report, quick: bool) -> anyhow::Result<()> {
         json!({"servers": servers, "body_bytes": body.len(), "herald": herald.json(),
                "baseline": baseline.json(), "api_rss_mib": rss,
                "api_cpu_us_per_request": cpu_per_request_us, "api_peak_rss_mib": peak}),
+    );
+    drop(api);
+    with_auth(report, &nats, servers, seconds).await
+}
+
+/// The same listing with `--auth-mode oauth` and one bearer token, beside the same
+/// herald-api build anonymous (measured again here, right before, so both see the same
+/// machine load).
+async fn with_auth(
+    report: &mut Report,
+    nats: &NatsServer,
+    servers: usize,
+    seconds: f64,
+) -> anyhow::Result<()> {
+    const AUDIENCE: &str = "http://herald.bench";
+    let idp = OidcProvider::start(&[]).await?;
+    let now = chrono::Utc::now().timestamp();
+    let token = idp
+        .sign(
+            json!({}),
+            json!({"iss": idp.issuer(), "sub": "bench", "aud": AUDIENCE, "iat": now,
+                   "exp": now + 3600, "groups": ["team-a"]}),
+        )
+        .await?;
+    let (open_dir, oauth_dir) = (
+        common::scenario_dir("api-list-anonymous")?,
+        common::scenario_dir("api-list-oauth")?,
+    );
+    let (anonymous, _) = common::start_api(nats, &open_dir, &[]).await?;
+    let (oauth, _) = common::start_api(
+        nats,
+        &oauth_dir,
+        &[
+            "--auth-mode",
+            "oauth",
+            "--oidc-issuer",
+            idp.issuer(),
+            "--oidc-audience",
+            AUDIENCE,
+        ],
+    )
+    .await?;
+    common::wait_listing(&anonymous, "a full first page", |page| {
+        page["servers"].as_array().map(Vec::len) == Some(100)
+    })
+    .await?;
+    let oauth_url = format!("{}{PATH}", oauth.base());
+    // Ready when the token reads a full page (the first request fetches the keys).
+    common::within_start("the first page with a token", async {
+        loop {
+            let response = reqwest::Client::new()
+                .get(&oauth_url)
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            if response.status().is_success() {
+                let page: Value = response.json().await?;
+                if page["servers"].as_array().map(Vec::len) == Some(100) {
+                    return anyhow::Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await?;
+    let duration = Duration::from_secs_f64(seconds);
+    let open = load(&format!("{}{PATH}", anonymous.base()), duration, None).await?;
+    let authenticated = load(&oauth_url, duration, Some(&token)).await?;
+    report.row(Row {
+        scenario: "api list",
+        figure: format!("the same with --auth-mode oauth, one bearer token, {servers} servers"),
+        herald: format!(
+            "{} (p99 {:.2} ms)",
+            per_second(authenticated.rate),
+            authenticated.latency.p99
+        ),
+        baseline: format!(
+            "anonymous {} (p99 {:.2} ms)",
+            per_second(open.rate),
+            open.latency.p99
+        ),
+        ratio: ratio(authenticated.rate, open.rate),
+        target: "≥ 0.70×".into(),
+        met: Some(authenticated.errors == 0 && authenticated.rate >= 0.7 * open.rate),
+    });
+    report.figures(
+        "api_list_auth",
+        json!({"servers": servers, "anonymous": open.json(), "oauth": authenticated.json()}),
     );
     Ok(())
 }
@@ -131,8 +225,9 @@ async fn serve_bytes(content_type: String, body: bytes::Bytes) -> anyhow::Result
 }
 
 /// `CONNECTIONS` clients requesting `url` back to back for `duration` (after a short
-/// warm-up); requests/s and latency of the successful ones.
-pub async fn load(url: &str, duration: Duration) -> anyhow::Result<Load> {
+/// warm-up), with `token` as a bearer token; requests/s and latency of the successful
+/// ones.
+pub async fn load(url: &str, duration: Duration, token: Option<&str>) -> anyhow::Result<Load> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(CONNECTIONS)
         .build()?;
@@ -143,12 +238,17 @@ pub async fn load(url: &str, duration: Duration) -> anyhow::Result<Load> {
     for _ in 0..CONNECTIONS {
         let (http, url) = (http.clone(), url.to_owned());
         let (recording, stop) = (recording.clone(), stop.clone());
+        let token = token.map(str::to_owned);
         workers.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut errors = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                let ok = match http.get(&url).send().await {
+                let mut request = http.get(&url);
+                if let Some(token) = &token {
+                    request = request.bearer_auth(token);
+                }
+                let ok = match request.send().await {
                     Ok(response) => {
                         response.status().is_success() && response.bytes().await.is_ok()
                     }

@@ -236,6 +236,9 @@ pub async fn start_api(
 ) -> anyhow::Result<(HeraldProcess, Duration)> {
     let api = Herald::api(&nats.url())
         .quiet()
+        // `quiet` drops the harness's defaults: anonymous unless `extra` says otherwise
+        // (herald-api's own default is oauth).
+        .default_flag("--auth-mode", "anonymous")
         .flag("--discovery-interval", "200ms")
         .args(extra)
         .dir(dir.path())
@@ -300,10 +303,18 @@ impl SseReader {
     /// Connects, sends the request and waits for the status line and headers; fails
     /// unless the answer is 200.
     pub async fn connect(port: u16, path: &str) -> anyhow::Result<Self> {
+        Self::connect_with(port, path, None).await
+    }
+
+    /// [`SseReader::connect`] with `Authorization: Bearer <token>`.
+    pub async fn connect_with(port: u16, path: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.set_nodelay(true)?;
+        let authorization = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n{authorization}\r\n"
         );
         stream.write_all(request.as_bytes()).await?;
         let mut reader = Self {
