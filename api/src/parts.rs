@@ -325,6 +325,7 @@ mod tests {
             tool_definitions: Vec::new(),
             authz_claims: claims.map(|c| parse_annotation(c).unwrap().unwrap()),
             package: None,
+            changed_at: None,
         };
         let Fold::Write(v) = fold_applied(None, &record, 1) else {
             unreachable!()

@@ -528,6 +528,7 @@ mod tests {
             generation: None,
             created_at: Some(at),
             observed_at: at,
+            changed_at: None,
             epoch: 1,
             server_name: server.parse().unwrap(),
             version: version.into(),

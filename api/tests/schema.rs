@@ -69,6 +69,7 @@ fn record(cluster: &str, object: &str, server: &str, version: &str) -> Deploymen
         generation: Some(2),
         created_at: Some(at),
         observed_at: at,
+        changed_at: None,
         epoch: 1,
         server_name: server.parse().expect("server name"),
         version: version.into(),

@@ -123,6 +123,9 @@ impl AdmissionPolicy {
             EventData::Applied(r) => {
                 not_after("the record's epoch", epoch_time(r.epoch))?;
                 not_after("the record's observation time", r.observed_at)?;
+                if let Some(changed_at) = r.changed_at {
+                    not_after("the record's change time", changed_at)?;
+                }
                 validate::record(r, self.urls).map_err(Refusal::Invalid)?;
                 self.names
                     .check(&r.registry, &r.server_name, r.object.namespace())

@@ -216,6 +216,9 @@ fn build_record(
         generation: id.generation,
         created_at: id.created_at,
         observed_at: seen.observed_at,
+        // First seen as it is now; the watcher's tracker keeps an earlier
+        // time while the advertisement stays the same.
+        changed_at: Some(seen.observed_at),
         epoch: seen.epoch,
         server_name,
         version,

@@ -7,6 +7,11 @@
 //! order in which one or several projectors see them. Withdrawals are kept
 //! as tombstones for the same reason: a deleted key would let a late, older
 //! `applied` resurrect it.
+//!
+//! `changedAt` depends on the stored event alone, never on what was folded
+//! before it: on a live value it is the watcher's stamp on the record (when
+//! its advertisement last changed), on a tombstone the withdrawal's time.
+//! Redeliveries, duplicates and reordering therefore cannot move it.
 
 use chrono::{DateTime, Utc};
 
@@ -54,13 +59,9 @@ pub fn fold_applied(
     if let Some(s) = stale(current, seq) {
         return s;
     }
-    let unchanged = current
-        .and_then(StoredDeployment::live)
-        .filter(|prev| prev.same_advertisement(record));
-    let changed_at = match (unchanged, current) {
-        (Some(_), Some(c)) => c.changed_at,
-        _ => record.observed_at,
-    };
+    let changed_at = record
+        .changed_at
+        .unwrap_or_else(|| legacy_changed_at(current, record));
     Fold::Write(StoredDeployment {
         v: RECORD_VERSION,
         seq,
@@ -68,6 +69,21 @@ pub fn fold_applied(
         state: DeploymentState::Live(Box::new(record.clone())),
         last: None,
     })
+}
+
+/// `changedAt` for a record of a watcher that does not say when its
+/// advertisement changed: kept from a stored live value that advertises the
+/// same, else the observation time. This depends on the order of folding (a
+/// redelivered older event folded after a newer one moves it), which is why
+/// watchers now stamp `changedAt` themselves.
+fn legacy_changed_at(
+    current: Option<&StoredDeployment>,
+    record: &DeploymentRecord,
+) -> DateTime<Utc> {
+    match current {
+        Some(c) if c.live().is_some_and(|prev| prev.same_advertisement(record)) => c.changed_at,
+        _ => record.observed_at,
+    }
 }
 
 /// A `withdrawn` event with stream sequence `seq`, published at `time`.
@@ -95,10 +111,9 @@ pub fn fold_withdrawn(
             ),
         };
     }
-    let changed_at = match current {
-        Some(c) if c.live().is_none() => c.changed_at,
-        _ => time,
-    };
+    // The withdrawal's own time, so that the tombstone's `changedAt` depends
+    // on this event alone (a republished withdrawal keeps its time).
+    let changed_at = time;
     Fold::Write(StoredDeployment {
         v: RECORD_VERSION,
         seq,

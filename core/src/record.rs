@@ -34,6 +34,13 @@ pub struct DeploymentRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
     pub observed_at: DateTime<Utc>,
+    /// When what this record advertises last changed, as its watcher saw it:
+    /// kept while re-reads and resyncs advertise the same (see
+    /// [`DeploymentRecord::same_advertisement`]). The stored `changedAt` is
+    /// this value, so it depends on the newest event alone, not on the order
+    /// in which events were folded. Absent in records of older watchers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<DateTime<Utc>>,
     /// The watcher's list epoch this record was confirmed in (see `resync`).
     pub epoch: u64,
     pub server_name: ServerName,
@@ -88,6 +95,7 @@ impl DeploymentRecord {
             generation: _,
             created_at,
             observed_at: _,
+            changed_at: _,
             epoch: _,
             server_name,
             version,

@@ -65,8 +65,19 @@ fn newer_events_apply_and_older_or_duplicate_ones_are_stale() {
 }
 
 #[test]
-fn changed_at_moves_only_when_the_advertisement_changes() {
-    let r = record("c1", "ns", "a", "io.example/alpha", "1.0.0");
+fn changed_at_is_the_watchers_stamp_and_for_older_watchers_moves_only_when_the_advertisement_changes()
+ {
+    let stamped = record("c1", "ns", "a", "io.example/alpha", "1.0.0");
+    let mut later = stamped.clone();
+    later.observed_at = stamped.observed_at + Duration::hours(3);
+    assert_eq!(
+        write(fold_applied(None, &later, 1)).changed_at,
+        stamped.observed_at,
+        "the stamp, not the observation"
+    );
+    // Records of watchers that do not stamp: the rule before stamps.
+    let mut r = stamped;
+    r.changed_at = None;
     let first = write(fold_applied(None, &r, 1));
     let mut resynced = r.clone();
     resynced.epoch += 1;
@@ -298,11 +309,12 @@ fn a_tombstone_keeps_what_it_withdrew_and_old_tombstones_still_read() {
     assert_eq!(last.description, r.description);
     assert_eq!(last.authz_claims, r.authz_claims);
     assert_eq!(gone.changed_at, seen_at());
-    // A second withdrawal keeps both the time and what was withdrawn.
+    // A second withdrawal keeps what was withdrawn; the tombstone's time is
+    // that of the withdrawal stored (a function of that event alone).
     let later = seen_at() + Duration::minutes(5);
     let again = write(fold_withdrawn(Some(&gone), &withdrawal(&r), 3, later));
     assert_eq!(again.tombstone(), Some(last));
-    assert_eq!(again.changed_at, seen_at());
+    assert_eq!(again.changed_at, later);
     // A withdrawal of nothing stored has nothing to serve.
     let blind = write(fold_withdrawn(None, &withdrawal(&r), 4, seen_at()));
     assert_eq!(blind.tombstone(), None);
@@ -360,4 +372,123 @@ fn a_tombstone_folded_before_the_older_applied_ends_as_in_order() {
         fold_applied(Some(&in_order), &r2, 2),
         Fold::Stale { .. }
     ));
+}
+
+/// One step of a watcher's history of one object.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// Re-read or re-listed: the same advertisement.
+    Reread,
+    /// Edited: another description.
+    Edit,
+    /// Withdrawn (and advertised again by a later step).
+    Withdraw,
+}
+
+/// The events a watcher publishes for `steps`, stamped as its tracker
+/// stamps them, with their stream sequences 1, 2, ….
+fn history(steps: &[Step]) -> Vec<(u64, Event)> {
+    let base = record("c1", "ns", "a", "io.example/alpha", "1.0.0");
+    let mut advertised: Option<DeploymentRecord> = None;
+    let mut edits = 0;
+    let mut events = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let now = seen_at() + Duration::minutes(i as i64);
+        let data = match (step, &advertised) {
+            (Step::Withdraw, Some(prev)) => {
+                let w = withdrawal(prev);
+                advertised = None;
+                EventData::Withdrawn(w)
+            }
+            _ => {
+                if matches!(step, Step::Edit) {
+                    edits += 1;
+                }
+                let mut r = base.clone();
+                r.description = format!("edit {edits}");
+                r.resource_version = i.to_string();
+                r.observed_at = now;
+                r.changed_at = match &advertised {
+                    Some(prev) if prev.same_advertisement(&r) => prev.changed_at,
+                    _ => Some(now),
+                };
+                advertised = Some(r.clone());
+                EventData::Applied(Box::new(r))
+            }
+        };
+        events.push((i as u64 + 1, Event::new(data, now)));
+    }
+    events
+}
+
+/// Folds `deliveries` (indices into `events`) one at a time, as projectors
+/// racing under compare-and-set would.
+fn fold_deliveries(events: &[(u64, Event)], deliveries: &[usize]) -> Option<StoredDeployment> {
+    let mut stored: Option<StoredDeployment> = None;
+    for &i in deliveries {
+        let (seq, event) = &events[i];
+        let fold = match &event.data {
+            EventData::Applied(r) => fold_applied(stored.as_ref(), r, *seq),
+            EventData::Withdrawn(w) => fold_withdrawn(stored.as_ref(), w, *seq, event.time),
+            other => panic!("not a key's event: {other:?}"),
+        };
+        match fold {
+            Fold::Write(next) => stored = Some(next),
+            Fold::Stale { .. } => {}
+            Fold::Refused { reason } => panic!("refused: {reason}"),
+        }
+    }
+    stored
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    proptest::prop_oneof![
+        3 => proptest::strategy::Just(Step::Reread),
+        2 => proptest::strategy::Just(Step::Edit),
+        1 => proptest::strategy::Just(Step::Withdraw),
+    ]
+}
+
+proptest::proptest! {
+    /// Whatever the fold accepts — redeliveries, duplicates, any order, as
+    /// long as the newest event arrives — ends with the `changedAt` (and
+    /// state) of folding the history in order.
+    #[test]
+    fn changed_at_is_a_function_of_the_history_not_of_the_order_of_folding(
+        steps in proptest::collection::vec(step(), 1..12),
+        order in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..40),
+        shuffle_seed in proptest::prelude::any::<u64>(),
+    ) {
+        let events = history(&steps);
+        let in_order: Vec<usize> = (0..events.len()).collect();
+        let expected = fold_deliveries(&events, &in_order).expect("something stored");
+        // Every event once in a shuffled order, plus redeliveries anywhere.
+        let mut deliveries = in_order.clone();
+        let mut state = shuffle_seed | 1;
+        for i in (1..deliveries.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            deliveries.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        for (n, again) in order.iter().enumerate() {
+            let at = (n * 7) % (deliveries.len() + 1);
+            deliveries.insert(at, again.index(events.len()));
+        }
+        let got = fold_deliveries(&events, &deliveries).expect("something stored");
+        proptest::prop_assert_eq!(got.changed_at, expected.changed_at, "deliveries {:?}", deliveries);
+        proptest::prop_assert_eq!(&got.state, &expected.state);
+        proptest::prop_assert_eq!(got.seq, expected.seq);
+    }
+}
+
+#[test]
+fn a_redelivered_older_applied_no_longer_moves_changed_at() {
+    // seq 1 advertised at t, seq 2 a re-read of the same at t+1h; seq 1's
+    // first delivery was lost and it is redelivered after seq 2.
+    let events = history(&[Step::Reread, Step::Reread]);
+    let in_order = fold_deliveries(&events, &[0, 1]).unwrap();
+    let redelivered = fold_deliveries(&events, &[1, 0]).unwrap();
+    assert_eq!(in_order.changed_at, seen_at());
+    assert_eq!(redelivered.changed_at, in_order.changed_at);
 }

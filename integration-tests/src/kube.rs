@@ -118,6 +118,17 @@ impl KubeApi {
         crds::install(&self.client, crds).await
     }
 
+    /// Installs again the ToolHive CRD `name` of `deploy/crds/` (after a test deleted
+    /// it), waiting until it is served.
+    pub async fn install_toolhive_crd(&self, name: &str) -> anyhow::Result<()> {
+        let crds: Vec<_> = crds::read_dir(&workspace_root().join("deploy/crds"))?
+            .into_iter()
+            .filter(|crd| crd.metadata.name.as_deref() == Some(name))
+            .collect();
+        anyhow::ensure!(!crds.is_empty(), "no CRD {name} in deploy/crds");
+        crds::install(&self.client, crds).await
+    }
+
     /// A client for the API server (cheap to clone; survives restarts).
     pub fn client(&self) -> kube::Client {
         self.client.clone()

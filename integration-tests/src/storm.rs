@@ -1,4 +1,5 @@
-//! A storm: seeded random changes to MCPServers in one or more clusters (creates,
+//! A storm: seeded random changes to ToolHive objects of all four kinds (MCPServer,
+//! MCPRemoteProxy, VirtualMCPServer, MCPServerEntry) in one or more clusters (creates,
 //! updates, opt-outs and opt-ins, phase changes, registry moves, deletes), run while a
 //! test injects a fault. The oracle then checks the result; the storm only counts.
 //!
@@ -59,6 +60,8 @@ pub fn seed(default: u64) -> u64 {
 /// What a storm did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StormStats {
+    /// Creates per kind, in the order of [`Kind::ALL`].
+    pub created_by_kind: [usize; 4],
     pub creates: usize,
     pub updates: usize,
     pub opt_outs: usize,
@@ -98,16 +101,17 @@ impl std::fmt::Debug for StormTarget {
     }
 }
 
-/// Random changes to MCPServers named `names` in `namespaces` of every target cluster,
-/// labelled into `registries`.
+/// Random changes to objects of `kinds` named `names` in `namespaces` of every target
+/// cluster, labelled into `registries`.
 pub struct Storm {
     rng: Rng,
     targets: Vec<StormTarget>,
+    kinds: Vec<Kind>,
     namespaces: Vec<String>,
     names: Vec<String>,
     registries: Vec<String>,
-    /// (target index, namespace, name) of the objects that exist.
-    existing: BTreeSet<(usize, String, String)>,
+    /// (target index, kind, namespace, name) of the objects that exist.
+    existing: BTreeSet<(usize, Kind, String, String)>,
     pub stats: StormStats,
 }
 
@@ -119,8 +123,14 @@ impl std::fmt::Debug for Storm {
     }
 }
 
-fn mcpserver() -> ApiResource {
-    objects::resource(Kind::MCPServer)
+/// The name prefix of a kind's storm objects (MCPServers keep the bare `srv-N`).
+fn prefix(kind: Kind) -> &'static str {
+    match kind {
+        Kind::MCPServer => "",
+        Kind::MCPRemoteProxy => "proxy-",
+        Kind::VirtualMCPServer => "vmcp-",
+        Kind::MCPServerEntry => "entry-",
+    }
 }
 
 /// One `RELIABILITY` line on stderr: what a reliability test did (`figures`, e.g.
@@ -154,6 +164,7 @@ impl Storm {
         Self {
             rng: Rng::new(seed),
             targets,
+            kinds: Kind::ALL.to_vec(),
             namespaces: namespaces.iter().map(|s| (*s).to_owned()).collect(),
             names: (0..names).map(|i| format!("srv-{i}")).collect(),
             registries: registries.iter().map(|s| (*s).to_owned()).collect(),
@@ -162,23 +173,34 @@ impl Storm {
         }
     }
 
-    fn api(&self, target: usize, namespace: &str) -> Api<DynamicObject> {
-        Api::namespaced_with(self.targets[target].client.clone(), namespace, &mcpserver())
+    /// Only objects of `kinds` from now on (all four by default).
+    pub fn kinds(mut self, kinds: &[Kind]) -> Self {
+        assert!(!kinds.is_empty(), "a storm needs a kind");
+        self.kinds = kinds.to_vec();
+        self
+    }
+
+    fn api(&self, target: usize, kind: Kind, namespace: &str) -> Api<DynamicObject> {
+        let resource: ApiResource = objects::resource(kind);
+        Api::namespaced_with(self.targets[target].client.clone(), namespace, &resource)
     }
 
     /// One random operation.
     pub async fn step(&mut self) -> anyhow::Result<()> {
         let t = self.rng.below(self.targets.len());
+        let kind = *self.rng.pick(&self.kinds);
         let ns = self.rng.pick(&self.namespaces).clone();
-        let name = self.rng.pick(&self.names).clone();
-        let key = (t, ns.clone(), name.clone());
-        let api = self.api(t, &ns);
+        // Names distinct per kind, so each object is a server of its own.
+        let name = format!("{}{}", prefix(kind), self.rng.pick(&self.names));
+        let key = (t, kind, ns.clone(), name.clone());
+        let api = self.api(t, kind, &ns);
         if !self.existing.contains(&key) {
             let registry = self.rng.pick(&self.registries).clone();
             let cluster = &self.targets[t].cluster;
+            let resource = objects::resource(kind);
             let object: DynamicObject = serde_json::from_value(json!({
-                "apiVersion": format!("{}/{}", mcpserver().group, mcpserver().version),
-                "kind": "MCPServer",
+                "apiVersion": format!("{}/{}", resource.group, resource.version),
+                "kind": kind.as_str(),
                 "metadata": {
                     "name": name,
                     "namespace": ns,
@@ -195,6 +217,11 @@ impl Storm {
                 Ok(_) => {
                     self.existing.insert(key);
                     self.stats.creates += 1;
+                    let k = Kind::ALL
+                        .iter()
+                        .position(|k| *k == kind)
+                        .unwrap_or_default();
+                    self.stats.created_by_kind[k] += 1;
                     objects::set_status(&api, &name, json!({ "phase": "Running" })).await?;
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {

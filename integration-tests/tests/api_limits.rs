@@ -357,6 +357,7 @@ async fn fill(js: &jetstream::Context, count: usize, tools: usize) -> anyhow::Re
             generation: Some(1),
             created_at: Some(at),
             observed_at: at,
+            changed_at: None,
             epoch: 1,
             server_name: format!("io.example/{object}").parse()?,
             version: "1.0.0".into(),

@@ -104,6 +104,7 @@ impl Bucket {
             generation: Some(1),
             created_at: Some(at),
             observed_at: at + chrono::Duration::seconds(self.seq as i64),
+            changed_at: None,
             epoch: 1,
             server_name: format!("com.example/{server}").parse()?,
             version: "1.0.0".into(),

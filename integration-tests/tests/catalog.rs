@@ -389,6 +389,7 @@ fn deployment(server: &str, version: &str, url: &str) -> anyhow::Result<Deployme
         generation: Some(1),
         created_at: Some(at),
         observed_at: at,
+        changed_at: None,
         epoch: 1,
         server_name: server.parse()?,
         version: version.into(),

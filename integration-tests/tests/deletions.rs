@@ -163,6 +163,7 @@ fn deployment(object: &str, version: &str) -> anyhow::Result<DeploymentRecord> {
         generation: Some(1),
         created_at: Some(at),
         observed_at: at,
+        changed_at: None,
         epoch: 1,
         server_name: format!("com.toolhive.k8s.tools/{server}").parse()?,
         version: version.into(),

@@ -53,6 +53,7 @@ fn record(cluster: &str, name: &str, rv: u64, epoch: u64) -> DeploymentRecord {
         generation: Some(1),
         created_at: Some(Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()),
         observed_at: at(i64::try_from(rv).unwrap()),
+        changed_at: None,
         epoch,
         server_name: format!("io.github.acme/{name}").parse().unwrap(),
         version: "1.0.0".to_owned(),

@@ -129,10 +129,9 @@ impl KindWatch {
                         );
                     }
                     if !tracker.is_empty() {
-                        // Its CRD was deleted, and its objects with it.
-                        let now = chrono::Utc::now();
-                        let mut effects = tracker.begin_list(None, now);
-                        effects.extend(tracker.end_list(None, now).0);
+                        // Its CRD was deleted, and its objects with it (also
+                        // when a list was under way: its bracket is dropped).
+                        let effects = tracker.kind_gone(chrono::Utc::now());
                         self.apply(effects, None);
                     }
                     self.readiness.set_ready(cond);

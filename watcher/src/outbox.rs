@@ -306,6 +306,7 @@ mod tests {
             generation: None,
             created_at: None,
             observed_at: chrono::Utc::now(),
+            changed_at: None,
             epoch: 1,
             server_name: "com.toolhive.k8s.ns/aa".parse().unwrap(),
             version: "1.0.0".into(),

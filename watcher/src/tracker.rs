@@ -186,7 +186,16 @@ impl Tracker {
             withdrawn(prev, Some(&id), seen.epoch, reason, message, now)
         };
         match decision {
-            Decision::Advertise(record) => {
+            Decision::Advertise(mut record) => {
+                // Unchanged to clients since it was first advertised as it is:
+                // that time travels with every record (the stored `changedAt`).
+                if let Some(prev) = tracked
+                    .advertised
+                    .as_ref()
+                    .filter(|p| p.same_advertisement(&record))
+                {
+                    record.changed_at = prev.changed_at.or(record.changed_at);
+                }
                 // Advertised without its tool definitions: still an operator's to fix.
                 let warning = mapping::tool_definitions_warning(object);
                 if warning.is_some() && tracked.rejection != warning {
@@ -294,9 +303,37 @@ impl Tracker {
         (effects, closed)
     }
 
-    /// Whether no object of this kind is known.
+    /// Whether nothing of this kind is known: no object, no list under way.
     pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
+        self.objects.is_empty() && self.bracket.is_none()
+    }
+
+    /// The kind's CRD is gone, and every object of the kind with it: a
+    /// complete bracket of its own (new epoch, every advertised object
+    /// withdrawn, `resync.completed` with none advertised), so that the
+    /// projector also sweeps what this process never saw. A list that was
+    /// under way is dropped: its bracket must not be reused by the next
+    /// list, whose epoch would then be older than what it confirms.
+    pub fn kind_gone(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
+        let epoch = self.clock.next();
+        self.epoch = epoch;
+        self.bracket = None;
+        let started = EventData::ResyncStarted(self.resync(epoch, None));
+        let mut effects = vec![Effect::Publish(Event::new(started, now))];
+        let mut gone: Vec<Box<DeploymentRecord>> = self
+            .objects
+            .drain()
+            .filter_map(|(_, t)| t.advertised)
+            .collect();
+        gone.sort_by(|a, b| a.object.cmp(&b.object));
+        let message = Some("its CustomResourceDefinition was deleted".to_owned());
+        for prev in &gone {
+            let reason = WithdrawReason::Deleted;
+            effects.push(withdrawn(prev, None, epoch, reason, message.clone(), now));
+        }
+        let completed = EventData::ResyncCompleted(self.resync(epoch, Some(0)));
+        effects.push(Effect::Publish(Event::new(completed, now)));
+        effects
     }
 }
 
@@ -408,6 +445,83 @@ mod tests {
             ["report srv invalid_tool_definitions", "applied srv default"],
             "broken again: reported again"
         );
+    }
+
+    #[test]
+    fn records_carry_when_their_advertisement_last_changed() {
+        let mut t = tracker();
+        let t0 = Utc::now();
+        t.begin_list(None, t0);
+        t.end_list(None, t0);
+        let changed_at = |effects: Vec<Effect>| match effects.as_slice() {
+            [Effect::Publish(ev)] => match &ev.data {
+                EventData::Applied(r) => r.changed_at,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        let t1 = t0 + chrono::Duration::minutes(1);
+        let t2 = t0 + chrono::Duration::minutes(2);
+        let a = object("ns", "srv", 1, None);
+        assert_eq!(changed_at(t.observe(&a, None, t0)), Some(t0));
+        // Re-read with another resource version, and re-listed: same advertisement.
+        assert_eq!(
+            changed_at(t.observe(&object("ns", "srv", 2, None), None, t1)),
+            Some(t0)
+        );
+        t.begin_list(None, t2);
+        assert_eq!(
+            changed_at(t.observe(&object("ns", "srv", 2, None), Some(None), t2)),
+            Some(t0)
+        );
+        t.end_list(None, t2);
+        let mut edited = object("ns", "srv", 3, None);
+        edited["metadata"]["annotations"][herald_core::annotations::REGISTRY_DESCRIPTION] =
+            json!("Another server");
+        assert_eq!(changed_at(t.observe(&edited, None, t2)), Some(t2));
+    }
+
+    #[test]
+    fn a_kind_gone_during_a_list_withdraws_all_and_the_next_list_starts_afresh() {
+        let mut t = tracker();
+        let t0 = Utc::now();
+        t.begin_list(None, t0);
+        t.end_list(None, t0);
+        t.observe(&object("ns", "srv-a", 1, None), None, t0);
+        t.observe(&object("ns", "srv-b", 1, None), None, t0);
+        // A relist begins, sees one object, and the CRD goes before it ends.
+        let relist = t.begin_list(None, t0);
+        let EventData::ResyncStarted(first) = (match &relist[0] {
+            Effect::Publish(ev) => &ev.data,
+            other => panic!("{other:?}"),
+        }) else {
+            panic!("{relist:?}")
+        };
+        let first_epoch = first.epoch;
+        t.observe(&object("ns", "srv-a", 1, None), Some(None), t0);
+        let gone = t.kind_gone(t0);
+        assert_eq!(
+            summary(&gone),
+            [
+                "resync.started",
+                "withdrawn srv-a default deleted",
+                "withdrawn srv-b default deleted",
+                "completed 0"
+            ]
+        );
+        assert!(t.is_empty());
+        // The CRD is back: a new bracket with a newer epoch, not the stale one.
+        let again = t.begin_list(None, t0);
+        let Some(Effect::Publish(started)) = again.first() else {
+            panic!("{again:?}")
+        };
+        let EventData::ResyncStarted(second) = &started.data else {
+            panic!("{started:?}")
+        };
+        assert!(second.epoch > first_epoch);
+        let applied = t.observe(&object("ns", "srv-a", 1, None), Some(None), t0);
+        assert_eq!(summary(&applied), ["applied srv-a default"]);
+        assert_eq!(summary(&t.end_list(None, t0).0), ["completed 1"]);
     }
 
     #[test]

@@ -96,6 +96,7 @@ pub fn record(cluster: usize, object: usize, seq: u64) -> anyhow::Result<Deploym
         generation: Some(1),
         created_at: Some(at(0)),
         observed_at: at(i64::try_from(seq)?),
+        changed_at: None,
         epoch: 1,
         server_name: format!("com.example.bench/server-{object}").parse()?,
         version: "1.0.0".to_owned(),
