@@ -108,16 +108,39 @@ impl NameParts {
             .into_iter()
             .map(|(t, at)| (t.authz_claims.clone(), t, at))
             .collect();
-        let mut all: Vec<Option<&ClaimSet>> = catalog
+        // Which claim sets get the [`MAX_GROUPS`] groups: those of live parts
+        // before those of tombstones only, then the longest published (catalog
+        // entries, which the operator imports, first; a deployment by its
+        // object's creation time), then the claims. So a part that arrives
+        // later can never push older parts out, and which one is withheld
+        // says nothing about the claims a caller cannot see.
+        let ranked = catalog
             .iter()
-            .map(|(c, _)| c.as_ref())
-            .chain(deployments.iter().map(|(c, _)| c.as_ref()))
-            .chain(tombstones.iter().map(|(c, _, _)| c.as_ref()))
-            .collect();
+            .map(|(c, _)| (c.as_ref(), (false, DateTime::<Utc>::MIN_UTC)))
+            .chain(deployments.iter().map(|(c, d)| {
+                let at = d.live().and_then(|r| r.created_at);
+                (c.as_ref(), (false, at.unwrap_or(DateTime::<Utc>::MAX_UTC)))
+            }))
+            .chain(
+                tombstones
+                    .iter()
+                    .map(|(c, t, at)| (c.as_ref(), (true, t.published_at.unwrap_or(*at)))),
+            );
+        // A claim set's rank is that of its best part: (live first, oldest).
+        let mut rank: BTreeMap<Option<&ClaimSet>, (bool, DateTime<Utc>)> = BTreeMap::new();
+        for (claims, part) in ranked {
+            rank.entry(claims)
+                .and_modify(|best| *best = (*best).min(part))
+                .or_insert(part);
+        }
+        let distinct = rank.len();
+        let mut all: Vec<(bool, DateTime<Utc>, Option<&ClaimSet>)> =
+            rank.into_iter().map(|(c, (t, at))| (t, at, c)).collect();
         all.sort();
-        all.dedup();
-        let distinct = all.len();
         all.truncate(MAX_GROUPS);
+        // Groups in claim order, as before: only membership depends on rank.
+        let mut all: Vec<Option<&ClaimSet>> = all.into_iter().map(|(_, _, c)| c).collect();
+        all.sort();
         let groups: Vec<Option<ClaimSet>> = all.into_iter().map(|g| g.cloned()).collect();
         let bit = |claims: &Option<ClaimSet>| -> Mask {
             groups
@@ -136,14 +159,15 @@ impl NameParts {
         let withheld = catalog.iter().filter(|(m, _)| *m == 0).count()
             + deployments.iter().filter(|(m, _)| *m == 0).count()
             + tombstones.iter().filter(|(m, _, _)| *m == 0).count();
-        if withheld > 0 {
+        // Once per change of what is withheld, not on every change of the name.
+        if withheld > 0 && previous.is_none_or(|p| p.withheld != withheld) {
             tracing::warn!(
                 server = name,
                 claim_sets = distinct,
                 limit = MAX_GROUPS,
                 withheld,
                 "a server name's deployments and catalog entries carry more distinct \
-                 authz-claims than one entry may have: the parts of the further claim sets \
+                 authz-claims than one entry may have: the parts of the newest claim sets \
                  are served to no caller"
             );
         }
@@ -294,6 +318,15 @@ mod tests {
 
     fn deployment(cluster: &str, version: &str, claims: Option<&str>) -> Arc<StoredDeployment> {
         let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        created_at(cluster, version, claims, at)
+    }
+
+    fn created_at(
+        cluster: &str,
+        version: &str,
+        claims: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Arc<StoredDeployment> {
         let record = DeploymentRecord {
             v: 1,
             cluster: cluster.parse().unwrap(),
@@ -405,6 +438,32 @@ mod tests {
         );
         assert!(p.seen_by(&token(json!({"team": "t09"}))).is_none());
         assert!(p.seen_by(&token(json!({"team": "t00"}))).is_some());
+    }
+
+    #[test]
+    fn newer_claim_sets_cannot_push_older_parts_out() {
+        // The victim's deployment, then eight newer ones whose claim sets sort
+        // first ("!" before any letter), as a co-owner of the name could add.
+        let old = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let mut all = vec![created_at("victim", "1.0.0", Some(r#"{"team": "a"}"#), old)];
+        for i in 0..MAX_GROUPS {
+            let at = old + chrono::Duration::days(1 + i as i64);
+            all.push(created_at(
+                &format!("x{i}"),
+                "1.0.0",
+                Some(&format!(r#"{{"!": "{i}"}}"#)),
+                at,
+            ));
+        }
+        let p = parts(&all);
+        assert_eq!(p.withheld, 1);
+        let seen = p
+            .seen_by(&token(json!({"team": "a"})))
+            .expect("the victim's part");
+        assert_eq!(remotes(&seen, "1.0.0"), ["https://victim.example.com/mcp"]);
+        // The newest is the one withheld, whatever its claims say.
+        assert!(p.seen_by(&token(json!({"!": "7"}))).is_none());
+        assert!(p.seen_by(&token(json!({"!": "0"}))).is_some());
     }
 
     #[test]
