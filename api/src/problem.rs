@@ -96,9 +96,15 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_string(&self).unwrap_or_default();
+        // A 404 may be personal (a name hidden from this caller): no cache
+        // may keep it or hand it to another caller.
         let mut response = (
             status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
+            [
+                (header::CONTENT_TYPE, "application/problem+json"),
+                (header::CACHE_CONTROL, "no-store"),
+                (header::VARY, "Authorization"),
+            ],
             body,
         )
             .into_response();

@@ -64,6 +64,8 @@ pub struct Host {
     pub gateway: Ipv4Addr,
     /// The switch's end of its data link.
     port: String,
+    /// The test's end of its control link (an interface of the test's namespace).
+    outside: String,
 }
 
 impl Host {
@@ -131,6 +133,7 @@ impl Network {
                 data,
                 gateway,
                 port: port.clone(),
+                outside: outside.clone(),
             });
             ip(&["-n", &netns, "link", "set", "lo", "up"])?;
             // Control link: `ctl` in the host, `outside` here.
@@ -199,6 +202,14 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
+        // The test's ends of the control links first: deleting a veth is done when
+        // `ip` returns, while a deleted namespace takes its veths down later, in the
+        // kernel's own time.
+        for host in &self.hosts {
+            let _ = Command::new("ip")
+                .args(["link", "del", &host.outside])
+                .output();
+        }
         // Deleting a namespace deletes its veths and their peers. A namespace in which
         // a process still runs lives on until that process exits.
         for netns in self

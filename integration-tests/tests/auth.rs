@@ -604,8 +604,20 @@ async fn entries_with_claims_are_seen_only_by_tokens_that_satisfy_them() -> anyh
             api.get(path, Some(&ta)).await?.status() == StatusCode::OK,
             "{path}"
         );
+        let hidden = api.get(path, Some(&tb)).await?;
+        ensure!(hidden.status() == StatusCode::NOT_FOUND, "{path}");
+        // A personal 404: no cache may keep it or give it to another caller.
+        let header = |name: &str| {
+            hidden
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        ensure!(header("cache-control") == "no-store", "{path}");
         ensure!(
-            api.get(path, Some(&tb)).await?.status() == StatusCode::NOT_FOUND,
+            header("vary").eq_ignore_ascii_case("authorization"),
             "{path}"
         );
         ensure!(
