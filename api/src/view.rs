@@ -625,6 +625,17 @@ mod tests {
         assert_eq!(view.entry_count(), 2);
     }
 
+    /// A deployment of a server of its own, `io.x/srv-<seq>`, at revision `seq`.
+    fn add_server(view: &mut RegistryView, seq: u64) {
+        let (k, v) = stored("eu-1", &format!("io.x/srv-{seq}"), "1.0.0", seq);
+        view.apply(
+            &k,
+            KeyKind::Deployment,
+            Some(StoredValue::Deployment(v)),
+            seq,
+        );
+    }
+
     #[test]
     fn the_ring_keeps_fewer_batches_rather_than_more_bytes() {
         let mut view = RegistryView::new(Bounds {
@@ -634,13 +645,7 @@ mod tests {
         });
         view.finish_load();
         for seq in 1..=5 {
-            let (k, v) = stored("eu-1", &format!("io.x/srv-{seq}"), "1.0.0", seq);
-            view.apply(
-                &k,
-                KeyKind::Deployment,
-                Some(StoredValue::Deployment(v)),
-                seq,
-            );
+            add_server(&mut view, seq);
             // Over the byte bound, only the newest batch is kept: resumes from
             // further back get a snapshot, one from just before it gets it.
             assert_eq!(view.ring.len(), 1);
@@ -658,13 +663,7 @@ mod tests {
         });
         view.finish_load();
         for seq in 1..=5 {
-            let (k, v) = stored("eu-1", &format!("io.x/srv-{seq}"), "1.0.0", seq);
-            view.apply(
-                &k,
-                KeyKind::Deployment,
-                Some(StoredValue::Deployment(v)),
-                seq,
-            );
+            add_server(&mut view, seq);
         }
         assert_eq!(view.ring.len(), 3);
         assert_eq!(

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::stream;
+use herald_core::RegistryName;
 use herald_core::names::STREAM;
-use herald_core::{ClusterId, RegistryName, WatcherPolicy};
 
 use crate::dir::TestDir;
 use crate::herald::{Herald, HeraldProcess};
@@ -27,7 +27,7 @@ use crate::link_proxy::LinkProxy;
 use crate::netns::{Host, Network};
 use crate::oracle::{ClusterUnderTest, Converged, assert_converges};
 use crate::process::ChildProcess;
-use crate::storm::{Storm, StormTarget, seed};
+use crate::storm::Storm;
 use crate::timeout::{eventually, within};
 use crate::tools::Tools;
 
@@ -267,29 +267,19 @@ impl MultiHost {
 
     /// Every cluster as the oracle sees it.
     pub fn clusters(&self) -> Vec<ClusterUnderTest> {
-        self.kubes
-            .iter()
-            .zip(&self.clusters)
-            .map(|(kube, cluster)| ClusterUnderTest {
-                client: kube.client(),
-                policy: WatcherPolicy::new(cluster.parse::<ClusterId>().expect("valid id")),
-            })
-            .collect()
+        ClusterUnderTest::each(&self.kubes, &self.clusters)
     }
 
     /// A storm over every cluster ([`crate::stack::Stack::storm`]).
     pub fn storm(&self, default_seed: u64, namespaces: &[&str], names: usize) -> Storm {
-        let targets = self
-            .kubes
-            .iter()
-            .zip(&self.clusters)
-            .map(|(kube, cluster)| StormTarget {
-                cluster: cluster.clone(),
-                client: kube.client(),
-            })
-            .collect();
-        let registries: Vec<&str> = self.registries.iter().map(String::as_str).collect();
-        Storm::new(seed(default_seed), targets, namespaces, names, &registries)
+        Storm::over(
+            default_seed,
+            &self.kubes,
+            &self.clusters,
+            &self.registries,
+            namespaces,
+            names,
+        )
     }
 
     /// The oracle: waits until the API serves exactly what the clusters hold.

@@ -27,6 +27,24 @@ pub struct ClusterUnderTest {
     pub policy: WatcherPolicy,
 }
 
+impl ClusterUnderTest {
+    /// Each cluster (its API server and its id) under the watchers' default policy.
+    pub fn each(kubes: &[crate::kube::KubeApi], clusters: &[String]) -> Vec<Self> {
+        kubes
+            .iter()
+            .zip(clusters)
+            .map(|(kube, cluster)| ClusterUnderTest {
+                client: kube.client(),
+                policy: WatcherPolicy::new(
+                    cluster
+                        .parse::<herald_core::ClusterId>()
+                        .expect("cluster names given to the builder are valid"),
+                ),
+            })
+            .collect()
+    }
+}
+
 impl std::fmt::Debug for ClusterUnderTest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterUnderTest")

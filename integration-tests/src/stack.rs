@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
+use herald_core::RegistryName;
 use herald_core::names::STREAM;
-use herald_core::{ClusterId, RegistryName, WatcherPolicy};
 use kube::api::{Api, DynamicObject};
 
 use crate::dir::TestDir;
@@ -23,7 +23,7 @@ use crate::kube::KubeApi;
 use crate::nats::{NatsCluster, NatsServer};
 use crate::objects;
 use crate::oracle::{ClusterUnderTest, Converged, assert_converges};
-use crate::storm::{Storm, StormTarget, seed};
+use crate::storm::Storm;
 use crate::timeout::within;
 
 /// Start of the servers; their own start timeouts are shorter and quote their logs.
@@ -272,35 +272,21 @@ impl<N: Nats> Stack<N> {
 
     /// Every cluster as the oracle sees it (the watchers' default policy).
     pub fn clusters(&self) -> Vec<ClusterUnderTest> {
-        self.kubes
-            .iter()
-            .zip(&self.clusters)
-            .map(|(kube, cluster)| ClusterUnderTest {
-                client: kube.client(),
-                policy: WatcherPolicy::new(
-                    cluster
-                        .parse::<ClusterId>()
-                        .expect("cluster names given to the builder are valid"),
-                ),
-            })
-            .collect()
+        ClusterUnderTest::each(&self.kubes, &self.clusters)
     }
 
     /// A storm of changes to `names` MCPServers in `namespaces` of every cluster,
     /// labelled into the stack's registries; seeded by `HERALD_STORM_SEED` or
     /// `default_seed`.
     pub fn storm(&self, default_seed: u64, namespaces: &[&str], names: usize) -> Storm {
-        let targets = self
-            .kubes
-            .iter()
-            .zip(&self.clusters)
-            .map(|(kube, cluster)| StormTarget {
-                cluster: cluster.clone(),
-                client: kube.client(),
-            })
-            .collect();
-        let registries: Vec<&str> = self.registries.iter().map(String::as_str).collect();
-        Storm::new(seed(default_seed), targets, namespaces, names, &registries)
+        Storm::over(
+            default_seed,
+            &self.kubes,
+            &self.clusters,
+            &self.registries,
+            namespaces,
+            names,
+        )
     }
 
     /// Waits until the API serves exactly what the clusters hold (the oracle).

@@ -180,6 +180,28 @@ impl Storm {
         self
     }
 
+    /// A storm over every cluster (its API server and its id), labelled into
+    /// `registries`; seeded by `HERALD_STORM_SEED` or `default_seed`.
+    pub fn over(
+        default_seed: u64,
+        kubes: &[crate::kube::KubeApi],
+        clusters: &[String],
+        registries: &[String],
+        namespaces: &[&str],
+        names: usize,
+    ) -> Self {
+        let targets = kubes
+            .iter()
+            .zip(clusters)
+            .map(|(kube, cluster)| StormTarget {
+                cluster: cluster.clone(),
+                client: kube.client(),
+            })
+            .collect();
+        let registries: Vec<&str> = registries.iter().map(String::as_str).collect();
+        Self::new(seed(default_seed), targets, namespaces, names, &registries)
+    }
+
     fn api(&self, target: usize, kind: Kind, namespace: &str) -> Api<DynamicObject> {
         let resource: ApiResource = objects::resource(kind);
         Api::namespaced_with(self.targets[target].client.clone(), namespace, &resource)
